@@ -1,0 +1,31 @@
+# Set-up and main commands. Each target creates .venv and installs what it needs.
+#   make demo   -- the main job on the shipped default
+#   make test   -- the test suite
+# TORCH selects the torch build installed before the project. The default is the CPU wheel
+# (2.13.0); on a GPU machine use e.g. `make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint clean
+
+$(BIN)/dpft: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/dpft
+
+demo: install
+	$(BIN)/python experiments/demo.py
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs

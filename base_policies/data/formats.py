@@ -1,0 +1,202 @@
+"""Readers (and the native writer) for demonstration files.
+
+Native format -- HDF5 in robomimic's layout::
+
+    data/                       attrs: env_args (JSON string), total (number of steps)
+      demo_0/                   attrs: num_samples
+        obs                     [T, obs_dim] dataset, or a group of [T, ...] datasets
+        actions                 [T, action_dim]
+        rewards                 [T]
+        dones                   [T]
+      demo_1/ ...
+
+Demos are read in numeric order (demo_2 before demo_10). When ``obs`` is a group, its keys
+are flattened and concatenated in the order given by ``obs_keys``, or sorted by name when
+``obs_keys`` is not given (robomimic files typically name e.g. ``object`` and
+``robot0_eef_pos``).
+
+Also read: ``.npz`` files (one episode per file with ``obs`` and ``actions``, or several
+episodes concatenated with an ``episode_ends`` array, as in Diffusion Policy's replay
+buffers; a folder of ``.npz`` files is one dataset), and local Minari datasets (a folder
+with ``data/main_data.hdf5``, or that file itself; its ``observations`` hold one more entry
+than ``actions``, and the last one is dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from base_policies.data.episodes import Demonstrations, Episode, check_consistent, make_episode
+from base_policies.errors import DatasetError
+
+Reader = Callable[[Path, Sequence[str] | None], Demonstrations]
+
+
+def _natural_key(name: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def _read_obs(group: h5py.Group | h5py.Dataset, obs_keys: Sequence[str] | None, where: str) -> np.ndarray:
+    if isinstance(group, h5py.Dataset):
+        return group[()]
+    keys = list(obs_keys) if obs_keys else sorted(group.keys())
+    missing = [k for k in keys if k not in group]
+    if missing:
+        raise DatasetError(f"{where}: observation key(s) {missing} not found; available: {sorted(group.keys())}")
+    parts = [np.asarray(group[k][()], dtype=np.float32) for k in keys]
+    return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
+
+
+def _require(group: h5py.Group, key: str, where: str) -> Any:
+    if key not in group:
+        raise DatasetError(f"{where}: missing key {key!r} (found {sorted(group.keys())})")
+    return group[key]
+
+
+def read_robomimic_hdf5(path: Path, obs_keys: Sequence[str] | None = None) -> Demonstrations:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path} is not a readable HDF5 file ({e})") from None
+    with f:
+        if "data" not in f:
+            if any(k.startswith("episode_") for k in f):
+                return read_minari(path, obs_keys)
+            raise DatasetError(f"{path}: no 'data' group; expected robomimic layout data/demo_K/{{obs,actions}}")
+        data = f["data"]
+        attrs = {k: _attr(v) for k, v in data.attrs.items()}
+        names = sorted((k for k in data if k.startswith("demo")), key=_natural_key)
+        episodes = []
+        for name in names:
+            demo = data[name]
+            where = f"{path.name}: data/{name}"
+            obs = _read_obs(_require(demo, "obs", where), obs_keys, where + "/obs")
+            actions = _require(demo, "actions", where)[()]
+            rewards = demo["rewards"][()] if "rewards" in demo else None
+            dones = demo["dones"][()] if "dones" in demo else None
+            episodes.append(make_episode(name, path.name, obs, actions, rewards, dones))
+    return check_consistent(Demonstrations(episodes, attrs, str(path)))
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def write_robomimic_hdf5(path: Path, episodes: Sequence[Episode], env_args: dict[str, Any]) -> None:
+    """Write the native format (``obs`` as one flat dataset per demo) atomically."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            data.attrs["env_args"] = json.dumps(env_args)
+            data.attrs["total"] = int(sum(len(e) for e in episodes))
+            for i, ep in enumerate(episodes):
+                g = data.create_group(f"demo_{i}")
+                g.attrs["num_samples"] = len(ep)
+                g.create_dataset("obs", data=ep.obs.astype(np.float32))
+                g.create_dataset("actions", data=ep.actions.astype(np.float32))
+                n = len(ep)
+                rewards = ep.rewards if ep.rewards is not None else np.zeros(n, np.float32)
+                dones = ep.dones if ep.dones is not None else np.eye(1, n, n - 1, dtype=bool)[0]
+                g.create_dataset("rewards", data=rewards.astype(np.float32))
+                g.create_dataset("dones", data=dones.astype(bool))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _npz_episodes(path: Path) -> list[Episode]:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path} is not a readable .npz file ({e})") from None
+    with z:
+        for key in ("obs", "actions"):
+            if key not in z.files:
+                raise DatasetError(f"{path.name}: missing key {key!r} (found {sorted(z.files)})")
+        arrays = {k: z[k] for k in z.files}
+    ends = arrays.get("episode_ends")
+    if ends is None:
+        bounds = [(0, len(arrays["actions"]))]
+    else:
+        ends = [int(e) for e in ends]
+        bounds = list(zip([0, *ends[:-1]], ends))
+    eps = []
+    for i, (s, e) in enumerate(bounds):
+        name = path.stem if ends is None else f"{path.stem}[episode {i}]"
+        sl = {k: arrays[k][s:e] if k in arrays else None for k in ("obs", "actions", "rewards", "dones")}
+        eps.append(make_episode(name, path.name, sl["obs"], sl["actions"], sl["rewards"], sl["dones"]))
+    return eps
+
+
+def read_npz(path: Path, obs_keys: Sequence[str] | None = None) -> Demonstrations:
+    files = sorted(path.glob("*.npz"), key=lambda p: _natural_key(p.name)) if path.is_dir() else [path]
+    episodes = [ep for f in files for ep in _npz_episodes(f)]
+    return check_consistent(Demonstrations(episodes, {}, str(path)))
+
+
+def read_minari(path: Path, obs_keys: Sequence[str] | None = None) -> Demonstrations:
+    file = path / "data" / "main_data.hdf5" if path.is_dir() else path
+    if not file.exists():
+        raise DatasetError(f"{path}: no data/main_data.hdf5; is this a local Minari dataset folder?")
+    attrs: dict[str, Any] = {}
+    meta = file.parent.parent / "metadata.json"
+    if meta.exists():
+        attrs = json.loads(meta.read_text())
+    episodes = []
+    with h5py.File(file, "r") as f:
+        for name in sorted((k for k in f if k.startswith("episode_")), key=_natural_key):
+            g = f[name]
+            where = f"{file.name}: {name}"
+            obs = _read_obs(_require(g, "observations", where), obs_keys, where + "/observations")
+            actions = _require(g, "actions", where)[()]
+            if len(obs) == len(actions) + 1:
+                obs = obs[:-1]
+            dones = None
+            if "terminations" in g and "truncations" in g:
+                dones = np.logical_or(g["terminations"][()], g["truncations"][()])
+            rewards = g["rewards"][()] if "rewards" in g else None
+            episodes.append(make_episode(name, file.name, obs, actions, rewards, dones))
+    return check_consistent(Demonstrations(episodes, attrs, str(path)))
+
+
+def load_demonstrations(path: str | Path, obs_keys: Sequence[str] | None = None) -> Demonstrations:
+    """Read a demonstration file or folder, choosing the reader from its name/contents."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset {path} does not exist")
+    if path.suffix in (".hdf5", ".h5"):
+        return read_robomimic_hdf5(path, obs_keys)
+    if path.suffix == ".npz" or (path.is_dir() and any(path.glob("*.npz"))):
+        return read_npz(path, obs_keys)
+    if path.is_dir() and (path / "data" / "main_data.hdf5").exists():
+        return read_minari(path, obs_keys)
+    raise DatasetError(
+        f"cannot tell the format of {path}: expected a .hdf5/.h5 file (robomimic layout), a .npz file or "
+        "folder of them, or a Minari dataset folder"
+    )

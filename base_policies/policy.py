@@ -1,0 +1,190 @@
+"""The one interface every policy honours (base, steered or residual-corrected).
+
+Fine-tuning methods treat a policy as a black box ``(observation, initial noise) -> action
+chunk``; evaluation, video and the CLI only use this interface, so a fine-tuned artifact is
+used exactly like a base policy.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from base_policies.backbones import BACKBONES
+from base_policies.config import PolicyConfig, to_dict
+from base_policies.errors import ConfigError
+from base_policies.normalizer import Normalizer
+from base_policies.state_io import atomic_dir
+
+FORMAT_VERSION = 1
+
+POLICY_TYPES: dict[str, type[Policy]] = {}
+
+
+def register_policy(name: str):
+    """Class decorator: make a policy type loadable by ``load_policy`` under ``name``."""
+
+    def deco(cls):
+        cls.type_name = name
+        POLICY_TYPES[name] = cls
+        return cls
+
+    return deco
+
+
+class Policy(nn.Module, abc.ABC):
+    """Maps observations (and optionally the initial noise) to action chunks.
+
+    Subclasses set ``obs_dim``, ``action_dim``, ``obs_horizon``, ``pred_horizon``,
+    ``action_horizon``, ``action_low`` and ``action_high``.
+    """
+
+    type_name: ClassVar[str] = ""
+    obs_dim: int
+    action_dim: int
+    obs_horizon: int
+    pred_horizon: int
+    action_horizon: int
+
+    @property
+    def noise_shape(self) -> tuple[int, int]:
+        """Shape of the initial noise of one sample: ``(pred_horizon, action_dim)``."""
+        return (self.pred_horizon, self.action_dim)
+
+    def reset(self) -> None:
+        """Clear per-episode state. Policies here are stateless; the env wrapper keeps history."""
+
+    @abc.abstractmethod
+    def predict_chunk(
+        self, obs: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Return ``[B, pred_horizon, action_dim]`` actions in environment units.
+
+        ``obs`` is ``[B, obs_dim]`` or ``[B, obs_horizon, obs_dim]``. Given ``noise``
+        (``[B, *noise_shape]``) the result is a deterministic function of (obs, noise).
+        """
+
+    @abc.abstractmethod
+    def save(self, path: Path) -> None:
+        """Write the policy folder (``config.json`` + weights) atomically."""
+
+    def obs_history(self, obs: torch.Tensor) -> torch.Tensor:
+        """Bring ``obs`` to ``[B, obs_horizon, obs_dim]``, repeating a single observation
+        (the same padding the env wrapper uses at the start of an episode)."""
+        obs = torch.as_tensor(obs, dtype=torch.float32)
+        if obs.dim() == 2:
+            obs = obs.unsqueeze(1).expand(-1, self.obs_horizon, -1)
+        if obs.dim() != 3 or obs.shape[1:] != (self.obs_horizon, self.obs_dim):
+            raise ConfigError(
+                f"observation shape {tuple(obs.shape)} does not match the policy: expected "
+                f"[B, {self.obs_dim}] or [B, {self.obs_horizon}, {self.obs_dim}]"
+            )
+        return obs
+
+    def check_noise(self, noise: torch.Tensor, batch: int) -> torch.Tensor:
+        expected = (batch, *self.noise_shape)
+        if tuple(noise.shape) != expected:
+            raise ConfigError(f"noise shape {tuple(noise.shape)} does not match the policy: expected {expected}")
+        return noise.to(torch.float32)
+
+
+class DenoisingPolicy(Policy):
+    """Shared parts of diffusion and flow policies: normalisers, backbone, conditioning,
+    bounds and the checkpoint folder. Subclasses implement the sampler and the loss."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        if config.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {config.backbone!r}; choose one of {sorted(BACKBONES)}")
+        self.config = config
+        a = config.arch
+        self.obs_dim, self.action_dim = config.obs_dim, config.action_dim
+        self.obs_horizon, self.pred_horizon, self.action_horizon = a.obs_horizon, a.pred_horizon, a.action_horizon
+        self.obs_normalizer = Normalizer(config.obs_dim, "gaussian")
+        self.action_normalizer = Normalizer(config.action_dim, "minmax")
+        self.denoiser = BACKBONES[config.backbone](config)
+        lo = config.action_low or (-float("inf"),) * config.action_dim
+        hi = config.action_high or (float("inf"),) * config.action_dim
+        self.register_buffer("action_low", torch.tensor(lo, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.tensor(hi, dtype=torch.float32), persistent=False)
+
+    # ----- conditioning -------------------------------------------------------------
+    def condition(self, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised, flattened observation history ``[B, obs_horizon * obs_dim]``."""
+        return self.obs_normalizer.normalize(self.obs_history(obs)).flatten(1)
+
+    def fit_normalizers(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
+        self.obs_normalizer.fit(obs)
+        self.action_normalizer.fit(actions)
+
+    # ----- sampling -----------------------------------------------------------------
+    @abc.abstractmethod
+    def sample(self, cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Deterministically map initial noise ``x`` to a normalised chunk given ``cond``."""
+
+    @torch.no_grad()
+    def predict_chunk(
+        self, obs: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.action_low.device)
+        cond = self.condition(obs)
+        if noise is None:
+            noise = torch.randn((cond.shape[0], *self.noise_shape), generator=generator, device=cond.device)
+        noise = self.check_noise(torch.as_tensor(noise, device=cond.device), cond.shape[0])
+        actions = self.action_normalizer.unnormalize(self.sample(cond, noise))
+        return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+
+    # ----- training -----------------------------------------------------------------
+    @abc.abstractmethod
+    def sample_times(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw training times (diffusion step indices or flow times) for ``batch`` samples."""
+
+    @abc.abstractmethod
+    def denoising_loss(
+        self, obs: torch.Tensor, actions: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-sample loss ``[B]`` for clean chunks ``actions`` (env units) at times ``t``
+        with noise ``noise``. DPO compares this between the policy and a frozen reference."""
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on a batch with fresh times and noise: ``(loss, info)``."""
+        t = self.sample_times(actions.shape[0]).to(actions.device)
+        noise = torch.randn_like(actions)
+        loss = self.denoising_loss(obs, actions, t, noise).mean()
+        return loss, {"loss": loss.item()}
+
+    # ----- stochastic chain (for policy-gradient / DPO-style fine-tuning) -------------
+    @abc.abstractmethod
+    def sample_chain(
+        self, obs: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor, noise_level: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stochastic sampler. Returns (actions in env units ``[B, H, A]``, the normalised
+        chain ``[B, K+1, H, A]`` from noise to sample, per-step log-probabilities ``[B, K]``).
+        ``step_noise`` is ``[B, K, H, A]`` standard-normal noise for the K transitions."""
+
+    @abc.abstractmethod
+    def chain_log_prob(self, obs: torch.Tensor, chain: torch.Tensor, noise_level: float) -> torch.Tensor:
+        """Per-step log-probabilities ``[B, K]`` of a given chain under the current weights."""
+
+    # ----- checkpoint ---------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        meta: dict[str, Any] = {"format_version": FORMAT_VERSION, **to_dict(self.config)}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_dir(Path(path)) as tmp:
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+            save_file(state, str(tmp / "model.safetensors"))
+
+    @classmethod
+    def from_folder(cls, path: Path, meta: dict[str, Any]) -> DenoisingPolicy:
+        from base_policies.checkpoint import load_weights, policy_config_from_meta
+
+        policy = cls(policy_config_from_meta(path, meta))
+        load_weights(policy, path)
+        policy.eval()
+        return policy

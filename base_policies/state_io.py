@@ -1,0 +1,156 @@
+"""Pickle-free, atomic saving of nested training state.
+
+Optimiser states, LR-scheduler states and RNG states are nested dicts/lists/tuples of
+tensors, arrays and plain numbers. ``torch.save`` would pickle them, which means loading
+runs arbitrary code. Instead we split the structure into tensors (written with
+safetensors) and everything else (written as JSON), with placeholders linking the two.
+
+All writes go to a temporary sibling first and are moved into place with ``os.replace``,
+so a run killed mid-write never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from base_policies.errors import CheckpointError
+
+_TENSOR = "__tensor__"
+_NDARRAY = "__ndarray__"
+_TUPLE = "__tuple__"
+_INTKEYS = "__intkeys__"
+
+
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {_TENSOR: key}
+    if isinstance(obj, np.ndarray):
+        key = str(len(tensors))
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj))
+        return {_NDARRAY: key}
+    if isinstance(obj, dict):
+        int_keys = bool(obj) and all(isinstance(k, int) for k in obj)
+        out = {str(k): _flatten(v, tensors) for k, v in obj.items()}
+        return {_INTKEYS: out} if int_keys else out
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_flatten(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_flatten(v, tensors) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot save object of type {type(obj).__name__} in training state")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if _NDARRAY in obj:
+            return tensors[obj[_NDARRAY]].numpy()
+        if _TUPLE in obj:
+            return tuple(_unflatten(v, tensors) for v in obj[_TUPLE])
+        if _INTKEYS in obj:
+            return {int(k): _unflatten(v, tensors) for k, v in obj[_INTKEYS].items()}
+        return {k: _unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see either the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder that replaces ``path`` only if the block succeeds.
+
+    The old folder (if any) is kept until the new one is complete, so an interruption at
+    any point leaves one complete copy on disk.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> None:
+    """Save nested training state to ``folder`` (``state.json`` + ``state.safetensors``)."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, tensors)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "state.safetensors"))
+    (folder / "state.json").write_text(json.dumps(skeleton))
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """Inverse of :func:`save_state`; raises :class:`CheckpointError` on a missing/corrupt file."""
+    folder = Path(folder)
+    try:
+        skeleton = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / "state.safetensors"))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"training state in {folder} is incomplete: {e.filename} is missing") from None
+    except (json.JSONDecodeError, SafetensorError, OSError) as e:
+        raise CheckpointError(f"training state in {folder} is corrupt ({e}); delete it to start over") from None
+    return _unflatten(skeleton, tensors)
+
+
+def rng_state() -> dict[str, Any]:
+    """Capture torch, numpy and Python RNG states so a resumed run draws the same numbers."""
+    import random
+
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))

@@ -1,0 +1,1 @@
+"""Tasks, the common environment wrapper, reward wrappers and experts."""

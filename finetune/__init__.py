@@ -1,0 +1,1 @@
+"""Fine-tuning methods (DSRL, residual RL, DPO), rollouts and the ``dpft`` CLI."""
