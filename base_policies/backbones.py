@@ -114,23 +114,27 @@ class ConditionalUnet1D(nn.Module):
         for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == len(dims) - 2
             self.down.append(
-                nn.ModuleList([
-                    FiLMResBlock(cin, cout, cond_dim, k),
-                    FiLMResBlock(cout, cout, cond_dim, k),
-                    nn.Identity() if last else nn.Conv1d(cout, cout, 3, stride=2, padding=1),
-                ])
+                nn.ModuleList(
+                    [
+                        FiLMResBlock(cin, cout, cond_dim, k),
+                        FiLMResBlock(cout, cout, cond_dim, k),
+                        nn.Identity() if last else nn.Conv1d(cout, cout, 3, stride=2, padding=1),
+                    ]
+                )
             )
         mid = dims[-1]
         self.mid = nn.ModuleList([FiLMResBlock(mid, mid, cond_dim, k), FiLMResBlock(mid, mid, cond_dim, k)])
         self.up = nn.ModuleList()
         rev = list(reversed(dims[1:]))
-        for i, (cout, cin) in enumerate(zip(rev[1:], rev[:-1])):
+        for cout, cin in zip(rev[1:], rev[:-1]):
             self.up.append(
-                nn.ModuleList([
-                    FiLMResBlock(cin * 2, cout, cond_dim, k),
-                    FiLMResBlock(cout, cout, cond_dim, k),
-                    nn.ConvTranspose1d(cout, cout, 4, stride=2, padding=1),
-                ])
+                nn.ModuleList(
+                    [
+                        FiLMResBlock(cin * 2, cout, cond_dim, k),
+                        FiLMResBlock(cout, cout, cond_dim, k),
+                        nn.ConvTranspose1d(cout, cout, 4, stride=2, padding=1),
+                    ]
+                )
             )
         self.final = nn.Sequential(Conv1dBlock(dims[1], dims[1], k), nn.Conv1d(dims[1], cfg.action_dim, 1))
 

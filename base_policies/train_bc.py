@@ -197,6 +197,11 @@ def train_bc(cfg: TrainBCConfig) -> Path:
         step = _load_checkpoint(run.checkpoint_dir, policy, ema, opt, sched, sampler, restore_rng=rank == 0)
     if main:
         run.write_config(cfg)
+        print(
+            f"train-bc: {len(demos.episodes)} episodes ({len(train_w)} training windows), {cfg.policy}/{cfg.backbone}, "
+            f"{world} processes, step {step} -> {cfg.steps}, run folder {cfg.out}",
+            flush=True,
+        )
     model, opt = accelerator.prepare(policy, opt)
     writer = run.writer(cfg) if main else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not (main and cfg.progress), desc="train-bc", unit="step")
@@ -227,14 +232,14 @@ def train_bc(cfg: TrainBCConfig) -> Path:
                 _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
     except KeyboardInterrupt:
         _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
-        raise KeyboardInterrupt(f"interrupted at step {step}; continue with: dpft train-bc --out {cfg.out} --resume")
+        raise KeyboardInterrupt(f"interrupted at step {step}; continue with: dpft train-bc --out {cfg.out} --resume") from None
     finally:
         bar.close()
         if writer is not None:
             writer.close()
+    _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
     if main:
         ema.shadow.save(run.policy_dir)
-        _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
     accelerator.wait_for_everyone()
     return run.policy_dir
 
@@ -268,5 +273,3 @@ def _load_checkpoint(folder: Path, policy, ema, opt, sched, sampler, restore_rng
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
     return int(state["step"])
-
-

@@ -35,6 +35,7 @@ import numpy as np
 
 from base_policies.data.episodes import Demonstrations, Episode, check_consistent, make_episode
 from base_policies.errors import DatasetError
+from base_policies.state_io import publish_mode
 
 Reader = Callable[[Path, Sequence[str] | None], Demonstrations]
 
@@ -124,6 +125,7 @@ def write_robomimic_hdf5(path: Path, episodes: Sequence[Episode], env_args: dict
                 dones = ep.dones if ep.dones is not None else np.eye(1, n, n - 1, dtype=bool)[0]
                 g.create_dataset("rewards", data=rewards.astype(np.float32))
                 g.create_dataset("dones", data=dones.astype(bool))
+        publish_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -41,9 +41,7 @@ def make_windows(episodes: Sequence[Episode], obs_horizon: int, pred_horizon: in
     return Windows(torch.from_numpy(np.concatenate(obs_out)), torch.from_numpy(np.concatenate(act_out)))
 
 
-def split_episodes(
-    episodes: Sequence[Episode], val_fraction: float, seed: int
-) -> tuple[list[Episode], list[Episode]]:
+def split_episodes(episodes: Sequence[Episode], val_fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:
     """Hold out whole episodes (not windows) so validation windows never overlap training."""
     n_val = int(round(len(episodes) * val_fraction))
     if val_fraction > 0 and len(episodes) >= 2:

@@ -1,0 +1,24 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from base_policies import ArchConfig, PolicyConfig  # noqa: E402
+from base_policies.policy import POLICY_TYPES  # noqa: E402
+
+KINDS = [("diffusion", "mlp"), ("diffusion", "unet"), ("flow", "mlp"), ("flow", "unet")]
+
+
+def tiny_policy(kind: str = "diffusion", backbone: str = "mlp", obs_dim: int = 5, action_dim: int = 3, **arch):
+    torch.manual_seed(0)
+    a = ArchConfig(**{"hidden_dim": 32, "num_blocks": 1, "unet_dims": (16, 32), **arch})
+    cfg = PolicyConfig(type=kind, backbone=backbone, obs_dim=obs_dim, action_dim=action_dim, arch=a)
+    return POLICY_TYPES[kind](cfg).eval()
+
+
+@pytest.fixture(params=KINDS, ids=[f"{k}-{b}" for k, b in KINDS])
+def policy(request):
+    return tiny_policy(*request.param)
