@@ -232,7 +232,9 @@ def train_bc(cfg: TrainBCConfig) -> Path:
                 _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
     except KeyboardInterrupt:
         _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
-        raise KeyboardInterrupt(f"interrupted at step {step}; continue with: dpft train-bc --out {cfg.out} --resume") from None
+        raise KeyboardInterrupt(
+            f"interrupted at step {step}; continue with: dpft train-bc --out {cfg.out} --resume"
+        ) from None
     finally:
         bar.close()
         if writer is not None:
