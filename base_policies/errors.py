@@ -23,3 +23,7 @@ class DatasetError(DpftError):
 
 class ConfigError(DpftError):
     """A configuration value is invalid."""
+
+
+class TaskError(DpftError):
+    """Unknown task id, a missing optional dependency, or a policy that does not fit a task."""

@@ -1,0 +1,103 @@
+"""Benchmark BC training throughput and chunk-sampling latency on this machine.
+
+    python experiments/benchmarks/bench_base_policy.py --out experiments/results/base_policy_bench.md
+
+Uses a synthetic dataset with Meta-World-like sizes (obs 39, action 4, 200 episodes of 150
+steps); speed does not depend on the values. Training is timed through ``train_bc`` itself
+(the real loop: sampling, AdamW, clipping, EMA), excluding the first 50 warm-up steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from base_policies import ArchConfig, PolicyConfig
+from base_policies.data import Episode, write_robomimic_hdf5
+from base_policies.policy import POLICY_TYPES
+from base_policies.train_bc import TrainBCConfig, train_bc
+
+ARCH = ArchConfig(obs_horizon=2, pred_horizon=8, action_horizon=4)
+
+
+def bc_steps_per_s(dataset: Path, policy: str, backbone: str, steps: int, tmp: Path) -> float:
+    def run(n: int, name: str) -> float:
+        cfg = TrainBCConfig(dataset=dataset, out=tmp / name, policy=policy, backbone=backbone, arch=ARCH,
+                            steps=n, checkpoint_every=10**9, val_every=10**9, progress=False)
+        t = time.perf_counter()
+        train_bc(cfg)
+        return time.perf_counter() - t
+
+    short, long = run(50, f"{policy}-{backbone}-50"), run(50 + steps, f"{policy}-{backbone}-long")
+    return steps / (long - short)
+
+
+def sampling_latency_ms(policy, batch: int, repeats: int) -> tuple[float, float]:
+    obs = torch.randn(batch, policy.obs_horizon, policy.obs_dim)
+    noise = torch.randn(batch, *policy.noise_shape)
+    policy.predict_chunk(obs, noise)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        policy.predict_chunk(obs, noise)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times), float(np.percentile(times, 90))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=30)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}.",
+        "",
+        "## BC training throughput (batch 256, obs 39 x 2, chunk 8 x 4)",
+        "",
+        "| policy | backbone | parameters | steps/s |",
+        "|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        eps = [Episode(f"demo_{i}", rng.normal(size=(150, 39)).astype(np.float32),
+                       rng.uniform(-1, 1, size=(150, 4)).astype(np.float32)) for i in range(200)]
+        write_robomimic_hdf5(tmp / "d.hdf5", eps, {"task": "synthetic"})
+        for policy in ("diffusion", "flow"):
+            for backbone in ("mlp", "unet"):
+                sps = bc_steps_per_s(tmp / "d.hdf5", policy, backbone, args.train_steps, tmp)
+                n = sum(p.numel() for p in POLICY_TYPES[policy](
+                    PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4, arch=ARCH)).parameters())
+                lines.append(f"| {policy} | {backbone} | {n / 1e6:.2f} M | {sps:.0f} |")
+                print(lines[-1], flush=True)
+    lines += ["", f"## Sampling latency per `predict_chunk` call, ms (median / p90 of {args.repeats})", "",
+              "| policy | backbone | steps | B=1 | B=8 | B=64 |", "|---|---|---|---|---|---|"]
+    torch.manual_seed(0)
+    for policy in ("diffusion", "flow"):
+        for backbone in ("mlp", "unet"):
+            for k in (5, 10, 20):
+                arch = ArchConfig(obs_horizon=2, pred_horizon=8, action_horizon=4, num_inference_steps=k)
+                p = POLICY_TYPES[policy](PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4,
+                                                      arch=arch)).eval()
+                cells = [sampling_latency_ms(p, b, args.repeats) for b in (1, 8, 64)]
+                lines.append(f"| {policy} | {backbone} | {k} | " + " | ".join(f"{m:.1f} / {q:.1f}" for m, q in cells)
+                             + " |")
+                print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
