@@ -19,9 +19,21 @@ from base_policies.config import PolicyConfig, from_dict
 from base_policies.errors import CheckpointError, ConfigError
 from base_policies.policy import FORMAT_VERSION, POLICY_TYPES, Policy
 
+SHIPPED_DIR = Path(__file__).parent / "shipped"
 
-def resolve_policy_dir(path: Path) -> Path:
-    """Accept a policy folder or a run folder that contains one in ``policy/``."""
+
+def shipped_policies() -> list[str]:
+    """Names usable as ``shipped:<name>`` (policies installed with the package)."""
+    return sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / "config.json").exists())
+
+
+def resolve_policy_dir(path: str | Path) -> Path:
+    """Accept a policy folder, a run folder with ``policy/`` inside, or ``shipped:<name>``."""
+    if str(path).startswith("shipped:"):
+        name = str(path).split(":", 1)[1]
+        if name not in shipped_policies():
+            raise CheckpointError(f"no shipped policy {name!r}; shipped: {shipped_policies()}")
+        return SHIPPED_DIR / name
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"policy folder {path} does not exist")
@@ -51,7 +63,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
     """Load any policy folder (base, steered, residual) and return it in eval mode."""
-    path = resolve_policy_dir(Path(path))
+    path = resolve_policy_dir(path)
     meta = read_meta(path)
     cls = POLICY_TYPES.get(meta["type"])
     if cls is None:

@@ -36,7 +36,7 @@ class StepData:
     rewards: np.ndarray
 
 
-class ChunkedEnv(gym.Wrapper):
+class ChunkedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Observation history + action-chunk execution + episode statistics for one env.
 
     >>> env = ChunkedEnv(gym.make("Pendulum-v1"), obs_horizon=2, pred_horizon=4, action_horizon=2)
@@ -57,7 +57,15 @@ class ChunkedEnv(gym.Wrapper):
         gamma: float = 1.0,
         record_steps: bool = False,
     ) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(
+            self,
+            obs_horizon=obs_horizon,
+            pred_horizon=pred_horizon,
+            action_horizon=action_horizon,
+            gamma=gamma,
+            record_steps=record_steps,
+        )
+        gym.Wrapper.__init__(self, env)
         if not 1 <= action_horizon <= pred_horizon:
             raise TaskError(f"action_horizon ({action_horizon}) must be in [1, pred_horizon={pred_horizon}]")
         self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
@@ -112,7 +120,9 @@ class ChunkedEnv(gym.Wrapper):
         info["steps"] = n
         info["success"] = chunk_success
         if self.record_steps:
-            info["step_data"] = StepData(np.asarray(obs_list, np.float32), chunk[:n].copy(), np.asarray(rewards, np.float32))
+            info["step_data"] = StepData(
+                np.asarray(obs_list, np.float32), chunk[:n].copy(), np.asarray(rewards, np.float32)
+            )
         if terminated or truncated:
             info["episode"] = {
                 "return": self._return,

@@ -17,11 +17,12 @@ import numpy as np
 from gymnasium import spaces
 
 
-class FlatFloatObservation(gym.ObservationWrapper):
+class FlatFloatObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Flatten any observation space to a float32 ``Box`` with the env's own bounds."""
 
     def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
         self._space = env.observation_space
         flat = spaces.flatten_space(env.observation_space)
         low = np.nan_to_num(flat.low.astype(np.float32), neginf=-np.inf)
@@ -32,11 +33,12 @@ class FlatFloatObservation(gym.ObservationWrapper):
         return np.asarray(spaces.flatten(self._space, observation), dtype=np.float32)
 
 
-class SuccessInfo(gym.Wrapper):
+class SuccessInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Copy the task's own success flag into ``info["success"]`` as a bool."""
 
     def __init__(self, env: gym.Env, key: str = "success") -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, key=key)
+        gym.Wrapper.__init__(self, env)
         self.key = key
 
     def reset(self, **kwargs):

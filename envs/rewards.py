@@ -45,12 +45,12 @@ def register_reward(name: str):
 
 
 @register_reward("dense")
-class DenseReward(gym.Wrapper):
+class DenseReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """The task's own reward, unchanged (useful as an explicit default)."""
 
 
 @register_reward("sparse_success")
-class SparseSuccess(gym.Wrapper):
+class SparseSuccess(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """1 on a step where ``info["success"]`` is true, else 0; optionally end the episode there.
 
     >>> env = SparseSuccess(gym.make("Pendulum-v1"))
@@ -60,7 +60,8 @@ class SparseSuccess(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, terminate: bool = False) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, terminate=terminate)
+        gym.Wrapper.__init__(self, env)
         self.terminate = terminate
 
     def step(self, action):
@@ -70,11 +71,12 @@ class SparseSuccess(gym.Wrapper):
 
 
 @register_reward("success_bonus")
-class SuccessBonus(gym.Wrapper):
+class SuccessBonus(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Add ``bonus`` to the reward on success steps."""
 
     def __init__(self, env: gym.Env, bonus: float = 1.0) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, bonus=bonus)
+        gym.Wrapper.__init__(self, env)
         self.bonus = bonus
 
     def step(self, action):
@@ -83,11 +85,12 @@ class SuccessBonus(gym.Wrapper):
 
 
 @register_reward("time_penalty")
-class TimePenalty(gym.RewardWrapper):
+class TimePenalty(gym.RewardWrapper, gym.utils.RecordConstructorArgs):
     """Subtract ``penalty`` every step (rewards finishing sooner)."""
 
     def __init__(self, env: gym.Env, penalty: float = 0.01) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, penalty=penalty)
+        gym.RewardWrapper.__init__(self, env)
         self.penalty = penalty
 
     def reward(self, reward):
@@ -95,11 +98,12 @@ class TimePenalty(gym.RewardWrapper):
 
 
 @register_reward("action_penalty")
-class ActionPenalty(gym.Wrapper):
+class ActionPenalty(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Subtract ``coef * ||action||^2`` (discourages jerky, large actions)."""
 
     def __init__(self, env: gym.Env, coef: float = 0.01) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, coef=coef)
+        gym.Wrapper.__init__(self, env)
         self.coef = coef
 
     def step(self, action):
@@ -108,23 +112,25 @@ class ActionPenalty(gym.Wrapper):
 
 
 @register_reward("scale")
-class ScaleClip(gym.RewardWrapper):
+class ScaleClip(gym.RewardWrapper, gym.utils.RecordConstructorArgs):
     """``clip(scale * reward, low, high)``."""
 
     def __init__(self, env: gym.Env, scale: float = 1.0, low: float = -math.inf, high: float = math.inf) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, scale=scale, low=low, high=high)
+        gym.RewardWrapper.__init__(self, env)
         self.scale, self.low, self.high = scale, low, high
 
     def reward(self, reward):
         return float(min(max(self.scale * float(reward), self.low), self.high))
 
 
-class FunctionReward(gym.Wrapper):
+class FunctionReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Replace the reward with ``fn(obs, action, reward, info)``, where ``obs`` is the
     observation after the step. A non-finite or non-numeric result is an error."""
 
     def __init__(self, env: gym.Env, fn: Callable[..., float], name: str = "") -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, fn=fn, name=name)
+        gym.Wrapper.__init__(self, env)
         self.fn, self.name = fn, name or getattr(fn, "__name__", "reward function")
 
     def step(self, action):
@@ -148,7 +154,7 @@ def _parse_term(term: str) -> tuple[str, dict[str, Any]]:
         return term, {}
     name = term[: term.index("(")].strip()
     try:
-        call = ast.parse(f"f{term[term.index('('):]}", mode="eval").body
+        call = ast.parse(f"f{term[term.index('(') :]}", mode="eval").body
         if not isinstance(call, ast.Call) or call.args:
             raise ValueError("use keyword arguments, e.g. time_penalty(penalty=0.01)")
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}

@@ -90,15 +90,15 @@ def _make_robotics(name: str, max_episode_steps: int | None = None, render_mode:
     try:
         import gymnasium_robotics
     except ImportError as e:
-        raise TaskError(f"robotics tasks need gymnasium-robotics ({e}); run: pip install 'dpft[robotics]'") from None
+        raise TaskError(
+            f"robotics tasks need gymnasium-robotics ({e}); reinstall dpft (it depends on gymnasium-robotics==1.4.2)"
+        ) from None
     gym.register_envs(gymnasium_robotics)
     env = _gym_make(name, max_episode_steps, render_mode, HINT)
     return SuccessInfo(env, key="is_success" if name.startswith("Fetch") else "success")
 
 
-def make(
-    task_id: str, max_episode_steps: int | None = None, render_mode: str | None = None
-) -> gym.Env:
+def make(task_id: str, max_episode_steps: int | None = None, render_mode: str | None = None) -> gym.Env:
     """Build a task with the uniform contract: flat float32 Box obs, ``info["success"]``
     where defined, ``terminated`` distinct from ``truncated``."""
     tid = parse_task_id(task_id)
@@ -110,9 +110,11 @@ def make(
     if not isinstance(env.action_space, gym.spaces.Box):
         env.close()
         raise TaskError(f"task {task_id!r} has a {type(env.action_space).__name__} action space; dpft needs a Box")
-    if not isinstance(env.observation_space, gym.spaces.Box) or env.observation_space.dtype != "float32" or len(
-        env.observation_space.shape
-    ) != 1:
+    if (
+        not isinstance(env.observation_space, gym.spaces.Box)
+        or env.observation_space.dtype != "float32"
+        or len(env.observation_space.shape) != 1
+    ):
         env = FlatFloatObservation(env)
     return env
 

@@ -43,8 +43,12 @@ def register_command(name: str, config_cls: type, run: Callable[[Any], Any], hel
 
 def _register_builtin() -> None:
     from base_policies.train_bc import TrainBCConfig, train_bc
+    from finetune.collect import CollectConfig, collect
+    from finetune.evaluate import EvalConfig, run_eval
 
     register_command("train-bc", TrainBCConfig, train_bc, "Train a diffusion/flow base policy by behaviour cloning.")
+    register_command("collect", CollectConfig, collect, "Collect expert demonstrations into an HDF5 file.")
+    register_command("eval", EvalConfig, run_eval, "Evaluate a policy folder on a task (success rate, return).")
 
 
 def _usage() -> str:

@@ -88,8 +88,9 @@ def run_episodes(
             steps = _to_episode(buffers[i], f"env{i}_ep{done[i]}") if record_steps else None
             buffers[i] = []
             per_env[i].append(
-                EpisodeResult(i, float(ep["return"]), int(ep["length"]), bool(ep["success"]), int(ep["success_step"]),
-                              steps)
+                EpisodeResult(
+                    i, float(ep["return"]), int(ep["length"]), bool(ep["success"]), int(ep["success_step"]), steps
+                )
             )
             done[i] += 1
             bar.update(1)

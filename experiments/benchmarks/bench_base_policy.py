@@ -29,8 +29,17 @@ ARCH = ArchConfig(obs_horizon=2, pred_horizon=8, action_horizon=4)
 
 def bc_steps_per_s(dataset: Path, policy: str, backbone: str, steps: int, tmp: Path) -> float:
     def run(n: int, name: str) -> float:
-        cfg = TrainBCConfig(dataset=dataset, out=tmp / name, policy=policy, backbone=backbone, arch=ARCH,
-                            steps=n, checkpoint_every=10**9, val_every=10**9, progress=False)
+        cfg = TrainBCConfig(
+            dataset=dataset,
+            out=tmp / name,
+            policy=policy,
+            backbone=backbone,
+            arch=ARCH,
+            steps=n,
+            checkpoint_every=10**9,
+            val_every=10**9,
+            progress=False,
+        )
         t = time.perf_counter()
         train_bc(cfg)
         return time.perf_counter() - t
@@ -69,28 +78,45 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        eps = [Episode(f"demo_{i}", rng.normal(size=(150, 39)).astype(np.float32),
-                       rng.uniform(-1, 1, size=(150, 4)).astype(np.float32)) for i in range(200)]
+        eps = [
+            Episode(
+                f"demo_{i}",
+                rng.normal(size=(150, 39)).astype(np.float32),
+                rng.uniform(-1, 1, size=(150, 4)).astype(np.float32),
+            )
+            for i in range(200)
+        ]
         write_robomimic_hdf5(tmp / "d.hdf5", eps, {"task": "synthetic"})
         for policy in ("diffusion", "flow"):
             for backbone in ("mlp", "unet"):
                 sps = bc_steps_per_s(tmp / "d.hdf5", policy, backbone, args.train_steps, tmp)
-                n = sum(p.numel() for p in POLICY_TYPES[policy](
-                    PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4, arch=ARCH)).parameters())
+                n = sum(
+                    p.numel()
+                    for p in POLICY_TYPES[policy](
+                        PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4, arch=ARCH)
+                    ).parameters()
+                )
                 lines.append(f"| {policy} | {backbone} | {n / 1e6:.2f} M | {sps:.0f} |")
                 print(lines[-1], flush=True)
-    lines += ["", f"## Sampling latency per `predict_chunk` call, ms (median / p90 of {args.repeats})", "",
-              "| policy | backbone | steps | B=1 | B=8 | B=64 |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Sampling latency per `predict_chunk` call, ms (median / p90 of {args.repeats})",
+        "",
+        "| policy | backbone | steps | B=1 | B=8 | B=64 |",
+        "|---|---|---|---|---|---|",
+    ]
     torch.manual_seed(0)
     for policy in ("diffusion", "flow"):
         for backbone in ("mlp", "unet"):
             for k in (5, 10, 20):
                 arch = ArchConfig(obs_horizon=2, pred_horizon=8, action_horizon=4, num_inference_steps=k)
-                p = POLICY_TYPES[policy](PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4,
-                                                      arch=arch)).eval()
+                p = POLICY_TYPES[policy](
+                    PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4, arch=arch)
+                ).eval()
                 cells = [sampling_latency_ms(p, b, args.repeats) for b in (1, 8, 64)]
-                lines.append(f"| {policy} | {backbone} | {k} | " + " | ".join(f"{m:.1f} / {q:.1f}" for m, q in cells)
-                             + " |")
+                lines.append(
+                    f"| {policy} | {backbone} | {k} | " + " | ".join(f"{m:.1f} / {q:.1f}" for m, q in cells) + " |"
+                )
                 print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:

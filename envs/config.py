@@ -1,0 +1,55 @@
+"""Settings shared by every command that steps a task (eval, collect, fine-tuning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import gymnasium as gym
+
+from base_policies.errors import ConfigError
+from envs.chunking import make_vector_env
+from envs.rewards import resolve_reward
+from envs.tasks import make
+
+
+@dataclass
+class EnvConfig:
+    task: str = "metaworld:push-v3"
+    """Task id: gym:<id>, metaworld:<task>-v3, robotics:<id>, or any registered gymnasium id."""
+    envs: int = 8
+    """Number of environments stepped together (the policy is called once per batch)."""
+    seed: int = 0
+    """Seed: env i of the vector is reset with seed + i."""
+    reward: str | None = None
+    """Reward spec, e.g. sparse_success, 'success_bonus(bonus=5)+time_penalty', or my_module:my_fn."""
+    max_episode_steps: int | None = None
+    """Episode length limit (default: the task's own; Meta-World: 200)."""
+    vectorization: str = "sync"
+    """sync (fastest on few cores) or async (one subprocess per env)."""
+
+    def __post_init__(self) -> None:
+        if self.envs < 1:
+            raise ConfigError(f"--envs ({self.envs}) must be >= 1")
+        if self.vectorization not in ("sync", "async"):
+            raise ConfigError(f"--vectorization {self.vectorization!r}: choose sync or async")
+
+    def make_env(self, render_mode: str | None = None) -> gym.Env:
+        """One task env with the reward wrappers applied."""
+        return resolve_reward(self.reward)(make(self.task, self.max_episode_steps, render_mode))
+
+    def make_vector(
+        self, obs_horizon: int, pred_horizon: int, action_horizon: int, gamma: float = 1.0, record_steps: bool = False
+    ) -> gym.vector.VectorEnv:
+        resolve_reward(self.reward)  # fail on a bad spec before any env starts
+        self.make_env().close()  # ... and on a bad task id, with a clear message
+        return make_vector_env(
+            partial(self.make_env),
+            self.envs,
+            obs_horizon,
+            pred_horizon,
+            action_horizon,
+            gamma,
+            record_steps,
+            self.vectorization,
+        )

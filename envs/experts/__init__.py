@@ -1,0 +1,41 @@
+"""Experts that produce demonstrations: ``expert(obs [N, obs_dim]) -> actions [N, action_dim]``.
+
+* ``metaworld:*`` -- Meta-World's bundled scripted policies;
+* ``robotics:FetchReach/FetchPush/FetchPickAndPlace-v4`` -- scripted experts written here;
+* ``gym:Hopper-v5`` / ``gym:Walker2d-v5`` -- SAC actors trained by
+  ``experiments/train_locomotion_expert.py`` (weights committed in ``weights/``).
+
+Register another with :func:`register_expert`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from base_policies.errors import TaskError
+from envs.tasks import parse_task_id
+
+Expert = Callable[[np.ndarray], np.ndarray]
+EXPERTS: dict[str, Callable[[str], Expert]] = {}
+
+
+def register_expert(family: str):
+    """Decorator: ``builder(task_name) -> Expert`` for tasks of ``family``."""
+
+    def deco(builder):
+        EXPERTS[family] = builder
+        return builder
+
+    return deco
+
+
+def get_expert(task_id: str) -> Expert:
+    tid = parse_task_id(task_id)
+    if tid.family not in EXPERTS:
+        raise TaskError(f"no expert for task {task_id!r}; experts exist for families {sorted(EXPERTS)}")
+    return EXPERTS[tid.family](tid.name)
+
+
+from envs.experts import fetch, locomotion, metaworld  # noqa: E402,F401  (registration)

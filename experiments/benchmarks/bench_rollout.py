@@ -1,0 +1,70 @@
+"""Env steps/s of a rollout with a base diffusion policy in the loop vs random actions.
+
+    python experiments/benchmarks/bench_rollout.py --out experiments/results/rollout_bench.md
+
+For each task and number of envs, steps the chunked vector env (obs_horizon 2, pred_horizon 8,
+action_horizon 4) for a fixed number of env steps, once with uniformly random chunks and once
+with an MLP diffusion policy (10 DDIM steps) called once per vector step. The policy is
+untrained (same cost as a trained one) so the benchmark needs no checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from base_policies import ArchConfig, DiffusionPolicy, PolicyConfig
+from envs.config import EnvConfig
+from finetune.rollout import policy_chunk_fn
+
+
+def steps_per_s(cfg: EnvConfig, chunk_fn, env_steps: int) -> float:
+    venv = cfg.make_vector(2, 8, 4)
+    obs, _ = venv.reset(seed=0)
+    done_steps, t = 0, time.perf_counter()
+    while done_steps < env_steps:
+        obs, _, _, _, infos = venv.step(chunk_fn(obs))
+        done_steps += int(np.sum(infos.get("steps", 4)))
+    elapsed = time.perf_counter() - t
+    venv.close()
+    return done_steps / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--env-steps", type=int, default=4000)
+    args = ap.parse_args()
+    lines = ["| task | envs | random actions (steps/s) | diffusion policy in the loop (steps/s) |", "|---|---|---|---|"]
+    for task in ("gym:Hopper-v5", "metaworld:push-v3"):
+        probe = EnvConfig(task=task, envs=1).make_env()
+        obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+        low, high = probe.action_space.low, probe.action_space.high
+        probe.close()
+        policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, action_dim=act_dim, arch=ArchConfig())).eval()
+        rng = np.random.default_rng(0)
+        for n in (1, 8):
+            cfg = EnvConfig(task=task, envs=n)
+
+            def random_fn(obs):
+                return rng.uniform(low, high, (len(obs), 8, act_dim)).astype(np.float32)
+
+            r = steps_per_s(cfg, random_fn, args.env_steps)
+            p = steps_per_s(cfg, policy_chunk_fn(policy, torch.Generator().manual_seed(0)), args.env_steps)
+            lines.append(f"| {task} | {n} | {r:.0f} | {p:.0f} |")
+            print(lines[-1], flush=True)
+    text = (
+        f"Measured with `python experiments/benchmarks/bench_rollout.py` ({args.env_steps} env steps per cell, "
+        f"torch threads {torch.get_num_threads()}).\n\n" + "\n".join(lines) + "\n"
+    )
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Build the shipped base policies: deliberately imperfect diffusion policies.
+
+    python experiments/make_base_policies.py --only metaworld:push-v3      # one row
+    python experiments/make_base_policies.py                               # every row
+
+For each task below: collect a small, noisy set of expert demonstrations, train an MLP
+diffusion policy by BC, evaluate it over 100 episodes, copy it into
+``base_policies/shipped/<family>-<task>/`` (package data) and append the row to
+``experiments/results/base_policies.jsonl``; ``experiments/results/base_policies.md`` is
+rebuilt from that file. Every step is an ordinary ``dpft`` command, printed as it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "base_policies" / "shipped"
+RESULTS = ROOT / "experiments" / "results"
+
+
+@dataclass
+class Spec:
+    task: str
+    demos: int
+    action_noise: float
+    bc_steps: int
+    collect_seed: int = 100
+    eval_episodes: int = 100
+    eval_seed: int = 10_000  # disjoint from the demonstrations' start states
+
+    @property
+    def name(self) -> str:
+        return self.task.replace(":", "-")
+
+
+SPECS = [
+    Spec("metaworld:push-v3", demos=10, action_noise=0.3, bc_steps=3000),
+    Spec("metaworld:drawer-open-v3", demos=5, action_noise=0.5, bc_steps=3000),
+    Spec("metaworld:button-press-v3", demos=5, action_noise=0.5, bc_steps=3000),
+    Spec("metaworld:door-open-v3", demos=5, action_noise=0.5, bc_steps=3000),
+    Spec("gym:Hopper-v5", demos=10, action_noise=0.2, bc_steps=5000, eval_episodes=50),
+    Spec("gym:Walker2d-v5", demos=10, action_noise=0.2, bc_steps=5000, eval_episodes=50),
+]
+
+
+def dpft(*args: str) -> list[str]:
+    return [sys.executable, "-m", "finetune.cli", *args]
+
+
+def run(cmd: list[str]) -> str:
+    shown = "dpft " + shlex.join(cmd[3:])
+    print(f"$ {shown}", flush=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    print(out, flush=True)
+    return out
+
+
+def build(spec: Spec, work: Path) -> dict:
+    demos, run_dir = work / f"{spec.name}.hdf5", work / spec.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    collect = [
+        "collect",
+        "--task",
+        spec.task,
+        "--episodes",
+        str(spec.demos),
+        "--action-noise",
+        str(spec.action_noise),
+        "--seed",
+        str(spec.collect_seed),
+        "--out",
+        str(demos),
+        "--no-progress",
+    ]
+    train = ["train-bc", "--dataset", str(demos), "--out", str(run_dir), "--steps", str(spec.bc_steps), "--no-progress"]
+    run(dpft(*collect))
+    run(dpft(*train))
+    dest = SHIPPED / spec.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(run_dir / "policy", dest)
+    evaluate = [
+        "eval",
+        "--policy",
+        f"shipped:{spec.name}",
+        "--task",
+        spec.task,
+        "--episodes",
+        str(spec.eval_episodes),
+        "--seed",
+        str(spec.eval_seed),
+        "--json",
+        "--no-progress",
+    ]
+    summary = json.loads(run(dpft(*evaluate)).strip().splitlines()[-1])
+    return {
+        "task": spec.task,
+        "policy": f"shipped:{spec.name}",
+        "demos": spec.demos,
+        "action_noise": spec.action_noise,
+        "bc_steps": spec.bc_steps,
+        "summary": summary,
+        "commands": ["dpft " + shlex.join(c) for c in (collect, train, evaluate)],
+    }
+
+
+def write_table() -> None:
+    rows = {}
+    for line in (RESULTS / "base_policies.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["task"]] = row  # the latest run of a task wins
+    lines = [
+        "| task | demos (action noise) | BC steps | base success (95% CI) | return ± 95% CI | episodes, seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows.values():
+        s = row["summary"]
+        succ = (
+            f"{s['success_rate']:.2f} ({s['success_ci95'][0]:.2f}-{s['success_ci95'][1]:.2f})"
+            if s.get("success_rate") is not None
+            else "n/a (no success flag)"
+        )
+        lines.append(
+            f"| {row['task']} | {row['demos']} ({row['action_noise']}) | {row['bc_steps']} | {succ} | "
+            f"{s['return_mean']:.1f} ± {s['return_ci95']:.1f} | {s['episodes']}, {s['seed']} |"
+        )
+    lines += ["", "Commands (run from the repository root; each row's last command re-measures it):", ""]
+    for row in rows.values():
+        lines += [f"- `{row['task']}`:"] + [f"  - `{c}`" for c in row["commands"]]
+    (RESULTS / "base_policies.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", action="append", help="task id(s) to (re)build; default all")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "base_policies")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for spec in SPECS:
+        if args.only and spec.task not in args.only:
+            continue
+        row = build(spec, args.work)
+        with open(RESULTS / "base_policies.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        write_table()
+
+
+if __name__ == "__main__":
+    main()

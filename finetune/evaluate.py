@@ -1,0 +1,105 @@
+"""``dpft eval``: the single evaluation path for every policy artifact (base or fine-tuned)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from base_policies import load_policy
+from base_policies.policy import Policy
+from envs.chunking import check_policy_fits
+from envs.config import EnvConfig
+from envs.tasks import task_defines_success
+from finetune.rollout import EpisodeResult, policy_chunk_fn, run_episodes
+from finetune.stats import mean_ci, wilson_interval
+
+
+@dataclass
+class EvalConfig(EnvConfig):
+    """Evaluate a policy folder on a task: success rate and return with 95% intervals."""
+
+    policy: str = "shipped:metaworld-push-v3"
+    """Policy folder, a run folder containing policy/, or shipped:<name> for a policy installed with dpft."""
+    episodes: int = 50
+    """Number of evaluation episodes."""
+    json: bool = False
+    """Print one JSON object instead of a text report."""
+    video: Path | None = None
+    """Write an MP4 or GIF of a few episodes (offscreen MuJoCo rendering)."""
+    video_episodes: int = 2
+    """Episodes in the video."""
+    logdir: Path | None = None
+    """Also write TensorBoard scalars (eval/success_rate, eval/return_mean) here."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def evaluate(policy: Policy, cfg: EnvConfig, episodes: int, progress: bool = False) -> dict[str, Any]:
+    """Roll out ``policy`` for ``episodes`` episodes and summarise (used by eval and training)."""
+    venv = cfg.make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+    try:
+        check_policy_fits(policy, venv, cfg.task)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        t0 = time.perf_counter()
+        results = run_episodes(policy_chunk_fn(policy, gen), venv, episodes, seed=cfg.seed, progress=progress)
+        elapsed = time.perf_counter() - t0
+    finally:
+        venv.close()
+    return summarise(results, cfg, elapsed)
+
+
+def summarise(results: list[EpisodeResult], cfg: EnvConfig, elapsed: float) -> dict[str, Any]:
+    n = len(results)
+    ret, ret_ci = mean_ci([r.episode_return for r in results])
+    out: dict[str, Any] = {
+        "task": cfg.task,
+        "episodes": n,
+        "seed": cfg.seed,
+        "return_mean": ret,
+        "return_ci95": ret_ci,
+        "length_mean": sum(r.length for r in results) / max(n, 1),
+        "env_steps_per_s": sum(r.length for r in results) / max(elapsed, 1e-9),
+    }
+    if task_defines_success(cfg.task):
+        k = sum(r.success for r in results)
+        lo, hi = wilson_interval(k, n)
+        out.update(success_rate=k / max(n, 1), success_ci95=[lo, hi], successes=k)
+    else:
+        out.update(success_rate=None)
+    return out
+
+
+def report(summary: dict[str, Any], policy: str) -> str:
+    lines = [f"policy {policy} on {summary['task']}: {summary['episodes']} episodes, seed {summary['seed']}"]
+    if summary.get("success_rate") is not None:
+        lo, hi = summary["success_ci95"]
+        lines.append(
+            f"  success rate  {summary['success_rate']:.3f}  (95% CI {lo:.3f}-{hi:.3f}; "
+            f"{summary['successes']}/{summary['episodes']})"
+        )
+    lines.append(f"  return        {summary['return_mean']:.2f} ± {summary['return_ci95']:.2f} (95% CI)")
+    lines.append(f"  episode length {summary['length_mean']:.1f}, {summary['env_steps_per_s']:.0f} env steps/s")
+    return "\n".join(lines)
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    policy = load_policy(cfg.policy)
+    summary = evaluate(policy, cfg, cfg.episodes, progress=cfg.progress and not cfg.json)
+    if cfg.logdir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(cfg.logdir)) as w:
+            if summary["success_rate"] is not None:
+                w.add_scalar("eval/success_rate", summary["success_rate"], 0)
+            w.add_scalar("eval/return_mean", summary["return_mean"], 0)
+    if cfg.video is not None:
+        from finetune.video import record_video
+
+        record_video(policy, cfg, cfg.video, cfg.video_episodes)
+    print(json.dumps(summary) if cfg.json else report(summary, cfg.policy))
+    return summary
