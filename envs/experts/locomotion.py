@@ -33,7 +33,7 @@ def sac_expert(name: str):
     obs_dim = state["latent_pi.0.weight"].shape[1]
     layers: list[nn.Module] = []
     dims = [obs_dim, *meta["hidden"]]
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for a, b in zip(dims[:-1], dims[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
     latent = nn.Sequential(*layers)
     latent.load_state_dict({k.removeprefix("latent_pi."): v for k, v in state.items() if k.startswith("latent_pi.")})

@@ -50,7 +50,7 @@ def main() -> None:
         for n in (1, 8):
             cfg = EnvConfig(task=task, envs=n)
 
-            def random_fn(obs):
+            def random_fn(obs, rng=rng, low=low, high=high, act_dim=act_dim):
                 return rng.uniform(low, high, (len(obs), 8, act_dim)).astype(np.float32)
 
             r = steps_per_s(cfg, random_fn, args.env_steps)
