@@ -42,7 +42,8 @@ class EnvConfig:
         self, obs_horizon: int, pred_horizon: int, action_horizon: int, gamma: float = 1.0, record_steps: bool = False
     ) -> gym.vector.VectorEnv:
         resolve_reward(self.reward)  # fail on a bad spec before any env starts
-        self.make_env().close()  # ... and on a bad task id, with a clear message
+        if self.vectorization == "async":
+            self.make_env().close()  # a bad task id fails here, not as a subprocess error
         return make_vector_env(
             partial(self.make_env),
             self.envs,
