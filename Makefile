@@ -18,8 +18,14 @@ $(BIN)/dpft: pyproject.toml
 
 install: $(BIN)/dpft
 
+# Main job (until fine-tuning lands): evaluate the shipped push policy, then rebuild one like it
+# from scratch -- collect noisy expert demos, BC-train a diffusion policy, evaluate it.
 demo: install
-	$(BIN)/python experiments/demo.py
+	rm -rf runs/demo
+	$(BIN)/dpft eval --policy shipped:metaworld-push-v3 --task metaworld:push-v3 --episodes 16
+	$(BIN)/dpft collect --config experiments/configs/demo_collect.yaml
+	$(BIN)/dpft train-bc --config experiments/configs/demo_bc.yaml
+	$(BIN)/dpft eval --policy runs/demo/bc --task metaworld:push-v3 --episodes 16
 
 test: install
 	$(BIN)/pytest -q

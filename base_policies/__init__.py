@@ -3,7 +3,7 @@
 from base_policies.checkpoint import load_policy
 from base_policies.config import ArchConfig, PolicyConfig
 from base_policies.diffusion import DiffusionPolicy
-from base_policies.errors import CheckpointError, ConfigError, DatasetError, DpftError
+from base_policies.errors import CheckpointError, ConfigError, DatasetError, DpftError, TaskError
 from base_policies.flow import FlowPolicy
 from base_policies.policy import POLICY_TYPES, DenoisingPolicy, Policy, register_policy
 
@@ -19,6 +19,7 @@ __all__ = [
     "FlowPolicy",
     "Policy",
     "PolicyConfig",
+    "TaskError",
     "load_policy",
     "register_policy",
 ]

@@ -7,6 +7,7 @@ what to do about it.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from base_policies.errors import CheckpointError, ConfigError
 from base_policies.policy import FORMAT_VERSION, POLICY_TYPES, Policy
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
+# Policy types defined outside base_policies (fine-tuning artifacts), imported on first use.
+BUILTIN_PLUGINS = {"dsrl": "finetune.dsrl.steered"}
 
 
 def shipped_policies() -> list[str]:
@@ -65,6 +68,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
     """Load any policy folder (base, steered, residual) and return it in eval mode."""
     path = resolve_policy_dir(path)
     meta = read_meta(path)
+    if meta["type"] not in POLICY_TYPES and meta["type"] in BUILTIN_PLUGINS:
+        importlib.import_module(BUILTIN_PLUGINS[meta["type"]])  # registers the type
     cls = POLICY_TYPES.get(meta["type"])
     if cls is None:
         raise CheckpointError(

@@ -21,6 +21,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from envs.tasks import make
+from finetune.sb3_actor import SquashedMeanActor
 
 OUT = Path(__file__).resolve().parent.parent / "envs" / "experts" / "weights"
 
@@ -37,9 +38,7 @@ def main() -> None:
     model = SAC("MlpPolicy", env, seed=args.seed, verbose=0, learning_starts=5000)
     model.learn(total_timesteps=args.steps, progress_bar=False)
     mean, std = evaluate_policy(model, make(args.task), n_eval_episodes=args.eval_episodes, deterministic=True)
-    actor = model.policy.actor
-    state = {f"latent_pi.{k}": v for k, v in actor.latent_pi.state_dict().items()}
-    state.update({f"mu.{k}": v for k, v in actor.mu.state_dict().items()})
+    state = SquashedMeanActor.from_sb3(model.policy.actor).state_dict()
     name = args.task.split(":")[-1]
     OUT.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(OUT / f"{name}.safetensors"))

@@ -49,11 +49,14 @@ def _register_builtin() -> None:
     register_command("train-bc", TrainBCConfig, train_bc, "Train a diffusion/flow base policy by behaviour cloning.")
     register_command("collect", CollectConfig, collect, "Collect expert demonstrations into an HDF5 file.")
     register_command("eval", EvalConfig, run_eval, "Evaluate a policy folder on a task (success rate, return).")
+    from finetune.dsrl.train import DSRLConfig, train_dsrl
+
+    register_command("finetune dsrl", DSRLConfig, train_dsrl, "Fine-tune by steering the base policy's noise (DSRL).")
 
 
 def _usage() -> str:
     lines = ["usage: dpft <command> [--config FILE.yaml] [flags]", "", "commands:"]
-    lines += [f"  {name:<12} {cmd.help}" for name, cmd in COMMANDS.items()]
+    lines += [f"  {name:<14} {cmd.help}" for name, cmd in COMMANDS.items()]
     lines += ["", "Run 'dpft <command> --help' for the flags of a command."]
     return "\n".join(lines)
 
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     name, args = argv[0], argv[1:]
+    if args and f"{name} {args[0]}" in COMMANDS:  # two-word commands: "finetune dsrl"
+        name, args = f"{name} {args[0]}", args[1:]
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 from base_policies.errors import TaskError
 from envs.experts import register_expert
+from finetune.sb3_actor import SquashedMeanActor
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -30,20 +30,17 @@ def sac_expert(name: str):
             f"python experiments/train_locomotion_expert.py --task gym:{name}"
         )
     state, meta = load_file(str(file)), json.loads(meta_file.read_text())
-    obs_dim = state["latent_pi.0.weight"].shape[1]
-    layers: list[nn.Module] = []
-    dims = [obs_dim, *meta["hidden"]]
-    for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    latent = nn.Sequential(*layers)
-    latent.load_state_dict({k.removeprefix("latent_pi."): v for k, v in state.items() if k.startswith("latent_pi.")})
-    mu = nn.Linear(dims[-1], state["mu.weight"].shape[0])
-    mu.load_state_dict({"weight": state["mu.weight"], "bias": state["mu.bias"]})
+    if "log_std.weight" not in state:  # experts exported before log_std was kept
+        out, hid = state["mu.weight"].shape
+        state = {**state, "log_std.weight": torch.zeros(out, hid), "log_std.bias": torch.zeros(out)}
+    actor = SquashedMeanActor(state["latent_pi.0.weight"].shape[1], SquashedMeanActor.hidden_from_state(state),
+                              state["mu.weight"].shape[0])
+    actor.load_state_dict(state)
     low, high = np.array(meta["action_low"], np.float32), np.array(meta["action_high"], np.float32)
 
     @torch.no_grad()
     def expert(obs: np.ndarray) -> np.ndarray:
-        a = torch.tanh(mu(latent(torch.as_tensor(obs, dtype=torch.float32)))).numpy()
+        a = actor(torch.as_tensor(obs, dtype=torch.float32)).numpy()
         return low + (a + 1) * 0.5 * (high - low)
 
     return expert

@@ -1,0 +1,1 @@
+"""DSRL: latent-noise steering of a frozen diffusion policy."""

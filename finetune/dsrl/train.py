@@ -1,0 +1,239 @@
+"""``dpft finetune dsrl``: steer a frozen diffusion policy by learning its initial noise.
+
+DSRL (Wagenmaker et al., 2025). Variant ``sac``: plain stable-baselines3 SAC on
+:class:`NoiseActionEnv`, whose action is the base policy's (flattened, bounded) noise.
+Warm-up transitions use the base policy's own N(0, I) noise, so the replay buffer starts
+with the base behaviour rather than uniform noise. One transition = one executed chunk,
+so SAC's discount is ``gamma ** action_horizon``; a time limit is stored as truncation
+(SB3 bootstraps through it), not as a terminal state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm import tqdm
+
+from base_policies import load_policy
+from base_policies.errors import ConfigError
+from base_policies.run_folder import RunFolder
+from base_policies.state_io import atomic_dir, atomic_write_text, load_state, rng_state, save_state, set_rng_state
+from envs.chunking import ChunkedEnv, check_policy_fits
+from envs.config import EnvConfig
+from finetune.dsrl.noise_env import NoiseActionEnv
+from finetune.dsrl.steered import SteeredPolicy
+from finetune.evaluate import evaluate
+from finetune.sb3_actor import SquashedMeanActor
+
+VARIANTS = ("sac",)
+
+
+@dataclass
+class DSRLConfig(EnvConfig):
+    """Fine-tune a frozen diffusion/flow policy with DSRL (RL over its initial noise)."""
+
+    base: str = "shipped:metaworld-push-v3"
+    """Base policy folder, run folder, or shipped:<name>. Its weights never change."""
+    task: str | None = None  # type: ignore[assignment]
+    """Task id (default: the task the base policy was trained for)."""
+    envs: int = 1
+    """Parallel environments (SB3 DummyVecEnv)."""
+    out: Path = Path("runs/dsrl")
+    """Run folder; the steered policy is written to OUT/policy."""
+    variant: str = "sac"
+    """sac: noise-space SAC (DSRL-SAC)."""
+    steps: int = 50_000
+    """Environment-step budget (transitions are chunks of action_horizon steps)."""
+    action_magnitude: float = 1.5
+    """Bound on each noise coordinate chosen by the agent."""
+    hidden: int = 256
+    """Width of actor and critic layers."""
+    layers: int = 2
+    """Number of hidden layers of actor and critic."""
+    utd: int = 1
+    """Gradient steps per collected transition (update-to-data ratio)."""
+    target_entropy: float = 0.0
+    """SAC target entropy (per noise vector)."""
+    min_alpha: float = 0.0
+    """Floor on the entropy temperature (guards against the collapse seen when alpha decays)."""
+    warmup_steps: int = 2000
+    """Environment steps collected with the base policy's own N(0, I) noise before learning."""
+    gamma: float = 0.99
+    """Per-environment-step discount."""
+    batch_size: int = 256
+    """SAC batch size."""
+    lr: float = 3e-4
+    """Learning rate of actor, critic and temperature."""
+    eval_every: int = 5000
+    """Environment steps between evaluations of the steered policy."""
+    eval_episodes: int = 20
+    """Episodes per evaluation."""
+    checkpoint_every: int = 10_000
+    """Environment steps between atomic checkpoints (what --resume continues from)."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown --variant {self.variant!r}; available: {list(VARIANTS)}")
+        if self.action_magnitude <= 0 or self.steps < 1 or self.utd < 1:
+            raise ConfigError("--action-magnitude, --steps and --utd must be positive")
+
+
+class DSRLSAC(SAC):
+    """SAC whose warm-up actions are N(0, I) noise (the base policy's own behaviour)."""
+
+    def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        if self.num_timesteps < learning_starts:
+            m = self.action_space.high
+            unscaled = np.clip(np.random.standard_normal((n_envs, *self.action_space.shape)), -m, m)
+            unscaled = unscaled.astype(np.float32)
+            return unscaled, self.policy.scale_action(unscaled)
+        return super()._sample_action(learning_starts, action_noise, n_envs)
+
+
+def steered_from(model: SAC, base, cfg: DSRLConfig) -> SteeredPolicy:
+    actor = SquashedMeanActor.from_sb3(model.policy.actor)
+    meta = {"variant": cfg.variant, "hidden": [cfg.hidden] * cfg.layers, "task": cfg.task,
+            "base_source": str(cfg.base)}
+    return SteeredPolicy(base, actor, cfg.action_magnitude, meta)
+
+
+class DSRLCallback(BaseCallback):
+    """Progress bar, alpha floor, periodic evaluation (TensorBoard eval/*) and checkpoints."""
+
+    def __init__(self, cfg: DSRLConfig, run: RunFolder, base, env_steps_per_transition: int) -> None:
+        super().__init__()
+        self.cfg, self.run, self.base, self.k = cfg, run, base, env_steps_per_transition
+        self.next_eval = self.next_ckpt = 0
+        self.t0 = time.perf_counter()
+        self.last_success: float | None = None
+
+    def _on_training_start(self) -> None:
+        env_steps = self.num_timesteps * self.k
+        self.next_eval = (env_steps // self.cfg.eval_every + 1) * self.cfg.eval_every
+        self.next_ckpt = (env_steps // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
+        self.start_steps = env_steps
+        self.bar = tqdm(total=self.cfg.steps, initial=env_steps, disable=not self.cfg.progress, desc="dsrl",
+                        unit="env step")
+
+    def _on_step(self) -> bool:
+        env_steps = self.num_timesteps * self.k
+        self.bar.n = env_steps
+        if self.cfg.min_alpha > 0 and self.model.log_ent_coef is not None:
+            with torch.no_grad():
+                self.model.log_ent_coef.clamp_(min=math.log(self.cfg.min_alpha))
+        if env_steps >= self.next_eval:
+            self.next_eval += self.cfg.eval_every
+            summary = self.evaluate()
+            self.logger.record("eval/return_mean", summary["return_mean"])
+            if summary["success_rate"] is not None:
+                self.logger.record("eval/success_rate", summary["success_rate"])
+                self.last_success = summary["success_rate"]
+                self.bar.set_postfix(success=f"{self.last_success:.2f}")
+            fps = (env_steps - self.start_steps) / (time.perf_counter() - self.t0)
+            self.logger.record("time/env_steps_per_s", fps)
+            self.logger.record("rollout/noise_norm", float(np.linalg.norm(self.locals["actions"], axis=-1).mean()))
+            self.logger.dump(self.num_timesteps)
+        if env_steps >= self.next_ckpt:
+            self.next_ckpt += self.cfg.checkpoint_every
+            save_checkpoint(self.model, self.run)
+        self.bar.refresh()
+        return True
+
+    def evaluate(self) -> dict:
+        policy = steered_from(self.model, self.base, self.cfg)
+        eval_cfg = replace(self.cfg, envs=min(8, self.cfg.eval_episodes), seed=self.cfg.seed + 1_000_000)
+        return evaluate(policy, eval_cfg, self.cfg.eval_episodes)
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+def save_checkpoint(model: SAC, run: RunFolder) -> None:
+    """Atomically write model, optimisers, replay buffer, counters and RNG state.
+
+    SB3's own zip and replay-buffer files are used here (they pickle some objects); they are
+    training state read only by ``--resume``, never a policy artifact."""
+    with atomic_dir(run.checkpoint_dir) as tmp:
+        model.save(tmp / "sac.zip")
+        model.save_replay_buffer(tmp / "replay.pkl")
+        save_state(tmp, {"num_timesteps": model.num_timesteps, "rng": rng_state()})
+
+
+def make_env_fn(cfg: DSRLConfig, base):
+    def make():
+        chunked = ChunkedEnv(cfg.make_env(), base.obs_horizon, base.pred_horizon, base.action_horizon)
+        return Monitor(NoiseActionEnv(chunked, base, cfg.action_magnitude))
+
+    return make
+
+
+def train_dsrl(cfg: DSRLConfig) -> Path:
+    run = RunFolder(cfg.out)
+    if cfg.resume:
+        cfg = replace(run.read_config(DSRLConfig), resume=True, progress=cfg.progress)
+    elif run.has_checkpoint():
+        raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+    base = load_policy(cfg.base)
+    cfg = replace(cfg, task=cfg.task or (base.config.task if base.config else None))
+    if not cfg.task:
+        raise ConfigError("the base policy does not record its task; pass --task")
+    probe = cfg.make_env()
+    check_policy_fits(base, probe, cfg.task)
+    probe.close()
+    run.write_config(cfg)
+    k = base.action_horizon
+    venv = DummyVecEnv([make_env_fn(cfg, base)] * cfg.envs)
+    venv.seed(cfg.seed)
+    if cfg.resume and run.has_checkpoint():
+        model = DSRLSAC.load(run.checkpoint_dir / "sac.zip", env=venv, tensorboard_log=str(run.tb_dir))
+        model.load_replay_buffer(run.checkpoint_dir / "replay.pkl")
+        state = load_state(run.checkpoint_dir)
+        set_rng_state(state["rng"])
+        reset = False
+    else:
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        model = DSRLSAC(
+            "MlpPolicy", venv, learning_rate=cfg.lr, buffer_size=max(cfg.steps // k + 1, 1000),
+            learning_starts=cfg.warmup_steps // k, batch_size=cfg.batch_size, gamma=cfg.gamma**k,
+            train_freq=1, gradient_steps=cfg.utd, target_entropy=cfg.target_entropy,
+            policy_kwargs={"net_arch": [cfg.hidden] * cfg.layers}, tensorboard_log=str(run.tb_dir),
+            seed=cfg.seed, verbose=0,
+        )
+        reset = True
+        writer = run.writer(cfg)
+        writer.close()
+    callback = DSRLCallback(cfg, run, base, k)
+    total = math.ceil(cfg.steps / k)
+    try:
+        model.learn(total_timesteps=total - (0 if reset else model.num_timesteps), callback=callback,
+                    reset_num_timesteps=reset, tb_log_name="sac", progress_bar=False)
+    except KeyboardInterrupt:
+        save_checkpoint(model, run)
+        raise KeyboardInterrupt(
+            f"interrupted at {model.num_timesteps * k} env steps; continue with: dpft finetune dsrl --out {cfg.out} "
+            "--resume"
+        ) from None
+    save_checkpoint(model, run)
+    steered = steered_from(model, base, cfg)
+    steered.save(run.policy_dir)
+    final = callback.evaluate()
+    atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
+    print(f"steered policy saved to {run.policy_dir}; final eval: success {final['success_rate']}, "
+          f"return {final['return_mean']:.1f} over {final['episodes']} episodes")
+    return run.policy_dir

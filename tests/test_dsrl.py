@@ -1,0 +1,110 @@
+"""DSRL on a task where the base policy must change its mode to improve."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from base_policies import ArchConfig, ConfigError, TaskError, load_policy
+from base_policies.data import write_robomimic_hdf5
+from base_policies.train_bc import TrainBCConfig, train_bc
+from envs.chunking import ChunkedEnv
+from envs.config import EnvConfig
+from envs.tasks import make
+from finetune import cli
+from finetune.dsrl import train as dsrl_train
+from finetune.dsrl.noise_env import NoiseActionEnv
+from finetune.dsrl.train import DSRLConfig, train_dsrl
+from finetune.evaluate import evaluate
+from synthetic import bimodal_episodes
+
+TASK = "toy_envs:Obstacle-v0"
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("base")
+    write_robomimic_hdf5(d / "demos.hdf5", bimodal_episodes(300, left_fraction=0.7), {"task": TASK})
+    arch = ArchConfig(obs_horizon=1, pred_horizon=8, action_horizon=8, hidden_dim=128, num_blocks=2)
+    return train_bc(TrainBCConfig(dataset=d / "demos.hdf5", out=d / "bc", arch=arch, steps=1500, lr=1e-3,
+                                  warmup_steps=50, checkpoint_every=10**9, progress=False))
+
+
+def quick(tmp_path, base_dir, **kw):
+    return DSRLConfig(base=str(base_dir), out=tmp_path / "dsrl", steps=kw.pop("steps", 2400), warmup_steps=400,
+                      eval_every=10**9, eval_episodes=50, checkpoint_every=800, progress=False, **kw)
+
+
+def test_noise_env_passes_gymnasium_and_sb3_checkers(base_dir):
+    base = load_policy(base_dir)
+    env = NoiseActionEnv(ChunkedEnv(make(TASK), 1, 8, 4), base, 1.5)  # 2 chunks per episode
+    assert env.action_space.shape == (16,) and env.observation_space.shape == (2,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(env, skip_render_check=True)
+        sb3_check_env(env, warn=False)
+
+
+def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir):
+    base = load_policy(base_dir)
+    env_cfg = EnvConfig(task=TASK, envs=8, seed=123)
+    before = evaluate(base, env_cfg, 100)["success_rate"]
+    assert before < 0.5  # the base mostly goes left
+
+    out = train_dsrl(quick(tmp_path, base_dir))
+    steered = load_policy(out)  # a Policy like any other; its type says it is steered
+    assert type(steered).__name__ == "SteeredPolicy" and json.loads((out / "config.json").read_text())["type"] == "dsrl"
+    after = evaluate(steered, env_cfg, 100)["success_rate"]
+    assert after >= before + 0.3, f"DSRL did not learn to steer: {before:.2f} -> {after:.2f}"
+
+    obs = torch.zeros(4, 2)
+    eps = torch.randn(4, *steered.noise_shape)
+    assert torch.equal(steered.predict_chunk(obs, eps), steered.predict_chunk(obs, eps.clone()))
+    assert not torch.equal(steered.predict_chunk(obs), base.predict_chunk(obs, torch.zeros(4, 8, 2)))
+
+
+def test_interrupted_run_resumes(tmp_path, base_dir, monkeypatch):
+    original, calls = dsrl_train.DSRLCallback._on_step, {"n": 0}
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 150:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", flaky)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at 1192 env steps"):
+        train_dsrl(quick(tmp_path, base_dir, steps=1600))
+    monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", original)
+    seen = {}
+
+    def spy(self):
+        seen.setdefault("first", self.num_timesteps)
+        return original(self)
+
+    monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", spy)
+    out = train_dsrl(DSRLConfig(out=tmp_path / "dsrl", resume=True, progress=False))
+    assert seen["first"] == 150, "the resumed run must continue from the saved step counter"
+    assert load_policy(out).action_horizon == 8
+
+
+def test_bad_input(tmp_path, base_dir, capsys):
+    with pytest.raises(TaskError, match="expects observations of size 2"):
+        train_dsrl(quick(tmp_path, base_dir, task="gym:Hopper-v5"))
+    with pytest.raises(ConfigError, match="unknown --variant 'gan'"):
+        quick(tmp_path, base_dir, variant="gan")
+    (tmp_path / "bad_rew.py").write_text("def r(obs, action, reward, info):\n    raise ValueError('no')\n")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code = cli.main(["finetune", "dsrl", "--base", str(base_dir), "--out", str(tmp_path / "r"), "--steps", "200",
+                         "--warmup-steps", "100", "--reward", "bad_rew:r", "--no-progress"])
+    finally:
+        os.chdir(cwd)
+    assert code == 2 and "reward function bad_rew:r raised ValueError" in capsys.readouterr().err
