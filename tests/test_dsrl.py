@@ -77,7 +77,7 @@ def test_interrupted_run_resumes(tmp_path, base_dir, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", flaky)
-    with pytest.raises(KeyboardInterrupt, match="interrupted at 1192 env steps"):
+    with pytest.raises(KeyboardInterrupt, match="interrupted at 1200 env steps"):
         train_dsrl(quick(tmp_path, base_dir, steps=1600))
     monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", original)
     seen = {}
@@ -88,7 +88,7 @@ def test_interrupted_run_resumes(tmp_path, base_dir, monkeypatch):
 
     monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", spy)
     out = train_dsrl(DSRLConfig(out=tmp_path / "dsrl", resume=True, progress=False))
-    assert seen["first"] == 150, "the resumed run must continue from the saved step counter"
+    assert seen["first"] == 151, "the resumed run must continue from the saved step counter"
     assert load_policy(out).action_horizon == 8
 
 
