@@ -43,9 +43,12 @@ class Spec:
 
 SPECS = [
     Spec("metaworld:push-v3", demos=10, action_noise=0.3, bc_steps=3000),
-    Spec("metaworld:drawer-open-v3", demos=5, action_noise=0.5, bc_steps=3000),
-    Spec("metaworld:button-press-v3", demos=5, action_noise=0.5, bc_steps=3000),
-    Spec("metaworld:door-open-v3", demos=5, action_noise=0.5, bc_steps=3000),
+    # With 5 demos (noise 0.5, 3000 steps) drawer-open reached 0.97, button-press 1.00, door-open 0.98:
+    # too good to leave room for fine-tuning, so these use 2 demos.
+    Spec("metaworld:drawer-open-v3", demos=2, action_noise=0.5, bc_steps=1500),
+    Spec("metaworld:button-press-v3", demos=2, action_noise=0.5, bc_steps=1500),
+    Spec("metaworld:pick-place-v3", demos=10, action_noise=0.3, bc_steps=3000),
+    Spec("metaworld:door-open-v3", demos=2, action_noise=0.5, bc_steps=1500),  # 5 demos gave 0.98
     Spec("gym:Hopper-v5", demos=10, action_noise=0.2, bc_steps=5000, eval_episodes=50),
     Spec("gym:Walker2d-v5", demos=10, action_noise=0.2, bc_steps=5000, eval_episodes=50),
 ]

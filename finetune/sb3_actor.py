@@ -43,6 +43,8 @@ class SquashedMeanActor(nn.Module):
 
     @staticmethod
     def hidden_from_state(state: dict[str, torch.Tensor]) -> list[int]:
-        keys = sorted((k for k in state if k.startswith("latent_pi.") and k.endswith(".weight")),
-                      key=lambda k: int(k.split(".")[1]))
+        keys = sorted(
+            (k for k in state if k.startswith("latent_pi.") and k.endswith(".weight")),
+            key=lambda k: int(k.split(".")[1]),
+        )
         return [state[k].shape[0] for k in keys]

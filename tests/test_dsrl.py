@@ -3,11 +3,11 @@
 import json
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from synthetic import bimodal_episodes
 
 from base_policies import ArchConfig, ConfigError, TaskError, load_policy
 from base_policies.data import write_robomimic_hdf5
@@ -20,7 +20,6 @@ from finetune.dsrl import train as dsrl_train
 from finetune.dsrl.noise_env import NoiseActionEnv
 from finetune.dsrl.train import DSRLConfig, train_dsrl
 from finetune.evaluate import evaluate
-from synthetic import bimodal_episodes
 
 TASK = "toy_envs:Obstacle-v0"
 
@@ -30,13 +29,32 @@ def base_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("base")
     write_robomimic_hdf5(d / "demos.hdf5", bimodal_episodes(300, left_fraction=0.7), {"task": TASK})
     arch = ArchConfig(obs_horizon=1, pred_horizon=8, action_horizon=8, hidden_dim=128, num_blocks=2)
-    return train_bc(TrainBCConfig(dataset=d / "demos.hdf5", out=d / "bc", arch=arch, steps=1500, lr=1e-3,
-                                  warmup_steps=50, checkpoint_every=10**9, progress=False))
+    return train_bc(
+        TrainBCConfig(
+            dataset=d / "demos.hdf5",
+            out=d / "bc",
+            arch=arch,
+            steps=1500,
+            lr=1e-3,
+            warmup_steps=50,
+            checkpoint_every=10**9,
+            progress=False,
+        )
+    )
 
 
 def quick(tmp_path, base_dir, **kw):
-    return DSRLConfig(base=str(base_dir), out=tmp_path / "dsrl", steps=kw.pop("steps", 2400), warmup_steps=400,
-                      eval_every=10**9, eval_episodes=50, checkpoint_every=800, progress=False, **kw)
+    return DSRLConfig(
+        base=str(base_dir),
+        out=tmp_path / "dsrl",
+        steps=kw.pop("steps", 2400),
+        warmup_steps=400,
+        eval_every=10**9,
+        eval_episodes=50,
+        checkpoint_every=800,
+        progress=False,
+        **kw,
+    )
 
 
 def test_noise_env_passes_gymnasium_and_sb3_checkers(base_dir):
@@ -103,8 +121,23 @@ def test_bad_input(tmp_path, base_dir, capsys):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        code = cli.main(["finetune", "dsrl", "--base", str(base_dir), "--out", str(tmp_path / "r"), "--steps", "200",
-                         "--warmup-steps", "100", "--reward", "bad_rew:r", "--no-progress"])
+        code = cli.main(
+            [
+                "finetune",
+                "dsrl",
+                "--base",
+                str(base_dir),
+                "--out",
+                str(tmp_path / "r"),
+                "--steps",
+                "200",
+                "--warmup-steps",
+                "100",
+                "--reward",
+                "bad_rew:r",
+                "--no-progress",
+            ]
+        )
     finally:
         os.chdir(cwd)
     assert code == 2 and "reward function bad_rew:r raised ValueError" in capsys.readouterr().err

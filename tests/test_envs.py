@@ -122,3 +122,17 @@ def test_policy_task_mismatch_is_clear():
     env = make("gym:Hopper-v5")
     with pytest.raises(TaskError, match="expects observations of size 5 .* but task 'gym:Hopper-v5' has 11 and 3"):
         check_policy_fits(tiny_policy(obs_dim=5, action_dim=3), env, "gym:Hopper-v5")
+
+
+def test_async_vectorization_matches_sync():
+    from envs.config import EnvConfig
+
+    def random_chunks(obs):
+        return np.tile(np.linspace(-0.5, 0.5, 3, dtype=np.float32), (obs.shape[0], 4, 1))
+
+    results = {}
+    for mode in ("sync", "async"):
+        venv = EnvConfig(task="gym:Hopper-v5", envs=2, vectorization=mode, max_episode_steps=40).make_vector(1, 4, 4)
+        results[mode] = [(r.length, round(r.episode_return, 5)) for r in run_episodes(random_chunks, venv, 4, seed=3)]
+        venv.close()
+    assert results["sync"] == results["async"]

@@ -33,8 +33,9 @@ def sac_expert(name: str):
     if "log_std.weight" not in state:  # experts exported before log_std was kept
         out, hid = state["mu.weight"].shape
         state = {**state, "log_std.weight": torch.zeros(out, hid), "log_std.bias": torch.zeros(out)}
-    actor = SquashedMeanActor(state["latent_pi.0.weight"].shape[1], SquashedMeanActor.hidden_from_state(state),
-                              state["mu.weight"].shape[0])
+    actor = SquashedMeanActor(
+        state["latent_pi.0.weight"].shape[1], SquashedMeanActor.hidden_from_state(state), state["mu.weight"].shape[0]
+    )
     actor.load_state_dict(state)
     low, high = np.array(meta["action_low"], np.float32), np.array(meta["action_high"], np.float32)
 

@@ -54,8 +54,12 @@ class SteeredPolicy(Policy):
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        meta = {**self.meta, "type": "dsrl", "format_version": FORMAT_VERSION,
-                "action_magnitude": self.action_magnitude}
+        meta = {
+            **self.meta,
+            "type": "dsrl",
+            "format_version": FORMAT_VERSION,
+            "action_magnitude": self.action_magnitude,
+        }
         with atomic_dir(Path(path)) as tmp:
             self.base.save(tmp / "base")
             (tmp / "config.json").write_text(json.dumps(meta, indent=2))
@@ -73,5 +77,3 @@ class SteeredPolicy(Policy):
         actor = SquashedMeanActor(base.obs_horizon * base.obs_dim, hidden, n)
         load_weights(actor, path)
         return cls(base, actor, float(meta["action_magnitude"]), meta)
-
-

@@ -107,8 +107,7 @@ class DSRLSAC(SAC):
 
 def steered_from(model: SAC, base, cfg: DSRLConfig) -> SteeredPolicy:
     actor = SquashedMeanActor.from_sb3(model.policy.actor)
-    meta = {"variant": cfg.variant, "hidden": [cfg.hidden] * cfg.layers, "task": cfg.task,
-            "base_source": str(cfg.base)}
+    meta = {"variant": cfg.variant, "hidden": [cfg.hidden] * cfg.layers, "task": cfg.task, "base_source": str(cfg.base)}
     return SteeredPolicy(base, actor, cfg.action_magnitude, meta)
 
 
@@ -127,8 +126,9 @@ class DSRLCallback(BaseCallback):
         self.next_eval = (env_steps // self.cfg.eval_every + 1) * self.cfg.eval_every
         self.next_ckpt = (env_steps // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
         self.start_steps = env_steps
-        self.bar = tqdm(total=self.cfg.steps, initial=env_steps, disable=not self.cfg.progress, desc="dsrl",
-                        unit="env step")
+        self.bar = tqdm(
+            total=self.cfg.steps, initial=env_steps, disable=not self.cfg.progress, desc="dsrl", unit="env step"
+        )
 
     def _on_step(self) -> bool:
         env_steps = self.num_timesteps * self.k
@@ -209,11 +209,20 @@ def train_dsrl(cfg: DSRLConfig) -> Path:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         model = DSRLSAC(
-            "MlpPolicy", venv, learning_rate=cfg.lr, buffer_size=max(cfg.steps // k + 1, 1000),
-            learning_starts=cfg.warmup_steps // k, batch_size=cfg.batch_size, gamma=cfg.gamma**k,
-            train_freq=1, gradient_steps=cfg.utd, target_entropy=cfg.target_entropy,
-            policy_kwargs={"net_arch": [cfg.hidden] * cfg.layers}, tensorboard_log=str(run.tb_dir),
-            seed=cfg.seed, verbose=0,
+            "MlpPolicy",
+            venv,
+            learning_rate=cfg.lr,
+            buffer_size=max(cfg.steps // k + 1, 1000),
+            learning_starts=cfg.warmup_steps // k,
+            batch_size=cfg.batch_size,
+            gamma=cfg.gamma**k,
+            train_freq=1,
+            gradient_steps=cfg.utd,
+            target_entropy=cfg.target_entropy,
+            policy_kwargs={"net_arch": [cfg.hidden] * cfg.layers},
+            tensorboard_log=str(run.tb_dir),
+            seed=cfg.seed,
+            verbose=0,
         )
         reset = True
         writer = run.writer(cfg)
@@ -221,8 +230,13 @@ def train_dsrl(cfg: DSRLConfig) -> Path:
     callback = DSRLCallback(cfg, run, base, k)
     total = math.ceil(cfg.steps / k)
     try:
-        model.learn(total_timesteps=total - (0 if reset else model.num_timesteps), callback=callback,
-                    reset_num_timesteps=reset, tb_log_name="sac", progress_bar=False)
+        model.learn(
+            total_timesteps=total - (0 if reset else model.num_timesteps),
+            callback=callback,
+            reset_num_timesteps=reset,
+            tb_log_name="sac",
+            progress_bar=False,
+        )
     except KeyboardInterrupt:
         save_checkpoint(model, run)
         raise KeyboardInterrupt(
@@ -234,6 +248,8 @@ def train_dsrl(cfg: DSRLConfig) -> Path:
     steered.save(run.policy_dir)
     final = callback.evaluate()
     atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
-    print(f"steered policy saved to {run.policy_dir}; final eval: success {final['success_rate']}, "
-          f"return {final['return_mean']:.1f} over {final['episodes']} episodes")
+    print(
+        f"steered policy saved to {run.policy_dir}; final eval: success {final['success_rate']}, "
+        f"return {final['return_mean']:.1f} over {final['episodes']} episodes"
+    )
     return run.policy_dir
