@@ -67,7 +67,7 @@ def test_noise_env_passes_gymnasium_and_sb3_checkers(base_dir):
         sb3_check_env(env, warn=False)
 
 
-def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir):
+def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir, capsys):
     base = load_policy(base_dir)
     env_cfg = EnvConfig(task=TASK, envs=8, seed=123)
     before = evaluate(base, env_cfg, 100)["success_rate"]
@@ -78,6 +78,12 @@ def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir):
     assert type(steered).__name__ == "SteeredPolicy" and json.loads((out / "config.json").read_text())["type"] == "dsrl"
     after = evaluate(steered, env_cfg, 100)["success_rate"]
     assert after >= before + 0.3, f"DSRL did not learn to steer: {before:.2f} -> {after:.2f}"
+
+    # `dpft eval` on the run folder evaluates the steered policy, with no extra flags
+    capsys.readouterr()
+    assert cli.main(["eval", "--policy", str(out.parent), "--task", TASK, "--episodes", "100", "--envs", "8",
+                     "--seed", "123", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["success_rate"] == after
 
     obs = torch.zeros(4, 2)
     eps = torch.randn(4, *steered.noise_shape)
