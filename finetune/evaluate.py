@@ -37,16 +37,21 @@ class EvalConfig(EnvConfig):
     """Also write TensorBoard scalars (eval/success_rate, eval/return_mean) here."""
     progress: bool = True
     """Show a progress bar."""
+    zero_noise: bool = False
+    """Feed the policy all-zero initial noise (its deterministic mode) instead of N(0, I) samples."""
 
 
-def evaluate(policy: Policy, cfg: EnvConfig, episodes: int, progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    policy: Policy, cfg: EnvConfig, episodes: int, progress: bool = False, zero_noise: bool = False
+) -> dict[str, Any]:
     """Roll out ``policy`` for ``episodes`` episodes and summarise (used by eval and training)."""
     venv = cfg.make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
     try:
         check_policy_fits(policy, venv, cfg.task)
         gen = torch.Generator().manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        results = run_episodes(policy_chunk_fn(policy, gen), venv, episodes, seed=cfg.seed, progress=progress)
+        fn = policy_chunk_fn(policy, gen, zero_noise=zero_noise)
+        results = run_episodes(fn, venv, episodes, seed=cfg.seed, progress=progress)
         elapsed = time.perf_counter() - t0
     finally:
         venv.close()
@@ -89,7 +94,8 @@ def report(summary: dict[str, Any], policy: str) -> str:
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy)
-    summary = evaluate(policy, cfg, cfg.episodes, progress=cfg.progress and not cfg.json)
+    summary = evaluate(policy, cfg, cfg.episodes, progress=cfg.progress and not cfg.json, zero_noise=cfg.zero_noise)
+    summary["noise"] = "zero" if cfg.zero_noise else "gaussian"
     if cfg.logdir is not None:
         from torch.utils.tensorboard import SummaryWriter
 

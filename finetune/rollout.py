@@ -34,11 +34,13 @@ class EpisodeResult:
     steps: Episode | None = field(default=None, repr=False)
 
 
-def policy_chunk_fn(policy: Policy, generator: torch.Generator | None = None) -> ChunkFn:
-    """Adapt a :class:`Policy` to ``obs history [N, To, D] -> chunks [N, H, A]`` (numpy)."""
+def policy_chunk_fn(policy: Policy, generator: torch.Generator | None = None, zero_noise: bool = False) -> ChunkFn:
+    """Adapt a :class:`Policy` to ``obs history [N, To, D] -> chunks [N, H, A]`` (numpy).
+    ``zero_noise`` feeds all-zero initial noise (the policy's deterministic mode)."""
 
     def fn(obs: np.ndarray) -> np.ndarray:
-        return policy.predict_chunk(torch.from_numpy(obs), generator=generator).cpu().numpy()
+        noise = torch.zeros(obs.shape[0], *policy.noise_shape) if zero_noise else None
+        return policy.predict_chunk(torch.from_numpy(obs), noise, generator=generator).cpu().numpy()
 
     return fn
 

@@ -81,8 +81,25 @@ def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir, caps
 
     # `dpft eval` on the run folder evaluates the steered policy, with no extra flags
     capsys.readouterr()
-    assert cli.main(["eval", "--policy", str(out.parent), "--task", TASK, "--episodes", "100", "--envs", "8",
-                     "--seed", "123", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--policy",
+                str(out.parent),
+                "--task",
+                TASK,
+                "--episodes",
+                "100",
+                "--envs",
+                "8",
+                "--seed",
+                "123",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["success_rate"] == after
 
     obs = torch.zeros(4, 2)

@@ -70,3 +70,13 @@ def test_unet_horizon_validation_suggests_fix():
         PolicyConfig(backbone="unet", arch=ArchConfig(pred_horizon=10, unet_dims=(8, 16, 32)))
     with pytest.raises(ConfigError, match="action_horizon"):
         PolicyConfig(arch=ArchConfig(action_horizon=9, pred_horizon=8))
+
+
+def test_zero_noise_chunk_fn_is_the_deterministic_mode(policy):
+    import numpy as np
+
+    from finetune.rollout import policy_chunk_fn
+
+    obs = np.random.default_rng(0).normal(size=(3, policy.obs_horizon, policy.obs_dim)).astype(np.float32)
+    expected = policy.predict_chunk(torch.from_numpy(obs), torch.zeros(3, *policy.noise_shape)).numpy()
+    np.testing.assert_array_equal(policy_chunk_fn(policy, zero_noise=True)(obs), expected)

@@ -4,7 +4,8 @@
 
 Uses a synthetic dataset with Meta-World-like sizes (obs 39, action 4, 200 episodes of 150
 steps); speed does not depend on the values. Training is timed through ``train_bc`` itself
-(the real loop: sampling, AdamW, clipping, EMA), excluding the first 50 warm-up steps.
+(the real loop: sampling, AdamW, clipping, EMA), as the time difference between a short and a
+long run, so start-up costs cancel.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from base_policies.train_bc import TrainBCConfig, train_bc
 ARCH = ArchConfig(obs_horizon=2, pred_horizon=8, action_horizon=4)
 
 
-def bc_steps_per_s(dataset: Path, policy: str, backbone: str, steps: int, tmp: Path) -> float:
+def bc_steps_per_s(dataset: Path, policy: str, backbone: str, steps: int, tmp: Path, warm: int) -> float:
     def run(n: int, name: str) -> float:
         cfg = TrainBCConfig(
             dataset=dataset,
@@ -44,7 +45,7 @@ def bc_steps_per_s(dataset: Path, policy: str, backbone: str, steps: int, tmp: P
         train_bc(cfg)
         return time.perf_counter() - t
 
-    short, long = run(50, f"{policy}-{backbone}-50"), run(50 + steps, f"{policy}-{backbone}-long")
+    short, long = run(warm, f"{policy}-{backbone}-short"), run(warm + steps, f"{policy}-{backbone}-long")
     return steps / (long - short)
 
 
@@ -63,13 +64,15 @@ def sampling_latency_ms(policy, batch: int, repeats: int) -> tuple[float, float]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--train-steps", type=int, default=300, help="timed steps for the MLP backbone")
+    ap.add_argument("--unet-train-steps", type=int, default=40, help="timed steps for the (slow) U-Net")
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}.",
+        f"torch {torch.__version__}. Command: `python experiments/benchmarks/bench_base_policy.py "
+        f"--train-steps {args.train_steps} --unet-train-steps {args.unet_train_steps} --repeats {args.repeats}`.",
         "",
         "## BC training throughput (batch 256, obs 39 x 2, chunk 8 x 4)",
         "",
@@ -89,7 +92,8 @@ def main() -> None:
         write_robomimic_hdf5(tmp / "d.hdf5", eps, {"task": "synthetic"})
         for policy in ("diffusion", "flow"):
             for backbone in ("mlp", "unet"):
-                sps = bc_steps_per_s(tmp / "d.hdf5", policy, backbone, args.train_steps, tmp)
+                n_steps = args.train_steps if backbone == "mlp" else args.unet_train_steps
+                sps = bc_steps_per_s(tmp / "d.hdf5", policy, backbone, n_steps, tmp, warm=max(10, n_steps // 6))
                 n = sum(
                     p.numel()
                     for p in POLICY_TYPES[policy](
