@@ -7,7 +7,8 @@ For each task below: collect a small, noisy set of expert demonstrations, train 
 diffusion policy by BC, evaluate it over 100 episodes, copy it into
 ``base_policies/shipped/<family>-<task>/`` (package data) and append the row to
 ``experiments/results/base_policies.jsonl``; the table in ``experiments/results/base_policies.md``
-and in ``experiments/README.md`` is rebuilt from that file. Every step is an ordinary ``dpft`` command, printed as it runs.
+and in ``experiments/README.md`` is rebuilt from that file. Every step is an ordinary ``dpft``
+command, printed as it runs.
 """
 
 from __future__ import annotations
