@@ -64,6 +64,8 @@ class DSRLConfig(EnvConfig):
     """Gradient steps per collected transition (update-to-data ratio)."""
     target_entropy: float = 0.0
     """SAC target entropy (per noise vector)."""
+    init_alpha: float = 1.0
+    """Initial entropy temperature (SB3 default 1.0; a high start spreads the noise far from N(0, I))."""
     min_alpha: float = 0.0
     """Floor on the entropy temperature (guards against the collapse seen when alpha decays)."""
     warmup_steps: int = 2000
@@ -89,8 +91,8 @@ class DSRLConfig(EnvConfig):
         super().__post_init__()
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown --variant {self.variant!r}; available: {list(VARIANTS)}")
-        if self.action_magnitude <= 0 or self.steps < 1 or self.utd < 1:
-            raise ConfigError("--action-magnitude, --steps and --utd must be positive")
+        if self.action_magnitude <= 0 or self.steps < 1 or self.utd < 1 or self.init_alpha <= 0:
+            raise ConfigError("--action-magnitude, --steps, --utd and --init-alpha must be positive")
 
 
 class DSRLSAC(SAC):
@@ -219,6 +221,7 @@ def train_dsrl(cfg: DSRLConfig) -> Path:
             train_freq=1,
             gradient_steps=cfg.utd,
             target_entropy=cfg.target_entropy,
+            ent_coef=f"auto_{cfg.init_alpha}",
             policy_kwargs={"net_arch": [cfg.hidden] * cfg.layers},
             tensorboard_log=str(run.tb_dir),
             seed=cfg.seed,
