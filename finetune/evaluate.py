@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from base_policies import load_policy
+from base_policies.errors import ConfigError
 from base_policies.policy import Policy
 from envs.chunking import check_policy_fits
 from envs.config import EnvConfig
@@ -23,6 +24,8 @@ from finetune.stats import mean_ci, wilson_interval
 class EvalConfig(EnvConfig):
     """Evaluate a policy folder on a task: success rate and return with 95% intervals."""
 
+    task: str | None = None  # type: ignore[assignment]
+    """Task id (default: the task the policy was trained for)."""
     policy: str = "shipped:metaworld-push-v3"
     """Policy folder, a run folder containing policy/, or shipped:<name> for a policy installed with dpft."""
     episodes: int = 50
@@ -94,6 +97,10 @@ def report(summary: dict[str, Any], policy: str) -> str:
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy)
+    task = cfg.task or getattr(getattr(policy, "config", None), "task", None)
+    if not task:
+        raise ConfigError(f"{cfg.policy} does not record its task; pass --task")
+    cfg = replace(cfg, task=task)
     summary = evaluate(policy, cfg, cfg.episodes, progress=cfg.progress and not cfg.json, zero_noise=cfg.zero_noise)
     summary["noise"] = "zero" if cfg.zero_noise else "gaussian"
     if cfg.logdir is not None:
