@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from synthetic import bimodal_episodes
 
-from base_policies import ArchConfig, ConfigError, TaskError, load_policy
+from base_policies import ArchConfig, CheckpointError, ConfigError, TaskError, load_policy
 from base_policies.data import write_robomimic_hdf5
 from base_policies.train_bc import TrainBCConfig, train_bc
 from envs.chunking import ChunkedEnv
@@ -164,3 +164,11 @@ def test_bad_input(tmp_path, base_dir, capsys):
     finally:
         os.chdir(cwd)
     assert code == 2 and "reward function bad_rew:r raised ValueError" in capsys.readouterr().err
+
+
+def test_resume_from_damaged_checkpoint_is_clear(tmp_path, base_dir):
+    train_dsrl(quick(tmp_path, base_dir, steps=900))
+    (tmp_path / "dsrl" / "checkpoint" / "sac.zip").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="checkpoint is damaged"):
+        train_dsrl(DSRLConfig(out=tmp_path / "dsrl", resume=True, progress=False))
+    assert (tmp_path / "dsrl" / "policy" / "config.json").exists()  # nothing already saved is lost

@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
 from base_policies import load_policy
-from base_policies.errors import ConfigError
+from base_policies.errors import CheckpointError, ConfigError
 from base_policies.run_folder import RunFolder
 from base_policies.state_io import atomic_dir, atomic_write_text, load_state, rng_state, save_state, set_rng_state
 from envs.chunking import ChunkedEnv, check_policy_fits
@@ -202,8 +202,14 @@ def train_dsrl(cfg: DSRLConfig) -> Path:
     venv = DummyVecEnv([make_env_fn(cfg, base)] * cfg.envs)
     venv.seed(cfg.seed)
     if cfg.resume and run.has_checkpoint():
-        model = DSRLSAC.load(run.checkpoint_dir / "sac.zip", env=venv, tensorboard_log=str(run.tb_dir))
-        model.load_replay_buffer(run.checkpoint_dir / "replay.pkl")
+        try:
+            model = DSRLSAC.load(run.checkpoint_dir / "sac.zip", env=venv, tensorboard_log=str(run.tb_dir))
+            model.load_replay_buffer(run.checkpoint_dir / "replay.pkl")
+        except Exception as e:  # SB3 raises zipfile/pickle/KeyError/... on damaged files
+            raise CheckpointError(
+                f"cannot resume from {run.checkpoint_dir} ({type(e).__name__}: {e}); the checkpoint is damaged -- "
+                "start a new run with another --out"
+            ) from None
         state = load_state(run.checkpoint_dir)
         set_rng_state(state["rng"])
         reset = False
