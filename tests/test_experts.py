@@ -1,0 +1,37 @@
+"""The experts that produce demonstrations actually solve their tasks."""
+
+import pytest
+
+from base_policies.errors import TaskError
+from envs.config import EnvConfig
+from envs.experts import get_expert
+from finetune.rollout import run_episodes
+
+
+@pytest.mark.parametrize(
+    "task, episodes, min_success",
+    [
+        ("robotics:FetchReach-v4", 8, 8),
+        ("robotics:FetchPickAndPlace-v4", 8, 6),
+        ("robotics:FetchPush-v4", 8, 5),
+        ("metaworld:button-press-v3", 4, 4),
+    ],
+)
+def test_scripted_expert_succeeds(task, episodes, min_success):
+    expert = get_expert(task)
+    venv = EnvConfig(task=task, envs=4).make_vector(1, 1, 1)
+    results = run_episodes(lambda obs: expert(obs[:, 0])[:, None], venv, episodes, seed=0)
+    assert sum(r.success for r in results) >= min_success
+
+
+def test_locomotion_expert_beats_zero_action():
+    expert = get_expert("gym:Hopper-v5")
+    venv = EnvConfig(task="gym:Hopper-v5", envs=2).make_vector(1, 1, 1)
+    expert_return = sum(r.episode_return for r in run_episodes(lambda o: expert(o[:, 0])[:, None], venv, 2, seed=0))
+    still = sum(r.episode_return for r in run_episodes(lambda o: 0 * expert(o[:, 0])[:, None], venv, 2, seed=0))
+    assert expert_return > still + 300
+
+
+def test_no_expert_is_clear():
+    with pytest.raises(TaskError, match="no SAC expert for gym:Ant-v5"):
+        get_expert("gym:Ant-v5")
