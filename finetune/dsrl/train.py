@@ -134,7 +134,7 @@ class DSRLCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         env_steps = self.num_timesteps * self.k
-        self.bar.n = env_steps
+        self.bar.update(env_steps - self.bar.n)  # tqdm throttles redraws itself
         if self.cfg.min_alpha > 0 and self.model.log_ent_coef is not None:
             with torch.no_grad():
                 self.model.log_ent_coef.clamp_(min=math.log(self.cfg.min_alpha))
@@ -153,7 +153,6 @@ class DSRLCallback(BaseCallback):
         if env_steps >= self.next_ckpt:
             self.next_ckpt += self.cfg.checkpoint_every
             save_checkpoint(self.model, self.run)
-        self.bar.refresh()
         return True
 
     def evaluate(self) -> dict:
