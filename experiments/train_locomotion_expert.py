@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-episodes", type=int, default=10)
+    ap.add_argument("--out-dir", type=Path, default=OUT, help="where to write <Env-id>.safetensors/.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     env = make(args.task)
@@ -40,8 +41,9 @@ def main() -> None:
     mean, std = evaluate_policy(model, make(args.task), n_eval_episodes=args.eval_episodes, deterministic=True)
     state = SquashedMeanActor.from_sb3(model.policy.actor).state_dict()
     name = args.task.split(":")[-1]
-    OUT.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(OUT / f"{name}.safetensors"))
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / f"{name}.safetensors"))
     meta = {
         "task": args.task,
         "hidden": list(model.policy.net_arch["pi"] if isinstance(model.policy.net_arch, dict) else [256, 256]),
@@ -55,7 +57,7 @@ def main() -> None:
         "command": f"python experiments/train_locomotion_expert.py --task {args.task} --steps {args.steps} "
         f"--seed {args.seed}",
     }
-    (OUT / f"{name}.json").write_text(json.dumps(meta, indent=2))
+    (out / f"{name}.json").write_text(json.dumps(meta, indent=2))
     print(json.dumps(meta, indent=2), np.isfinite(mean))
 
 
