@@ -1,1 +1,1 @@
-"""Fine-tuning methods (DSRL, residual RL, DPO), rollouts and the ``dpft`` CLI."""
+"""Fine-tuning methods (DSRL so far; residual RL and DPO are planned), rollouts and the ``dpft`` CLI."""
