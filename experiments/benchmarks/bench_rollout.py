@@ -1,11 +1,12 @@
-"""Env steps/s of a rollout with a base diffusion policy in the loop vs random actions.
+"""Env steps/s of a rollout: random actions vs a base diffusion policy vs a DSRL-steered policy.
 
     python experiments/benchmarks/bench_rollout.py --out experiments/results/rollout_bench.md
 
 For each task and number of envs, steps the chunked vector env (obs_horizon 2, pred_horizon 8,
 action_horizon 4) for a fixed number of env steps, once with uniformly random chunks and once
 with an MLP diffusion policy (10 DDIM steps) called once per vector step. The policy is
-untrained (same cost as a trained one) so the benchmark needs no checkpoint.
+untrained (same cost as a trained one) so the benchmark needs no checkpoint; the steered policy
+is that base plus an untrained 256x2 noise actor (the cost of steering at rollout time).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import torch
 
 from base_policies import ArchConfig, DiffusionPolicy, PolicyConfig
 from envs.config import EnvConfig
+from finetune.dsrl.steered import SteeredPolicy
 from finetune.rollout import policy_chunk_fn
+from finetune.sb3_actor import SquashedMeanActor
 
 
 def steps_per_s(cfg: EnvConfig, chunk_fn, env_steps: int) -> float:
@@ -39,13 +42,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--env-steps", type=int, default=4000)
     args = ap.parse_args()
-    lines = ["| task | envs | random actions (steps/s) | diffusion policy in the loop (steps/s) |", "|---|---|---|---|"]
+    lines = [
+        "| task | envs | random actions (steps/s) | base diffusion policy (steps/s) | DSRL-steered policy (steps/s) |",
+        "|---|---|---|---|---|",
+    ]
     for task in ("gym:Hopper-v5", "metaworld:push-v3"):
         probe = EnvConfig(task=task, envs=1).make_env()
         obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
         low, high = probe.action_space.low, probe.action_space.high
         probe.close()
         policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, action_dim=act_dim, arch=ArchConfig())).eval()
+        actor = SquashedMeanActor(policy.obs_horizon * obs_dim, [256, 256], int(np.prod(policy.noise_shape)))
+        steered = SteeredPolicy(policy, actor, 1.5, {})
         rng = np.random.default_rng(0)
         for n in (1, 8):
             cfg = EnvConfig(task=task, envs=n)
@@ -55,10 +63,12 @@ def main() -> None:
 
             r = steps_per_s(cfg, random_fn, args.env_steps)
             p = steps_per_s(cfg, policy_chunk_fn(policy, torch.Generator().manual_seed(0)), args.env_steps)
-            lines.append(f"| {task} | {n} | {r:.0f} | {p:.0f} |")
+            s = steps_per_s(cfg, policy_chunk_fn(steered), args.env_steps)
+            lines.append(f"| {task} | {n} | {r:.0f} | {p:.0f} | {s:.0f} |")
             print(lines[-1], flush=True)
     text = (
-        f"Measured with `python experiments/benchmarks/bench_rollout.py` ({args.env_steps} env steps per cell, "
+        f"Measured with `OMP_NUM_THREADS={torch.get_num_threads()} python experiments/benchmarks/bench_rollout.py` "
+        f"({args.env_steps} env steps per cell, "
         f"torch threads {torch.get_num_threads()}).\n\n" + "\n".join(lines) + "\n"
     )
     if args.out:
