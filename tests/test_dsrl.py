@@ -7,10 +7,12 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.vec_env import DummyVecEnv
 from synthetic import bimodal_episodes
 
 from base_policies import ArchConfig, CheckpointError, ConfigError, TaskError, load_policy
 from base_policies.data import write_robomimic_hdf5
+from base_policies.run_folder import RunFolder
 from base_policies.train_bc import TrainBCConfig, train_bc
 from envs.chunking import ChunkedEnv
 from envs.config import EnvConfig
@@ -67,13 +69,14 @@ def test_noise_env_passes_gymnasium_and_sb3_checkers(base_dir):
         sb3_check_env(env, warn=False)
 
 
-def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir, capsys):
+@pytest.mark.parametrize("variant", ["na", "sac"])
+def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir, capsys, variant):
     base = load_policy(base_dir)
     env_cfg = EnvConfig(task=TASK, envs=8, seed=123)
     before = evaluate(base, env_cfg, 100)["success_rate"]
     assert before < 0.5  # the base mostly goes left
 
-    out = train_dsrl(quick(tmp_path, base_dir))
+    out = train_dsrl(quick(tmp_path, base_dir, variant=variant))
     steered = load_policy(out)  # a Policy like any other; its type says it is steered
     assert type(steered).__name__ == "SteeredPolicy" and json.loads((out / "config.json").read_text())["type"] == "dsrl"
     after = evaluate(steered, env_cfg, 100)["success_rate"]
@@ -106,6 +109,42 @@ def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir, caps
     eps = torch.randn(4, *steered.noise_shape)
     assert torch.equal(steered.predict_chunk(obs, eps), steered.predict_chunk(obs, eps.clone()))
     assert not torch.equal(steered.predict_chunk(obs), base.predict_chunk(obs, torch.zeros(4, 8, 2)))
+
+
+def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_dir):
+    cfg = quick(tmp_path, base_dir, variant="na", task=TASK, envs=2, distill_samples=3, steps=1600)
+    base = load_policy(base_dir)
+    frozen = {k: v.clone() for k, v in base.state_dict().items()}
+    venv = DummyVecEnv([dsrl_train.make_env_fn(cfg, base)] * cfg.envs)
+    model = dsrl_train.new_model(cfg, base, venv)
+    model.learn(total_timesteps=100)  # 25 warm-up transitions per env, then 2 gradient steps per vector step
+
+    assert model._n_updates > 0
+    assert all(torch.equal(v, frozen[k]) for k, v in base.state_dict().items()), "the base must stay frozen"
+    assert all(p.grad is None for p in base.parameters()), "no gradient may reach the base"
+
+    # the buffer holds what the base really executed for the chosen noise and for the distillation noises
+    data = model.replay_buffer.sample(16)
+    obs = data.observations.view(-1, base.obs_horizon, base.obs_dim)
+    noise = data.actions * cfg.action_magnitude
+    k = base.action_horizon
+    assert torch.allclose(
+        base.predict_chunk(obs, noise.view(-1, *base.noise_shape))[:, :k].flatten(1), data.chunks, atol=1e-5
+    )
+    for j in range(3):
+        w = data.distill_noise[:, j].view(-1, *base.noise_shape)
+        assert w.abs().max() <= cfg.action_magnitude
+        assert torch.allclose(base.predict_chunk(obs, w)[:, :k].flatten(1), data.distill_chunks[:, j], atol=1e-5)
+
+    # the action critic, its target and its optimiser survive a checkpoint round trip
+    run = RunFolder(tmp_path / "ckpt")
+    dsrl_train.save_checkpoint(model, run)
+    loaded = dsrl_train.load_model(cfg, base, venv, run)
+    for name in ("action_critic", "action_critic_target"):
+        a, b = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    assert loaded.action_critic.optimizer.state_dict()["state"], "optimiser moments must be restored"
+    assert loaded.replay_buffer.chunks.shape == model.replay_buffer.chunks.shape
 
 
 def test_interrupted_run_resumes(tmp_path, base_dir, monkeypatch):

@@ -1,11 +1,15 @@
 """``dpft finetune dsrl``: steer a frozen diffusion policy by learning its initial noise.
 
-DSRL (Wagenmaker et al., 2025). Variant ``sac``: plain stable-baselines3 SAC on
-:class:`NoiseActionEnv`, whose action is the base policy's (flattened, bounded) noise.
+DSRL (Wagenmaker et al., 2025). Both variants train on :class:`NoiseActionEnv`, whose action
+is the base policy's (flattened, bounded) noise:
+
+* ``sac``: plain stable-baselines3 SAC (:class:`DSRLSAC`);
+* ``na``: noise aliasing (:class:`DSRLNA`), an action-chunk critic distilled into the noise critic.
+
 Warm-up transitions use the base policy's own N(0, I) noise, so the replay buffer starts
 with the base behaviour rather than uniform noise. One transition = one executed chunk,
-so SAC's discount is ``gamma ** action_horizon``; a time limit is stored as truncation
-(SB3 bootstraps through it), not as a terminal state.
+so the discount is ``gamma ** action_horizon``; a time limit is stored as truncation
+(SB3 bootstraps through it), not as a terminal state. TensorBoard's x axis is env steps.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
@@ -30,12 +35,17 @@ from base_policies.run_folder import RunFolder
 from base_policies.state_io import atomic_dir, atomic_write_text, load_state, rng_state, save_state, set_rng_state
 from envs.chunking import ChunkedEnv, check_policy_fits
 from envs.config import EnvConfig
+from envs.tasks import task_defines_success
+from finetune.dsrl.na import DSRLNA
+from finetune.dsrl.networks import DSRLPolicy
 from finetune.dsrl.noise_env import NoiseActionEnv
+from finetune.dsrl.replay import ChunkReplayBuffer
+from finetune.dsrl.sac import DSRLSAC
 from finetune.dsrl.steered import SteeredPolicy
 from finetune.evaluate import evaluate
 from finetune.sb3_actor import SquashedMeanActor
 
-VARIANTS = ("sac",)
+VARIANTS = {"sac": DSRLSAC, "na": DSRLNA}
 
 
 @dataclass
@@ -50,8 +60,8 @@ class DSRLConfig(EnvConfig):
     """Parallel environments (SB3 DummyVecEnv)."""
     out: Path = Path("runs/dsrl")
     """Run folder; the steered policy is written to OUT/policy."""
-    variant: str = "sac"
-    """sac: noise-space SAC (DSRL-SAC)."""
+    variant: str = "na"
+    """na: noise aliasing (action-chunk critic distilled into a noise critic); sac: noise-space SAC."""
     steps: int = 50_000
     """Environment-step budget (transitions are chunks of action_horizon steps)."""
     action_magnitude: float = 1.5
@@ -60,6 +70,12 @@ class DSRLConfig(EnvConfig):
     """Width of actor and critic layers."""
     layers: int = 2
     """Number of hidden layers of actor and critic."""
+    layer_norm: bool = False
+    """LayerNorm after every hidden layer of the critics."""
+    critics: int = 2
+    """Size of the critic ensemble (the TD target and the actor use the minimum over it)."""
+    distill_samples: int = 4
+    """na: N(0, I) noises denoised per collected transition for distilling the noise critic."""
     utd: int = 1
     """Gradient steps per collected transition (update-to-data ratio)."""
     target_entropy: float = 0.0
@@ -93,18 +109,19 @@ class DSRLConfig(EnvConfig):
             raise ConfigError(f"unknown --variant {self.variant!r}; available: {list(VARIANTS)}")
         if self.action_magnitude <= 0 or self.steps < 1 or self.utd < 1 or self.init_alpha <= 0:
             raise ConfigError("--action-magnitude, --steps, --utd and --init-alpha must be positive")
+        if self.critics < 1 or self.distill_samples < 0:
+            raise ConfigError("--critics must be at least 1 and --distill-samples at least 0")
 
 
-class DSRLSAC(SAC):
-    """SAC whose warm-up actions are N(0, I) noise (the base policy's own behaviour)."""
+class EnvStepLogger(Logger):
+    """SB3's logger with environment steps, not chunk transitions, on TensorBoard's x axis."""
 
-    def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
-        if self.num_timesteps < learning_starts:
-            m = self.action_space.high
-            unscaled = np.clip(np.random.standard_normal((n_envs, *self.action_space.shape)), -m, m)
-            unscaled = unscaled.astype(np.float32)
-            return unscaled, self.policy.scale_action(unscaled)
-        return super()._sample_action(learning_starts, action_noise, n_envs)
+    def __init__(self, folder: Path, env_steps_per_transition: int) -> None:
+        super().__init__(str(folder), [TensorBoardOutputFormat(str(folder))])
+        self.k = env_steps_per_transition
+
+    def dump(self, step: int = 0) -> None:
+        super().dump(step * self.k)
 
 
 def steered_from(model: SAC, base, cfg: DSRLConfig) -> SteeredPolicy:
@@ -127,7 +144,7 @@ class DSRLCallback(BaseCallback):
         env_steps = self.num_timesteps * self.k
         self.next_eval = (env_steps // self.cfg.eval_every + 1) * self.cfg.eval_every
         self.next_ckpt = (env_steps // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
-        self.start_steps = env_steps
+        self.start_steps, self.start_updates = env_steps, self.model._n_updates
         self.bar = tqdm(
             total=self.cfg.steps, initial=env_steps, disable=not self.cfg.progress, desc="dsrl", unit="env step"
         )
@@ -146,14 +163,30 @@ class DSRLCallback(BaseCallback):
                 self.logger.record("eval/success_rate", summary["success_rate"])
                 self.last_success = summary["success_rate"]
                 self.bar.set_postfix(success=f"{self.last_success:.2f}")
-            fps = (env_steps - self.start_steps) / (time.perf_counter() - self.t0)
-            self.logger.record("time/env_steps_per_s", fps)
+            elapsed = time.perf_counter() - self.t0
+            self.logger.record("time/env_steps_per_s", (env_steps - self.start_steps) / elapsed)
+            self.logger.record("time/grad_steps_per_s", (self.model._n_updates - self.start_updates) / elapsed)
             self.logger.record("rollout/noise_norm", float(np.linalg.norm(self.locals["actions"], axis=-1).mean()))
+            self.record_q_stats()
             self.logger.dump(self.num_timesteps)
         if env_steps >= self.next_ckpt:
             self.next_ckpt += self.cfg.checkpoint_every
             save_checkpoint(self.model, self.run)
         return True
+
+    @torch.no_grad()
+    def record_q_stats(self) -> None:
+        """Q statistics on a replay batch: the noise critic's (both variants) and, for NA, the action critic's."""
+        if self.model.replay_buffer.size() == 0:
+            return
+        data = self.model.replay_buffer.sample(256)
+        q = torch.cat(self.model.critic(data.observations, data.actions), dim=1).min(dim=1).values
+        self.logger.record("q/noise_critic_mean", q.mean().item())
+        self.logger.record("q/noise_critic_max", q.max().item())
+        if isinstance(self.model, DSRLNA):
+            qa = torch.cat(self.model.action_critic(data.observations, data.chunks), dim=1).min(dim=1).values
+            self.logger.record("q/action_critic_mean", qa.mean().item())
+            self.logger.record("q/action_critic_max", qa.max().item())
 
     def evaluate(self) -> dict:
         policy = steered_from(self.model, self.base, self.cfg)
@@ -176,11 +209,75 @@ def save_checkpoint(model: SAC, run: RunFolder) -> None:
 
 
 def make_env_fn(cfg: DSRLConfig, base):
+    distill = cfg.distill_samples if cfg.variant == "na" else 0
+    success = task_defines_success(cfg.task)
+
     def make():
         chunked = ChunkedEnv(cfg.make_env(), base.obs_horizon, base.pred_horizon, base.action_horizon)
-        return Monitor(NoiseActionEnv(chunked, base, cfg.action_magnitude))
+        return Monitor(NoiseActionEnv(chunked, base, cfg.action_magnitude, distill, success))
 
     return make
+
+
+def variant_kwargs(cfg: DSRLConfig, base) -> dict:
+    """Constructor arguments only DSRL-NA needs (its action critic and chunk replay buffer)."""
+    if cfg.variant != "na":
+        return {}
+    chunk_dim = base.action_horizon * base.action_dim
+    return {
+        "base": base,
+        "action_horizon": base.action_horizon,
+        "chunk_dim": chunk_dim,
+        "action_critic_kwargs": {
+            "net_arch": [cfg.hidden] * cfg.layers,
+            "n_critics": cfg.critics,
+            "layer_norm": cfg.layer_norm,
+        },
+        "replay_buffer_class": ChunkReplayBuffer,
+        "replay_buffer_kwargs": {
+            "chunk_dim": chunk_dim,
+            "distill_samples": cfg.distill_samples,
+            "noise_dim": int(np.prod(base.noise_shape)),
+        },
+    }
+
+
+def new_model(cfg: DSRLConfig, base, venv) -> DSRLSAC:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    k = base.action_horizon
+    return VARIANTS[cfg.variant](
+        DSRLPolicy,
+        venv,
+        learning_rate=cfg.lr,
+        buffer_size=max(cfg.steps // k + 1, 1000),
+        learning_starts=cfg.warmup_steps // k,
+        batch_size=cfg.batch_size,
+        gamma=cfg.gamma**k,
+        train_freq=1,
+        gradient_steps=cfg.utd * cfg.envs,
+        target_entropy=cfg.target_entropy,
+        ent_coef=f"auto_{cfg.init_alpha}",
+        policy_kwargs={"net_arch": [cfg.hidden] * cfg.layers, "n_critics": cfg.critics, "layer_norm": cfg.layer_norm},
+        seed=cfg.seed,
+        verbose=0,
+        **variant_kwargs(cfg, base),
+    )
+
+
+def load_model(cfg: DSRLConfig, base, venv, run: RunFolder) -> DSRLSAC:
+    """The checkpointed model, optimisers, replay buffer and RNG state, or one clear error."""
+    try:
+        extra = {"base": base} if cfg.variant == "na" else {}
+        model = VARIANTS[cfg.variant].load(run.checkpoint_dir / "sac.zip", env=venv, **extra)
+        model.load_replay_buffer(run.checkpoint_dir / "replay.pkl")
+    except Exception as e:  # SB3 raises zipfile/pickle/KeyError/... on damaged files
+        raise CheckpointError(
+            f"cannot resume from {run.checkpoint_dir} ({type(e).__name__}: {e}); the checkpoint is damaged -- "
+            "start a new run with another --out"
+        ) from None
+    set_rng_state(load_state(run.checkpoint_dir)["rng"])
+    return model
 
 
 def train_dsrl(cfg: DSRLConfig) -> Path:
@@ -201,40 +298,13 @@ def train_dsrl(cfg: DSRLConfig) -> Path:
     venv = DummyVecEnv([make_env_fn(cfg, base)] * cfg.envs)
     venv.seed(cfg.seed)
     if cfg.resume and run.has_checkpoint():
-        try:
-            model = DSRLSAC.load(run.checkpoint_dir / "sac.zip", env=venv, tensorboard_log=str(run.tb_dir))
-            model.load_replay_buffer(run.checkpoint_dir / "replay.pkl")
-        except Exception as e:  # SB3 raises zipfile/pickle/KeyError/... on damaged files
-            raise CheckpointError(
-                f"cannot resume from {run.checkpoint_dir} ({type(e).__name__}: {e}); the checkpoint is damaged -- "
-                "start a new run with another --out"
-            ) from None
-        state = load_state(run.checkpoint_dir)
-        set_rng_state(state["rng"])
+        model = load_model(cfg, base, venv, run)
         reset = False
     else:
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        model = DSRLSAC(
-            "MlpPolicy",
-            venv,
-            learning_rate=cfg.lr,
-            buffer_size=max(cfg.steps // k + 1, 1000),
-            learning_starts=cfg.warmup_steps // k,
-            batch_size=cfg.batch_size,
-            gamma=cfg.gamma**k,
-            train_freq=1,
-            gradient_steps=cfg.utd,
-            target_entropy=cfg.target_entropy,
-            ent_coef=f"auto_{cfg.init_alpha}",
-            policy_kwargs={"net_arch": [cfg.hidden] * cfg.layers},
-            tensorboard_log=str(run.tb_dir),
-            seed=cfg.seed,
-            verbose=0,
-        )
+        model = new_model(cfg, base, venv)
         reset = True
-        writer = run.writer(cfg)
-        writer.close()
+        run.writer(cfg).close()  # the full config as TensorBoard text
+    model.set_logger(EnvStepLogger(run.tb_dir, k))
     callback = DSRLCallback(cfg, run, base, k)
     total = math.ceil(cfg.steps / k)
     try:

@@ -1,0 +1,148 @@
+"""DSRL-NA (noise aliasing): an action-space critic, distilled into a noise-space critic.
+
+Many noises map to the same action chunk. A critic over noise must learn each of them
+separately from the transitions where that noise was chosen; a critic over *actions* learns
+once per action and lets every aliasing noise share it. So, per gradient step:
+
+1. Action critic Q_A(s, a), on executed chunks from the replay buffer, with the usual soft TD
+   target r + γ_chunk (min Q_A'(s', base(s', w')) - α log π(w'|s')), w' ~ π(s').
+2. Noise critic Q_W(s, w) regressed, head by head, onto Q_A(s, base(s, w)) for noises
+   w ~ N(0, I) (denoised at collection time, see ``NoiseActionEnv.distill_samples``) plus
+   the noise the agent actually chose with the chunk it produced.
+3. Actor trained against min Q_W, entropy temperature α as in SAC.
+
+The base policy runs once per gradient step (for w' in the TD target), under ``no_grad``:
+no gradient ever flows through it. SB3 SAC's ``critic`` *is* Q_W here, so SB3's actor,
+temperature, saving, callbacks and logging are reused as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.utils import polyak_update
+
+from finetune.dsrl.networks import action_critic
+from finetune.dsrl.sac import DSRLSAC
+
+
+class DSRLNA(DSRLSAC):
+    def __init__(
+        self,
+        *args: Any,
+        base=None,
+        action_horizon: int = 1,
+        chunk_dim: int = 1,
+        action_critic_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.base, self.action_horizon, self.chunk_dim = base, action_horizon, chunk_dim
+        self.action_critic_kwargs = action_critic_kwargs or {}
+        super().__init__(*args, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        chunk_space = spaces.Box(-np.inf, np.inf, (self.chunk_dim,), np.float32)
+        make = lambda: action_critic(self.observation_space, chunk_space, **self.action_critic_kwargs)  # noqa: E731
+        self.action_critic, self.action_critic_target = make().to(self.device), make().to(self.device)
+        self.action_critic_target.load_state_dict(self.action_critic.state_dict())
+        self.action_critic_target.set_training_mode(False)
+        self.action_critic.optimizer = torch.optim.Adam(self.action_critic.parameters(), lr=self.lr_schedule(1))
+
+    def executed(self, obs_flat: torch.Tensor, scaled_noise: torch.Tensor) -> torch.Tensor:
+        """The rows of the base policy's chunk that would run, flattened (no gradient)."""
+        base = self.base
+        obs = obs_flat.view(-1, base.obs_horizon, base.obs_dim)
+        noise = (scaled_noise * float(self.action_space.high[0])).view(-1, *base.noise_shape)
+        with torch.no_grad():
+            return base.predict_chunk(obs, noise)[:, : self.action_horizon].reshape(obs.shape[0], -1)
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        self.policy.set_training_mode(True)
+        self.action_critic.set_training_mode(True)
+        optimizers = [self.actor.optimizer, self.critic.optimizer, self.action_critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers.append(self.ent_coef_optimizer)
+        self._update_learning_rate(optimizers)
+        m = float(self.action_space.high[0])
+        logs: dict[str, list[float]] = {k: [] for k in ("critic", "noise_critic", "actor", "ent_coef", "ent_coef_loss")}
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            w_pi, log_prob = self.actor.action_log_prob(data.observations)
+            log_prob = log_prob.reshape(-1, 1)
+            ent_coef = self._step_temperature(log_prob, logs)
+
+            # 1. action critic: soft TD on executed chunks
+            with torch.no_grad():
+                w_next, log_prob_next = self.actor.action_log_prob(data.next_observations)
+                a_next = self.executed(data.next_observations, w_next)
+                q_next = torch.cat(self.action_critic_target(data.next_observations, a_next), dim=1)
+                q_next = q_next.min(dim=1, keepdim=True).values - ent_coef * log_prob_next.reshape(-1, 1)
+                target = data.rewards + (1 - data.dones) * self.gamma * q_next
+            q = self.action_critic(data.observations, data.chunks)
+            critic_loss = 0.5 * sum(F.mse_loss(qi, target) for qi in q)
+            self._step(self.action_critic.optimizer, critic_loss)
+
+            # 2. noise critic: distil Q_A(s, base(s, w)) onto Q_W(s, w), head by head
+            obs, noise, chunks = self._distill_batch(data, m)
+            with torch.no_grad():
+                q_a = torch.cat(self.action_critic(obs, chunks), dim=1)
+            q_w = torch.cat(self.critic(obs, noise), dim=1)
+            noise_loss = F.mse_loss(q_w, q_a)
+            self._step(self.critic.optimizer, noise_loss)
+
+            # 3. actor against the noise critic
+            q_pi = torch.cat(self.critic(data.observations, w_pi), dim=1).min(dim=1, keepdim=True).values
+            actor_loss = (ent_coef * log_prob - q_pi).mean()
+            self._step(self.actor.optimizer, actor_loss)
+
+            polyak_update(self.action_critic.parameters(), self.action_critic_target.parameters(), self.tau)
+            for key, value in (("critic", critic_loss), ("noise_critic", noise_loss), ("actor", actor_loss)):
+                logs[key].append(value.item())
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/ent_coef", float(np.mean(logs["ent_coef"])))
+        for key in ("critic", "noise_critic", "actor"):
+            self.logger.record(f"train/{key}_loss", float(np.mean(logs[key])))
+        if logs["ent_coef_loss"]:
+            self.logger.record("train/ent_coef_loss", float(np.mean(logs["ent_coef_loss"])))
+
+    def _distill_batch(self, data, m: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One stored N(0, I) pair per row (random among the M), plus the chosen noise and its chunk."""
+        b = data.observations.shape[0]
+        obs, noise, chunks = [data.observations], [data.actions], [data.chunks]
+        if data.distill_noise.shape[1]:
+            j = torch.randint(0, data.distill_noise.shape[1], (b,))
+            rows = torch.arange(b)
+            obs.append(data.observations)
+            noise.append(data.distill_noise[rows, j] / m)
+            chunks.append(data.distill_chunks[rows, j])
+        return torch.cat(obs), torch.cat(noise), torch.cat(chunks)
+
+    def _step_temperature(self, log_prob: torch.Tensor, logs: dict[str, list[float]]) -> torch.Tensor:
+        if self.ent_coef_optimizer is None:
+            logs["ent_coef"].append(self.ent_coef_tensor.item())
+            return self.ent_coef_tensor
+        ent_coef = torch.exp(self.log_ent_coef.detach())
+        loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
+        self._step(self.ent_coef_optimizer, loss)
+        logs["ent_coef"].append(ent_coef.item())
+        logs["ent_coef_loss"].append(loss.item())
+        return ent_coef
+
+    @staticmethod
+    def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "base", "action_critic", "action_critic_target"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, variables = super()._get_torch_save_params()
+        return [*state_dicts, "action_critic", "action_critic_target", "action_critic.optimizer"], variables
