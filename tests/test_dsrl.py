@@ -139,7 +139,7 @@ def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_d
     # the action critic, its target and its optimiser survive a checkpoint round trip
     run = RunFolder(tmp_path / "ckpt")
     dsrl_train.save_checkpoint(model, run)
-    loaded = dsrl_train.load_model(cfg, base, venv, run)
+    loaded, _ = dsrl_train.load_model(cfg, base, venv, run)
     for name in ("action_critic", "action_critic_target"):
         a, b = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
         assert all(torch.equal(a[key], b[key]) for key in a)

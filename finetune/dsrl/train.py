@@ -42,6 +42,7 @@ from finetune.dsrl.noise_env import NoiseActionEnv
 from finetune.dsrl.replay import ChunkReplayBuffer
 from finetune.dsrl.sac import DSRLSAC
 from finetune.dsrl.steered import SteeredPolicy
+from finetune.eval_log import append_eval, trim_evals
 from finetune.evaluate import evaluate
 from finetune.sb3_actor import SquashedMeanActor
 
@@ -131,17 +132,25 @@ def steered_from(model: SAC, base, cfg: DSRLConfig) -> SteeredPolicy:
 
 
 class DSRLCallback(BaseCallback):
-    """Progress bar, alpha floor, periodic evaluation (TensorBoard eval/*) and checkpoints."""
+    """Progress bar, alpha floor, periodic evaluation (TensorBoard eval/* and ``evals.jsonl``)
+    and checkpoints. Wall-clock time is counted across resumes."""
 
-    def __init__(self, cfg: DSRLConfig, run: RunFolder, base, env_steps_per_transition: int) -> None:
+    def __init__(self, cfg: DSRLConfig, run: RunFolder, base, env_steps_per_transition: int, wall_s: float = 0.0):
         super().__init__()
         self.cfg, self.run, self.base, self.k = cfg, run, base, env_steps_per_transition
         self.next_eval = self.next_ckpt = 0
         self.t0 = time.perf_counter()
+        self.wall_before = wall_s
         self.last_success: float | None = None
+
+    @property
+    def wall_s(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
 
     def _on_training_start(self) -> None:
         env_steps = self.num_timesteps * self.k
+        self.evals_path = self.run.root / "evals.jsonl"
+        trim_evals(self.evals_path, env_steps)
         self.next_eval = (env_steps // self.cfg.eval_every + 1) * self.cfg.eval_every
         self.next_ckpt = (env_steps // self.cfg.checkpoint_every + 1) * self.cfg.checkpoint_every
         self.start_steps, self.start_updates = env_steps, self.model._n_updates
@@ -158,6 +167,8 @@ class DSRLCallback(BaseCallback):
         if env_steps >= self.next_eval:
             self.next_eval += self.cfg.eval_every
             summary = self.evaluate()
+            row = {k: summary[k] for k in ("success_rate", "return_mean", "episodes")}
+            append_eval(self.evals_path, {"env_steps": env_steps, **row, "wall_s": round(self.wall_s, 1)})
             self.logger.record("eval/return_mean", summary["return_mean"])
             if summary["success_rate"] is not None:
                 self.logger.record("eval/success_rate", summary["success_rate"])
@@ -171,7 +182,7 @@ class DSRLCallback(BaseCallback):
             self.logger.dump(self.num_timesteps)
         if env_steps >= self.next_ckpt:
             self.next_ckpt += self.cfg.checkpoint_every
-            save_checkpoint(self.model, self.run)
+            save_checkpoint(self.model, self.run, self.wall_s)
         return True
 
     @torch.no_grad()
@@ -197,7 +208,7 @@ class DSRLCallback(BaseCallback):
         self.bar.close()
 
 
-def save_checkpoint(model: SAC, run: RunFolder) -> None:
+def save_checkpoint(model: SAC, run: RunFolder, wall_s: float = 0.0) -> None:
     """Atomically write model, optimisers, replay buffer, counters and RNG state.
 
     SB3's own zip and replay-buffer files are used here (they pickle some objects); they are
@@ -205,7 +216,7 @@ def save_checkpoint(model: SAC, run: RunFolder) -> None:
     with atomic_dir(run.checkpoint_dir) as tmp:
         model.save(tmp / "sac.zip")
         model.save_replay_buffer(tmp / "replay.pkl")
-        save_state(tmp, {"num_timesteps": model.num_timesteps, "rng": rng_state()})
+        save_state(tmp, {"num_timesteps": model.num_timesteps, "wall_s": wall_s, "rng": rng_state()})
 
 
 def make_env_fn(cfg: DSRLConfig, base):
@@ -265,8 +276,9 @@ def new_model(cfg: DSRLConfig, base, venv) -> DSRLSAC:
     )
 
 
-def load_model(cfg: DSRLConfig, base, venv, run: RunFolder) -> DSRLSAC:
-    """The checkpointed model, optimisers, replay buffer and RNG state, or one clear error."""
+def load_model(cfg: DSRLConfig, base, venv, run: RunFolder) -> tuple[DSRLSAC, float]:
+    """The checkpointed model, optimisers, replay buffer and RNG state (plus the wall-clock
+    seconds trained so far), or one clear error."""
     try:
         extra = {"base": base} if cfg.variant == "na" else {}
         model = VARIANTS[cfg.variant].load(run.checkpoint_dir / "sac.zip", env=venv, **extra)
@@ -276,8 +288,9 @@ def load_model(cfg: DSRLConfig, base, venv, run: RunFolder) -> DSRLSAC:
             f"cannot resume from {run.checkpoint_dir} ({type(e).__name__}: {e}); the checkpoint is damaged -- "
             "start a new run with another --out"
         ) from None
-    set_rng_state(load_state(run.checkpoint_dir)["rng"])
-    return model
+    state = load_state(run.checkpoint_dir)
+    set_rng_state(state["rng"])
+    return model, float(state.get("wall_s", 0.0))
 
 
 def train_dsrl(cfg: DSRLConfig) -> Path:
@@ -298,14 +311,14 @@ def train_dsrl(cfg: DSRLConfig) -> Path:
     venv = DummyVecEnv([make_env_fn(cfg, base)] * cfg.envs)
     venv.seed(cfg.seed)
     if cfg.resume and run.has_checkpoint():
-        model = load_model(cfg, base, venv, run)
+        model, wall_s = load_model(cfg, base, venv, run)
         reset = False
     else:
-        model = new_model(cfg, base, venv)
+        model, wall_s = new_model(cfg, base, venv), 0.0
         reset = True
         run.writer(cfg).close()  # the full config as TensorBoard text
     model.set_logger(EnvStepLogger(run.tb_dir, k))
-    callback = DSRLCallback(cfg, run, base, k)
+    callback = DSRLCallback(cfg, run, base, k, wall_s)
     total = math.ceil(cfg.steps / k)
     try:
         model.learn(
@@ -316,15 +329,15 @@ def train_dsrl(cfg: DSRLConfig) -> Path:
             progress_bar=False,
         )
     except KeyboardInterrupt:
-        save_checkpoint(model, run)
+        save_checkpoint(model, run, callback.wall_s)
         raise KeyboardInterrupt(
             f"interrupted at {model.num_timesteps * k} env steps; continue with: dpft finetune dsrl --out {cfg.out} "
             "--resume"
         ) from None
-    save_checkpoint(model, run)
+    save_checkpoint(model, run, callback.wall_s)
     steered = steered_from(model, base, cfg)
     steered.save(run.policy_dir)
-    final = callback.evaluate()
+    final = {**callback.evaluate(), "env_steps": model.num_timesteps * k, "train_wall_s": round(callback.wall_s, 1)}
     atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
     print(
         f"steered policy saved to {run.policy_dir}; final eval: success {final['success_rate']}, "
