@@ -112,7 +112,7 @@ def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir, caps
 
 
 def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_dir):
-    cfg = quick(tmp_path, base_dir, variant="na", task=TASK, envs=2, distill_samples=3, steps=1600)
+    cfg = quick(tmp_path, base_dir, variant="na", task=TASK, envs=2, distill_samples=3, steps=1600, layer_norm=True)
     base = load_policy(base_dir)
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
     venv = DummyVecEnv([dsrl_train.make_env_fn(cfg, base)] * cfg.envs)
@@ -120,6 +120,8 @@ def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_d
     model.learn(total_timesteps=100)  # 25 warm-up transitions per env, then 2 gradient steps per vector step
 
     assert model._n_updates > 0
+    for critic in (model.critic, model.action_critic):  # --layer-norm reaches both critics
+        assert sum(isinstance(m, torch.nn.LayerNorm) for m in critic.modules()) == cfg.critics * cfg.layers
     assert all(torch.equal(v, frozen[k]) for k, v in base.state_dict().items()), "the base must stay frozen"
     assert all(p.grad is None for p in base.parameters()), "no gradient may reach the base"
 

@@ -24,7 +24,7 @@ class DSRLCritic(ContinuousCritic):
     def __init__(self, *args: Any, layer_norm: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if layer_norm:
-            in_dim = self.features_dim + get_action_dim(self.action_space)
+            in_dim = kwargs["features_dim"] + get_action_dim(self.action_space)
             net_arch, activation = kwargs["net_arch"], kwargs.get("activation_fn", nn.ReLU)
             for idx in range(self.n_critics):
                 net = nn.Sequential(*create_mlp(in_dim, 1, net_arch, activation, post_linear_modules=[nn.LayerNorm]))

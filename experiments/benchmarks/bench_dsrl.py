@@ -1,0 +1,220 @@
+"""DSRL benchmark: run the plan, resume what a session cut off, and write the table and curves.
+
+    python experiments/benchmarks/bench_dsrl.py run --workers 2          # all pending runs
+    python experiments/benchmarks/bench_dsrl.py run --only push          # one task
+    python experiments/benchmarks/bench_dsrl.py report                   # table + PNG from what finished
+
+Plan, per task (configs in ``experiments/configs/bench/dsrl_<task>.yaml``): the base policy
+evaluated with N(0, I) and with zero noise (100 episodes, seed 2000); DSRL-NA with seeds 0-2;
+DSRL-SAC and SAC from scratch with seed 0, all on the same budget, reward and evaluation
+schedule. Each run is a subprocess with one thread; a run folder with a checkpoint and no
+``final_eval.json`` is continued with ``--resume``, a finished one is skipped. Results live
+under ``runs/bench_dsrl/<task>/<method>/seed<k>/evals.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "experiments" / "configs" / "bench"
+RUNS = ROOT / "runs" / "bench_dsrl"
+RESULTS = ROOT / "experiments" / "results"
+TASKS = ("push", "drawer-open", "button-press", "hopper")
+METHODS = {"na": (0, 1, 2), "sac": (0,), "scratch": (0,)}
+MILESTONES = (10_000, 25_000, 50_000, 100_000)
+BASE_EVAL = {"episodes": 100, "seed": 2000}
+
+
+@dataclass
+class Job:
+    task: str
+    method: str
+    seed: int
+
+    @property
+    def out(self) -> Path:
+        return RUNS / self.task / self.method / f"seed{self.seed}"
+
+    def command(self) -> list[str]:
+        cfg_path = CONFIGS / f"dsrl_{self.task}.yaml"
+        resume = (self.out / "checkpoint").exists()
+        if self.method == "scratch":
+            cfg = yaml.safe_load(cfg_path.read_text())
+            task = cfg.get("task") or task_of(cfg["base"])
+            cmd = [sys.executable, str(ROOT / "experiments/benchmarks/sac_scratch.py"), "--task", task]
+            cmd += ["--seed", str(self.seed), "--steps", str(cfg["steps"]), "--out", str(self.out)]
+            cmd += ["--eval-every", str(cfg["eval_every"]), "--eval-episodes", str(cfg["eval_episodes"])]
+            cmd += ["--reward", cfg["reward"]] if cfg.get("reward") else []
+            return cmd + (["--resume"] if resume else [])
+        dpft = [sys.executable, "-m", "finetune.cli", "finetune", "dsrl"]
+        if resume:
+            return [*dpft, "--out", str(self.out), "--resume", "--no-progress"]
+        return [*dpft, "--config", str(cfg_path), "--variant", self.method, "--seed", str(self.seed)] + [
+            "--out",
+            str(self.out),
+            "--no-progress",
+        ]
+
+
+def task_of(base: str) -> str:
+    from base_policies import load_policy
+
+    return load_policy(base).config.task
+
+
+def run_job(job: Job) -> str:
+    if (job.out / "final_eval.json").exists():
+        return f"{job.task}/{job.method}/seed{job.seed}: done already"
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with (job.out.parent / f"seed{job.seed}.log").open("a") as log:
+        code = subprocess.call(job.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return f"{job.task}/{job.method}/seed{job.seed}: exit {code}"
+
+
+def base_evals(task: str) -> None:
+    """The base policy with N(0, I) noise and with zero noise, once per task."""
+    cfg = yaml.safe_load((CONFIGS / f"dsrl_{task}.yaml").read_text())
+    for name, flags in (("base_normal", []), ("base_zero", ["--zero-noise"])):
+        out = RUNS / task / f"{name}.json"
+        if out.exists():
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "finetune.cli", "eval", "--policy", cfg["base"], "--json"]
+        cmd += ["--episodes", str(BASE_EVAL["episodes"]), "--seed", str(BASE_EVAL["seed"]), *flags]
+        cmd += ["--reward", cfg["reward"]] if cfg.get("reward") else []
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if res.returncode != 0:
+            raise SystemExit(f"base evaluation failed for {task}:\n{res.stderr}")
+        out.write_text(res.stdout.strip().splitlines()[-1])
+
+
+def cmd_run(args) -> None:
+    tasks = [t for t in TASKS if not args.only or t in args.only]
+    for t in tasks:
+        base_evals(t)
+    # task-major order, so one task's row is complete before the next task starts
+    jobs = [Job(t, m, s) for t in tasks for m, seeds in METHODS.items() for s in seeds]
+    with ThreadPoolExecutor(args.workers) as pool:
+        for msg in pool.map(run_job, jobs):
+            print(msg, flush=True)
+
+
+# ---------------------------------------------------------------- report
+
+
+def score(row: dict) -> float:
+    return row["success_rate"] if row.get("success_rate") is not None else row["return_mean"]
+
+
+def at(evals: list[dict], steps: int) -> float | None:
+    hits = [score(r) for r in evals if r["env_steps"] == steps]
+    return hits[-1] if hits else None
+
+
+def fmt(values: list[float], success: bool) -> str:
+    if not values:
+        return "–"
+    digits = 2 if success else 0
+    mean = f"{np.mean(values):.{digits}f}"
+    if len(values) == 1:
+        return mean
+    return f"{mean} ± {np.std(values, ddof=1):.{digits}f} (n={len(values)})"
+
+
+def cmd_report(args) -> None:
+    from finetune.eval_log import read_evals
+
+    lines = [
+        "# DSRL benchmark (generated by `python experiments/benchmarks/bench_dsrl.py report`)",
+        "",
+        "Score: evaluation success rate (Meta-World) or return (Hopper) of the steered policy's mean noise,",
+        "30 episodes (Hopper: 10) per evaluation, evaluation seed 1,000,000 + run seed. Mean ± standard",
+        "deviation over seeds (n = number of seeds that reached that step). Base: 100 episodes, seed 2000.",
+        "Wall-clock: training time to the last evaluation, two runs sharing this 2-core machine.",
+        "",
+        "| task | base N(0,I) | base zero noise | method | 10k | 25k | 50k | 100k | wall-clock (min) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    curves = {}
+    for task in TASKS:
+        base = {
+            n: json.loads((RUNS / task / f"{n}.json").read_text())
+            for n in ("base_normal", "base_zero")
+            if (RUNS / task / f"{n}.json").exists()
+        }
+        success = bool(base) and next(iter(base.values())).get("success_rate") is not None
+        bn = fmt([score(base["base_normal"])], success) if "base_normal" in base else "–"
+        bz = fmt([score(base["base_zero"])], success) if "base_zero" in base else "–"
+        for method, seeds in METHODS.items():
+            runs = [read_evals(RUNS / task / method / f"seed{s}" / "evals.jsonl") for s in seeds]
+            runs = [r for r in runs if r]
+            if not runs:
+                continue
+            curves[(task, method)] = runs
+            cells = [fmt([v for v in (at(r, m) for r in runs) if v is not None], success) for m in MILESTONES]
+            wall = fmt([r[-1]["wall_s"] / 60 for r in runs], False)
+            lines.append(f"| {task} | {bn} | {bz} | {method} | " + " | ".join(cells) + f" | {wall} |")
+    (RESULTS / "dsrl_bench.md").write_text("\n".join(lines) + "\n")
+    plot(curves)
+    print("\n".join(lines))
+
+
+def plot(curves: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if any(k[0] == t for k in curves)]
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method in METHODS:
+            runs = curves.get((task, method))
+            if not runs:
+                continue
+            steps = sorted({r["env_steps"] for run in runs for r in run})
+            vals = [[v for v in (at(run, s) for run in runs) if v is not None] for s in steps]
+            mean = np.array([np.mean(v) for v in vals])
+            lo = np.array([np.min(v) for v in vals])
+            hi = np.array([np.max(v) for v in vals])
+            ax.plot(steps, mean, label=f"{method} (n={len(runs)})")
+            ax.fill_between(steps, lo, hi, alpha=0.2)
+        for name, style in (("base_normal", ":"), ("base_zero", "--")):
+            f = RUNS / task / f"{name}.json"
+            if f.exists():
+                ax.axhline(score(json.loads(f.read_text())), color="gray", ls=style, label=name)
+        ax.set_title(task)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("success rate" if task != "hopper" else "return")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "dsrl_curves.png", dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--only", nargs="*", choices=TASKS)
+    sub.add_parser("report")
+    args = ap.parse_args()
+    {"run": cmd_run, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
