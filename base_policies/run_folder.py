@@ -48,10 +48,13 @@ class RunFolder:
     def write_config(self, cfg: Any) -> None:
         atomic_write_text(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-    def read_config(self, cls: type) -> Any:
+    def read_config(self, cls: type, missing: dict[str, Any] | None = None) -> Any:
+        """The run's config. ``missing``: values for keys the file lacks because it was written
+        before they existed -- the behaviour the run actually had, which need not be today's default."""
         if not self.config_path.exists():
             raise ConfigError(f"cannot resume: {self.config_path} does not exist (was {self.root} started by dpft?)")
-        return from_dict(cls, yaml.safe_load(self.config_path.read_text()) or {})
+        stored = yaml.safe_load(self.config_path.read_text()) or {}
+        return from_dict(cls, {**(missing or {}), **stored})
 
     def writer(self, cfg: Any):
         """TensorBoard writer with the full config logged once as text."""

@@ -236,3 +236,51 @@ def test_noise_prior_penalty_is_the_kl_to_the_base_noise():
     assert DSRLNA._regulariser(SimpleNamespace(noise_prior=False), u, log_prob, m).mean().item() == pytest.approx(
         log_prob.mean().item()
     )
+
+
+def test_distillation_skips_next_states_that_ended_the_episode():
+    """Q_A is never trained at a terminal next state (the TD target does not bootstrap there),
+    so the noise critic must not be fitted to it: those rows get weight 0, all others 1."""
+    from types import SimpleNamespace
+
+    from finetune.dsrl.na import DSRLNA
+
+    b, n, d_obs, d_w, d_a = 3, 2, 4, 5, 6
+    data = SimpleNamespace(
+        observations=torch.randn(b, d_obs),
+        next_observations=torch.randn(b, d_obs),
+        actions=torch.rand(b, d_w),
+        chunks=torch.randn(b, d_a),
+        distill_noise=torch.randn(b, n, d_w),
+        distill_chunks=torch.randn(b, n, d_a),
+        dones=torch.tensor([[0.0], [1.0], [0.0]]),
+    )
+    model = SimpleNamespace(distill_policy_noise=True)
+    obs, noise, chunks, weight = DSRLNA._distill_batch(model, data, 1.5, torch.rand(b, d_w), torch.randn(b, d_a))
+    assert obs.shape[0] == noise.shape[0] == chunks.shape[0] == weight.shape[0] == b * (n + 2)
+    assert weight.tolist() == [1.0] * (b * (n + 1)) + [1.0, 0.0, 1.0]
+    assert torch.equal(obs[-b:], data.next_observations)
+
+
+def test_resuming_a_run_from_before_the_noise_prior_keeps_its_behaviour(tmp_path, base_dir):
+    """A config.yaml written before --noise-prior existed trained with an entropy bonus and no
+    distillation on the actor's noise; resuming it must not switch to today's defaults."""
+    import yaml
+
+    cfg = quick(tmp_path, base_dir, task=TASK)
+    base = load_policy(base_dir)
+    venv = DummyVecEnv([dsrl_train.make_env_fn(cfg, base)])
+    model = dsrl_train.new_model(cfg, base, venv)
+    run = RunFolder(cfg.out)
+    dsrl_train.save_checkpoint(model, run)
+    run.write_config(cfg)
+    old = yaml.safe_load(run.config_path.read_text())
+    for key in dsrl_train.BEFORE_KEY_EXISTED:
+        del old[key]
+    run.config_path.write_text(yaml.safe_dump(old))
+
+    resumed_cfg = run.read_config(DSRLConfig, dsrl_train.BEFORE_KEY_EXISTED)
+    assert not resumed_cfg.noise_prior and not resumed_cfg.distill_policy_noise
+    loaded, _ = dsrl_train.load_model(resumed_cfg, base, venv, run)
+    assert model.noise_prior and not loaded.noise_prior and not loaded.distill_policy_noise
+    assert DSRLConfig().noise_prior, "a new run still gets today's default"

@@ -54,7 +54,7 @@ class DSRLNA(DSRLSAC):
         action_critic_kwargs: dict[str, Any] | None = None,
         distill_policy_noise: bool = True,
         distill_within_weight: float = 0.0,
-        noise_prior: bool = False,
+        noise_prior: bool = True,
         **kwargs: Any,
     ) -> None:
         self.noise_prior = noise_prior
@@ -110,11 +110,12 @@ class DSRLNA(DSRLSAC):
             self._step(self.action_critic.optimizer, critic_loss)
 
             # 2. noise critic: distil Q_A(s, base(s, w)) onto Q_W(s, w), head by head
-            obs, noise, chunks = self._distill_batch(data, m, w_next, a_next)
+            obs, noise, chunks, weight = self._distill_batch(data, m, w_next, a_next)
             with torch.no_grad():
                 q_a = torch.cat(self.action_critic(obs, chunks), dim=1)
             err = torch.cat(self.critic(obs, noise), dim=1) - q_a
-            noise_loss = err.pow(2).mean() + self.distill_within_weight * self._within_state(err, batch_size)
+            noise_loss = (err.pow(2).mean(dim=1) * weight).sum() / weight.sum()
+            noise_loss = noise_loss + self.distill_within_weight * self._within_state(err, batch_size)
             self._step(self.critic.optimizer, noise_loss)
 
             # 3. actor against the noise critic
@@ -141,7 +142,10 @@ class DSRLNA(DSRLSAC):
         both as densities over SB3's scaled action u = w / m in [-1, 1]. A policy inside the box
         |w_i| <= m can never equal N(0, I): the smallest reachable KL is about 0.165 nats per
         coordinate at m = 1.5 (about 5.3 for a 32-d noise), so a --target-kl below that only makes
-        the temperature grow without end."""
+        the temperature grow without end. SB3's tanh correction log(1 - u² + 1e-6) makes log π
+        slightly too small where |u| is close to 1, so the KL is underestimated for a noise pinned
+        at the box edge (by 0.001 nats per coordinate at |u| = 0.9995, by 0.69 at |u| = 1 - 5e-7);
+        the pull back from the very edge is weaker than it should be, never stronger."""
         log_prob = log_prob.reshape(-1, 1)
         if not self.noise_prior:
             return log_prob
@@ -151,17 +155,22 @@ class DSRLNA(DSRLSAC):
 
     def _distill_batch(
         self, data, m: float, w_next: torch.Tensor, a_next: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(obs, noise, executed chunk) rows to distil on: first the M stored N(0, I) noises of
-        every sampled state (grouped by state, see ``_within_state``), then the noise the agent
-        chose, then (``distill_policy_noise``) the actor's samples at the next states."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(obs, noise, executed chunk, weight) rows to distil on: first the M stored N(0, I)
+        noises of every sampled state (grouped by state, see ``_within_state``), then the noise
+        the agent chose, then (``distill_policy_noise``) the actor's samples at the next states.
+        Next states that ended the episode get weight 0: Q_A is never trained there (the TD
+        target does not bootstrap from them), so there is nothing true to distil."""
         n_distill = data.distill_noise.shape[1]
+        b = data.observations.shape[0]
         obs = [data.observations.repeat_interleave(n_distill, dim=0), data.observations]
         noise = [data.distill_noise.flatten(0, 1) / m, data.actions]
         chunks = [data.distill_chunks.flatten(0, 1), data.chunks]
+        weight = [data.observations.new_ones(b * (n_distill + 1))]
         if self.distill_policy_noise:
             obs, noise, chunks = obs + [data.next_observations], noise + [w_next], chunks + [a_next]
-        return torch.cat(obs), torch.cat(noise), torch.cat(chunks)
+            weight.append(1 - data.dones.view(-1))
+        return torch.cat(obs), torch.cat(noise), torch.cat(chunks), torch.cat(weight)
 
     def _within_state(self, err: torch.Tensor, b: int) -> torch.Tensor:
         """Mean squared error of Q_W - Q_A *after removing each state's mean error*, over the M

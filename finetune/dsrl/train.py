@@ -47,6 +47,9 @@ from finetune.evaluate import evaluate
 from finetune.sb3_actor import SquashedMeanActor
 
 VARIANTS = {"sac": DSRLSAC, "na": DSRLNA}
+# Settings added after runs were already being made, with the behaviour such a run had before
+# them. Resuming an older run must go on training the way it started, not with today's defaults.
+BEFORE_KEY_EXISTED = {"noise_prior": False, "distill_policy_noise": False, "distill_within_weight": 0.0}
 
 
 @dataclass
@@ -298,7 +301,10 @@ def load_model(cfg: DSRLConfig, base, venv, run: RunFolder) -> tuple[DSRLSAC, fl
     """The checkpointed model, optimisers, replay buffer and RNG state (plus the wall-clock
     seconds trained so far), or one clear error."""
     try:
-        extra = {"base": base} if cfg.variant == "na" else {}
+        extra = {}
+        if cfg.variant == "na":  # the run's config decides the behaviour, whatever the zip's defaults
+            keys = ("base", "noise_prior", "distill_policy_noise", "distill_within_weight")
+            extra = {k: v for k, v in variant_kwargs(cfg, base).items() if k in keys}
         model = VARIANTS[cfg.variant].load(run.checkpoint_dir / "sac.zip", env=venv, **extra)
         model.load_replay_buffer(run.checkpoint_dir / "replay.pkl")
     except Exception as e:  # SB3 raises zipfile/pickle/KeyError/... on damaged files
@@ -326,7 +332,7 @@ def check_target_kl(cfg: DSRLConfig, noise_dim: int) -> None:
 def train_dsrl(cfg: DSRLConfig) -> Path:
     run = RunFolder(cfg.out)
     if cfg.resume:
-        cfg = replace(run.read_config(DSRLConfig), resume=True, progress=cfg.progress)
+        cfg = replace(run.read_config(DSRLConfig, BEFORE_KEY_EXISTED), resume=True, progress=cfg.progress)
     elif run.has_checkpoint():
         raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
     base = load_policy(cfg.base)
