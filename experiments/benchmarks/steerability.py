@@ -12,9 +12,11 @@ of N(0, I) noises, and once with zero noise. Per task it reports:
 * noise-sensitive states: the share of start states whose outcome differs between streams --
   the only states where changing the noise changed anything at all.
 
-    python experiments/benchmarks/steerability.py --tasks push drawer-open button-press
+    python experiments/benchmarks/steerability.py --streams 32           # -> results/steerability.md
+    python experiments/benchmarks/steerability.py --spread --states 20   # -> results/steerability_spread.md
 
-Writes ``experiments/results/steerability.md`` (and prints it).
+``--spread`` measures instead how far apart the chunks for different noises are at one
+observation, against how much the chunk changes between observations.
 """
 
 from __future__ import annotations
@@ -50,6 +52,36 @@ def outcomes(task: str, states: int, streams: int, seed: int, envs: int) -> tupl
     return noisy, run(policy_chunk_fn(policy, zero_noise=True))
 
 
+@torch.no_grad()
+def chunk_spread(task: str, states: int, noises: int, seed: int) -> tuple[float, float]:
+    """How far apart the executed chunks for different noises are, against how much the chunk
+    varies between situations: (mean std across ``noises`` N(0, I) noises at one observation,
+    std of the zero-noise chunk across observations), both in env action units, over the
+    decisions of zero-noise episodes from ``states`` start states."""
+    from envs.chunking import ChunkedEnv
+
+    policy = load_policy(f"shipped:metaworld-{task}-v3")
+    cfg = EnvConfig(task=policy.config.task, seed=seed, reward="sparse_success(terminate=True)")
+    env = ChunkedEnv(cfg.make_env(), policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+    gen = torch.Generator().manual_seed(seed)
+    within, modes = [], []
+    k = policy.action_horizon
+    for i in range(states):
+        obs, _ = env.reset(seed=seed + i)
+        done = False
+        while not done:
+            o = torch.as_tensor(obs, dtype=torch.float32)[None]
+            noise = torch.randn(noises, *policy.noise_shape, generator=gen)
+            chunks = policy.predict_chunk(o.expand(noises, *o.shape[1:]), noise)[:, :k]
+            within.append(chunks.std(dim=0).mean().item())
+            mode = policy.predict_chunk(o, torch.zeros(1, *policy.noise_shape))
+            modes.append(mode[0, :k].flatten().numpy())
+            obs, _, terminated, truncated, _ = env.step(mode[0].numpy())
+            done = terminated or truncated
+    env.close()
+    return float(np.mean(within)), float(np.stack(modes).std(axis=0).mean())
+
+
 def row(task: str, noisy: np.ndarray, zero: np.ndarray, seconds: float) -> str:
     k, n = noisy.shape
     per_stream = noisy.mean(axis=1)
@@ -67,21 +99,8 @@ def row(task: str, noisy: np.ndarray, zero: np.ndarray, seconds: float) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", nargs="+", default=["push", "drawer-open", "button-press"])
-    ap.add_argument("--states", type=int, default=50)
-    ap.add_argument("--streams", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=2000)
-    ap.add_argument("--envs", type=int, default=5)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
+def streams_table(args) -> list[str]:
     lines = [
-        "# Steerability of the shipped Meta-World base policies",
-        "",
-        f"Command: `python experiments/benchmarks/steerability.py --tasks {' '.join(args.tasks)} "
-        f"--states {args.states} --streams {args.streams} --seed {args.seed} --envs {args.envs}`",
-        "",
         f"{args.states} start states (env seed {args.seed}), each run with {args.streams} N(0, I) noise streams "
         "(generator seeds 10000+k) and once with zero noise; sparse success, episode ends on success.",
         "Best-of-K: start states solved by at least one stream (95% Wilson interval). Noise-sensitive: start",
@@ -96,7 +115,46 @@ def main() -> None:
         noisy, zero = outcomes(task, args.states, args.streams, args.seed, args.envs)
         lines.append(row(task, noisy, zero, time.perf_counter() - t0))
         print(lines[-1], flush=True)
-    (RESULTS / "steerability.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def spread_table(args) -> list[str]:
+    lines = [
+        f"Along zero-noise episodes from {args.states} start states (env seed {args.seed}): the std of the",
+        "executed chunk across 32 N(0, I) noises at one observation, against the std of the zero-noise chunk",
+        "across observations (env action units, mean over action coordinates).",
+        "",
+        "| task | across noises, same observation | across observations, zero noise | ratio |",
+        "|---|---|---|---|",
+    ]
+    for task in args.tasks:
+        w, a = chunk_spread(task, args.states, 32, args.seed)
+        lines.append(f"| {task} | {w:.3f} | {a:.3f} | {w / a:.2f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=["push", "drawer-open", "button-press"])
+    ap.add_argument("--states", type=int, default=50)
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=2000)
+    ap.add_argument("--envs", type=int, default=5)
+    ap.add_argument("--spread", action="store_true", help="measure chunk spread instead (-> steerability_spread.md)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    flags = f"--tasks {' '.join(args.tasks)} --states {args.states} --seed {args.seed}"
+    flags += " --spread" if args.spread else f" --streams {args.streams} --envs {args.envs}"
+    lines = [
+        "# Steerability of the shipped Meta-World base policies" + (": chunk spread" if args.spread else ""),
+        "",
+        f"Command: `python experiments/benchmarks/steerability.py {flags}`",
+        "",
+        *(spread_table(args) if args.spread else streams_table(args)),
+    ]
+    out = RESULTS / ("steerability_spread.md" if args.spread else "steerability.md")
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
