@@ -83,7 +83,7 @@ def chunk_spread(task: str, states: int, noises: int, seed: int) -> tuple[float,
 
 
 def row(task: str, noisy: np.ndarray, zero: np.ndarray, seconds: float) -> str:
-    k, n = noisy.shape
+    n = noisy.shape[1]
     per_stream = noisy.mean(axis=1)
     best = noisy.max(axis=0)
     sensitive = (noisy.max(axis=0) != noisy.min(axis=0)).mean()
