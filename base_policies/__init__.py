@@ -1,25 +1,40 @@
-"""Base policies: diffusion and flow policies with controllable noise, BC training, checkpoints."""
+"""Base policies: diffusion and flow policies with controllable noise, BC training, checkpoints.
 
-from base_policies.checkpoint import load_policy
-from base_policies.config import ArchConfig, PolicyConfig
-from base_policies.diffusion import DiffusionPolicy
-from base_policies.errors import CheckpointError, ConfigError, DatasetError, DpftError, TaskError
-from base_policies.flow import FlowPolicy
-from base_policies.policy import POLICY_TYPES, DenoisingPolicy, Policy, register_policy
+The names below are imported on first use (PEP 562), so a lower-level import such as
+``dpft.base_policies.errors`` (which ``dpft.envs`` needs) does not pull in torch.
+"""
 
-__all__ = [
-    "POLICY_TYPES",
-    "ArchConfig",
-    "CheckpointError",
-    "ConfigError",
-    "DatasetError",
-    "DenoisingPolicy",
-    "DiffusionPolicy",
-    "DpftError",
-    "FlowPolicy",
-    "Policy",
-    "PolicyConfig",
-    "TaskError",
-    "load_policy",
-    "register_policy",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "load_policy": "checkpoint",
+    "ArchConfig": "config",
+    "PolicyConfig": "config",
+    "DiffusionPolicy": "diffusion",
+    "FlowPolicy": "flow",
+    "ComposedPolicy": "composed",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "DatasetError": "errors",
+    "DpftError": "errors",
+    "TaskError": "errors",
+    "POLICY_TYPES": "policy",
+    "DenoisingPolicy": "policy",
+    "Policy": "policy",
+    "register_policy": "policy",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+    if name in ("load_policy",):  # loading needs every built-in type registered
+        importlib.import_module(f"{__name__}.diffusion")
+        importlib.import_module(f"{__name__}.flow")
+    return getattr(module, name)

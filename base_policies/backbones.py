@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from base_policies.config import PolicyConfig
+from dpft.base_policies.config import PolicyConfig
 
 BACKBONES: dict[str, Callable[[PolicyConfig], nn.Module]] = {}
 

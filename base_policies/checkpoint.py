@@ -7,22 +7,17 @@ what to do about it.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from base_policies.config import PolicyConfig, from_dict
-from base_policies.errors import CheckpointError, ConfigError
-from base_policies.policy import FORMAT_VERSION, POLICY_TYPES, Policy
+from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.policy import FORMAT_VERSION, Policy, policy_type, policy_type_names
+from dpft.base_policies.weights import load_weights, policy_config_from_meta  # noqa: F401  (re-exported)
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
-# Policy types defined outside base_policies (fine-tuning artifacts), imported on first use.
-BUILTIN_PLUGINS = {"dsrl": "finetune.dsrl.steered"}
 
 
 def shipped_policies() -> list[str]:
@@ -68,45 +63,13 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
     """Load any policy folder (base, steered, residual) and return it in eval mode."""
     path = resolve_policy_dir(path)
     meta = read_meta(path)
-    if meta["type"] not in POLICY_TYPES and meta["type"] in BUILTIN_PLUGINS:
-        importlib.import_module(BUILTIN_PLUGINS[meta["type"]])  # registers the type
-    cls = POLICY_TYPES.get(meta["type"])
+    cls = policy_type(meta["type"])
     if cls is None:
         raise CheckpointError(
-            f"{path / 'config.json'} has unknown policy type {meta['type']!r}; known: {sorted(POLICY_TYPES)}"
+            f"{path / 'config.json'} has unknown policy type {meta['type']!r}; known: {policy_type_names()} "
+            "(a type from another package needs that package installed)"
         )
     policy = cls.from_folder(path, meta)
     return policy.to(device)
 
 
-def policy_config_from_meta(path: Path, meta: dict[str, Any]) -> PolicyConfig:
-    body = {k: v for k, v in meta.items() if k != "format_version"}
-    try:
-        return from_dict(PolicyConfig, body)
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path / 'config.json'} is invalid: {e}") from None
-
-
-def load_weights(module: torch.nn.Module, path: Path, filename: str = "model.safetensors") -> None:
-    """Load safetensors weights into ``module``, turning every failure into a clear message."""
-    file = path / filename
-    if not file.exists():
-        raise CheckpointError(f"{path} is incomplete: {filename} is missing")
-    try:
-        state = load_file(str(file))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{file} is corrupt or truncated ({e}); re-export or re-download it") from None
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{file} does not match its config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{file}: tensor {key!r} has shape {tuple(tensor.shape)} but config.json implies "
-                f"{tuple(expected[key].shape)}"
-            )
-    module.load_state_dict(state)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from base_policies.errors import ConfigError
+from dpft.base_policies.errors import ConfigError
 
 
 @dataclass

@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from base_policies.config import PolicyConfig
-from base_policies.policy import DenoisingPolicy, register_policy
+from dpft.base_policies.config import PolicyConfig
+from dpft.base_policies.policy import DenoisingPolicy, register_policy
 
 LOG_2PI = math.log(2 * math.pi)
 

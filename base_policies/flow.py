@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from base_policies.diffusion import gaussian_log_prob
-from base_policies.policy import DenoisingPolicy, register_policy
+from dpft.base_policies.diffusion import gaussian_log_prob
+from dpft.base_policies.policy import DenoisingPolicy, register_policy
 
 TIME_SCALE = 100.0  # flow time in [0, 1] is scaled to the range the time embedding expects
 

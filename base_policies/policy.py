@@ -16,15 +16,19 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from base_policies.backbones import BACKBONES
-from base_policies.config import PolicyConfig, to_dict
-from base_policies.errors import ConfigError
-from base_policies.normalizer import Normalizer
-from base_policies.state_io import atomic_dir
+from dpft.base_policies.backbones import BACKBONES
+from dpft.base_policies.config import PolicyConfig, to_dict
+from dpft.base_policies.device import module_device
+from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.normalizer import Normalizer
+from dpft.base_policies.registry import entry_point_names, load_entry_point
+from dpft.base_policies.state_io import atomic_dir
+from dpft.base_policies.weights import load_weights, policy_config_from_meta
 
 FORMAT_VERSION = 1
 
 POLICY_TYPES: dict[str, type[Policy]] = {}
+ENTRY_POINT_GROUP = "dpft.policies"
 
 
 def register_policy(name: str):
@@ -36,6 +40,18 @@ def register_policy(name: str):
         return cls
 
     return deco
+
+
+def policy_type(name: str) -> type[Policy] | None:
+    """The class registered as ``name``, importing it through the ``dpft.policies`` entry points
+    if nothing registered it yet (dpft's own types and other packages' types alike)."""
+    if name not in POLICY_TYPES:
+        load_entry_point(ENTRY_POINT_GROUP, name)
+    return POLICY_TYPES.get(name)
+
+
+def policy_type_names() -> list[str]:
+    return sorted(set(POLICY_TYPES) | set(entry_point_names(ENTRY_POINT_GROUP)))
 
 
 class Policy(nn.Module, abc.ABC):
@@ -57,6 +73,17 @@ class Policy(nn.Module, abc.ABC):
         """Shape of the initial noise of one sample: ``(pred_horizon, action_dim)``."""
         return (self.pred_horizon, self.action_dim)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's weights live; inputs are moved here, outputs are returned here."""
+        return module_device(self)
+
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """N(0, I) noise on the policy's device. With a ``generator`` the numbers are drawn on the
+        generator's device and moved, so the same generator gives the same noise on any device."""
+        where = generator.device if generator is not None else self.device
+        return torch.randn((batch, *self.noise_shape), generator=generator, device=where).to(self.device)
+
     def reset(self) -> None:
         """Clear per-episode state. Policies here are stateless; the env wrapper keeps history."""
 
@@ -77,7 +104,7 @@ class Policy(nn.Module, abc.ABC):
     def obs_history(self, obs: torch.Tensor) -> torch.Tensor:
         """Bring ``obs`` to ``[B, obs_horizon, obs_dim]``, repeating a single observation
         (the same padding the env wrapper uses at the start of an episode)."""
-        obs = torch.as_tensor(obs, dtype=torch.float32)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         if obs.dim() == 2:
             obs = obs.unsqueeze(1).expand(-1, self.obs_horizon, -1)
         if obs.dim() != 3 or obs.shape[1:] != (self.obs_horizon, self.obs_dim):
@@ -91,7 +118,7 @@ class Policy(nn.Module, abc.ABC):
         expected = (batch, *self.noise_shape)
         if tuple(noise.shape) != expected:
             raise ConfigError(f"noise shape {tuple(noise.shape)} does not match the policy: expected {expected}")
-        return noise.to(torch.float32)
+        return noise.to(device=self.device, dtype=torch.float32)
 
 
 class DenoisingPolicy(Policy):
@@ -132,12 +159,14 @@ class DenoisingPolicy(Policy):
     def predict_chunk(
         self, obs: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.action_low.device)
         cond = self.condition(obs)
-        if noise is None:
-            noise = torch.randn((cond.shape[0], *self.noise_shape), generator=generator, device=cond.device)
-        noise = self.check_noise(torch.as_tensor(noise, device=cond.device), cond.shape[0])
-        actions = self.action_normalizer.unnormalize(self.sample(cond, noise))
+        noise = self.initial_noise(cond.shape[0], generator) if noise is None else noise
+        noise = self.check_noise(torch.as_tensor(noise), cond.shape[0])
+        return self.to_env_units(self.sample(cond, noise))
+
+    def to_env_units(self, x: torch.Tensor) -> torch.Tensor:
+        """A normalised chunk in environment units, clipped to the action bounds."""
+        actions = self.action_normalizer.unnormalize(x)
         return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
 
     # ----- training -----------------------------------------------------------------
@@ -182,8 +211,6 @@ class DenoisingPolicy(Policy):
 
     @classmethod
     def from_folder(cls, path: Path, meta: dict[str, Any]) -> DenoisingPolicy:
-        from base_policies.checkpoint import load_weights, policy_config_from_meta
-
         policy = cls(policy_config_from_meta(path, meta))
         load_weights(policy, path)
         policy.eval()

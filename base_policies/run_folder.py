@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from base_policies.config import from_dict, to_dict
-from base_policies.errors import ConfigError
-from base_policies.state_io import atomic_write_text
+from dpft.base_policies.config import from_dict, to_dict
+from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.state_io import atomic_write_text
 
 
 @dataclass

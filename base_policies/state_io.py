@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from base_policies.errors import CheckpointError
+from dpft.base_policies.errors import CheckpointError
 
 _TENSOR = "__tensor__"
 _NDARRAY = "__ndarray__"

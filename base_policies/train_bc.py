@@ -18,14 +18,14 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from base_policies.config import ArchConfig, PolicyConfig, validate_arch
-from base_policies.data import load_demonstrations, make_windows, split_episodes
-from base_policies.data.windows import Windows
-from base_policies.ema import EMA
-from base_policies.errors import ConfigError, DatasetError
-from base_policies.policy import POLICY_TYPES, DenoisingPolicy
-from base_policies.run_folder import RunFolder
-from base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
+from dpft.base_policies.config import ArchConfig, PolicyConfig, validate_arch
+from dpft.base_policies.data import load_demonstrations, make_windows, split_episodes
+from dpft.base_policies.data.windows import Windows
+from dpft.base_policies.ema import EMA
+from dpft.base_policies.errors import ConfigError, DatasetError
+from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
+from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
 
 
 @dataclass
@@ -76,10 +76,11 @@ class TrainBCConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICY_TYPES or not issubclass(POLICY_TYPES[self.policy], DenoisingPolicy):
-            trainable = sorted(k for k, v in POLICY_TYPES.items() if issubclass(v, DenoisingPolicy))
+        cls = policy_type(self.policy)
+        if cls is None or not issubclass(cls, DenoisingPolicy):
+            trainable = [k for k in policy_type_names() if issubclass(policy_type(k) or object, DenoisingPolicy)]
             raise ConfigError(f"unknown --policy {self.policy!r}; choose one of {trainable}")
-        from base_policies.backbones import BACKBONES
+        from dpft.base_policies.backbones import BACKBONES
 
         if self.backbone not in BACKBONES:
             raise ConfigError(f"unknown --backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
@@ -152,7 +153,7 @@ def build_policy(cfg: TrainBCConfig, obs_dim: int, action_dim: int, env_args: di
         action_high=env_args.get("action_high"),
         task=cfg.task or env_args.get("task"),
     )
-    return POLICY_TYPES[cfg.policy](pcfg)
+    return policy_type(cfg.policy)(pcfg)
 
 
 def train_bc(cfg: TrainBCConfig) -> Path:
@@ -264,7 +265,7 @@ def _checkpoint(accelerator, run: RunFolder, policy, ema, opt, sched, sampler, s
 
 
 def _load_checkpoint(folder: Path, policy, ema, opt, sched, sampler, restore_rng: bool) -> int:
-    from base_policies.checkpoint import load_weights
+    from dpft.base_policies.checkpoint import load_weights
 
     load_weights(policy, folder, "model.safetensors")
     load_weights(ema.shadow, folder, "ema.safetensors")

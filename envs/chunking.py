@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from base_policies.errors import TaskError
+from dpft.base_policies.errors import TaskError
 
 
 @dataclass

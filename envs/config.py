@@ -7,10 +7,10 @@ from functools import partial
 
 import gymnasium as gym
 
-from base_policies.errors import ConfigError
-from envs.chunking import make_vector_env
-from envs.rewards import resolve_reward
-from envs.tasks import make
+from dpft.base_policies.errors import ConfigError
+from dpft.envs.chunking import make_vector_env
+from dpft.envs.rewards import resolve_reward
+from dpft.envs.tasks import make
 
 
 @dataclass

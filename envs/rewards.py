@@ -24,7 +24,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from base_policies.errors import DpftError
+from dpft.base_policies.errors import DpftError
+from dpft.base_policies.registry import load_entry_point
 
 
 class RewardError(DpftError):
@@ -35,7 +36,8 @@ REWARDS: dict[str, type[gym.Wrapper]] = {}
 
 
 def register_reward(name: str):
-    """Class decorator: make a reward wrapper available as ``--reward NAME``."""
+    """Class decorator: make a reward wrapper available as ``--reward NAME``. Another package
+    can instead name its wrapper class in a ``dpft.rewards`` entry point."""
 
     def deco(cls):
         REWARDS[name] = cls
@@ -194,8 +196,8 @@ def resolve_reward(spec: str | None) -> Callable[[gym.Env], gym.Env]:
                 builders.append((None, {"fn": target, "name": name}, name))
             else:
                 raise RewardError(f"{name} is neither a function nor a gymnasium.Wrapper subclass")
-        elif name in REWARDS:
-            builders.append((REWARDS[name], kwargs, name))
+        elif name in REWARDS or load_entry_point("dpft.rewards", name) is not None:
+            builders.append((REWARDS.get(name) or load_entry_point("dpft.rewards", name), kwargs, name))
         else:
             raise RewardError(
                 f"unknown reward {name!r}; built-ins: {sorted(REWARDS)}, or 'module:function' for your own"

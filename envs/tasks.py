@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
-from base_policies.errors import TaskError
-from envs.contract import FlatFloatObservation, SuccessInfo
+from dpft.base_policies.errors import TaskError
+from dpft.base_policies.registry import load_entry_point
+from dpft.envs.contract import FlatFloatObservation, SuccessInfo
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ DEFAULT_EPISODE_STEPS: dict[str, int] = {}
 
 
 def register_family(name: str, default_episode_steps: int | None = None):
-    """Decorator: ``fn(name, max_episode_steps, render_mode) -> gym.Env`` serves ``name:...`` ids."""
+    """Decorator: ``fn(name, max_episode_steps, render_mode) -> gym.Env`` serves ``name:...`` ids.
+    Another package names its module in a ``dpft.tasks`` entry point (``myfamily = "my_pkg.tasks"``);
+    the module is imported the first time a ``myfamily:...`` id is used, and registers itself."""
 
     def deco(fn: FamilyMaker) -> FamilyMaker:
         FAMILIES[name] = fn
@@ -51,6 +54,8 @@ def register_family(name: str, default_episode_steps: int | None = None):
 
 def parse_task_id(task_id: str) -> TaskId:
     family, sep, name = task_id.partition(":")
+    if sep and family not in FAMILIES:
+        load_entry_point("dpft.tasks", family)  # another package's family registers itself on import
     if sep and family in FAMILIES:
         if not name:
             raise TaskError(f"task id {task_id!r} has no task name after '{family}:'")
@@ -80,7 +85,7 @@ def _make_gym(name: str, max_episode_steps: int | None = None, render_mode: str 
 
 @register_family("metaworld", default_episode_steps=200)
 def _make_metaworld(name: str, max_episode_steps: int | None = None, render_mode: str | None = None) -> gym.Env:
-    from envs.metaworld_task import MetaWorldTask
+    from dpft.envs.metaworld_task import MetaWorldTask
 
     return MetaWorldTask(name, max_episode_steps or 200, render_mode)
 

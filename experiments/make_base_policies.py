@@ -56,7 +56,7 @@ SPECS = [
 
 
 def dpft(*args: str) -> list[str]:
-    return [sys.executable, "-m", "finetune.cli", *args]
+    return [sys.executable, "-m", "dpft.finetune.cli", *args]
 
 
 def run(cmd: list[str]) -> str:

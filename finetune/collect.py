@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from base_policies.data import write_robomimic_hdf5
-from base_policies.errors import ConfigError, DpftError
-from envs.config import EnvConfig
-from envs.experts import get_expert
-from finetune.rollout import EpisodeResult, run_episodes
+from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.envs.config import EnvConfig
+from dpft.envs.experts import get_expert
+from dpft.finetune.rollout import EpisodeResult, run_episodes
 
 
 @dataclass

@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from base_policies import load_policy
-from base_policies.errors import ConfigError
-from base_policies.policy import Policy
-from envs.chunking import check_policy_fits
-from envs.config import EnvConfig
-from envs.tasks import task_defines_success
-from finetune.rollout import EpisodeResult, policy_chunk_fn, run_episodes
-from finetune.stats import mean_ci, wilson_interval
+from dpft.base_policies import load_policy
+from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.policy import Policy
+from dpft.envs.chunking import check_policy_fits
+from dpft.envs.config import EnvConfig
+from dpft.envs.tasks import task_defines_success
+from dpft.finetune.rollout import EpisodeResult, policy_chunk_fn, run_episodes
+from dpft.finetune.stats import mean_ci, wilson_interval
 
 
 @dataclass
@@ -111,7 +111,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                 w.add_scalar("eval/success_rate", summary["success_rate"], 0)
             w.add_scalar("eval/return_mean", summary["return_mean"], 0)
     if cfg.video is not None:
-        from finetune.video import record_video
+        from dpft.finetune.video import record_video
 
         record_video(policy, cfg, cfg.video, cfg.video_episodes)
     print(json.dumps(summary) if cfg.json else report(summary, cfg.policy))

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from base_policies.data import Episode
-from base_policies.policy import Policy
-from envs.chunking import StepData
+from dpft.base_policies.data import Episode
+from dpft.base_policies.policy import Policy
+from dpft.envs.chunking import StepData
 
 ChunkFn = Callable[[np.ndarray], np.ndarray]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from base_policies.errors import DpftError
-from base_policies.policy import Policy
-from envs.chunking import ChunkedEnv
-from envs.config import EnvConfig
+from dpft.base_policies.errors import DpftError
+from dpft.base_policies.policy import Policy
+from dpft.envs.chunking import ChunkedEnv
+from dpft.envs.config import EnvConfig
 
 
 def record_video(policy: Policy, cfg: EnvConfig, path: Path, episodes: int = 2, fps: int = 30) -> Path:

@@ -6,8 +6,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from base_policies import ArchConfig, PolicyConfig  # noqa: E402
-from base_policies.policy import POLICY_TYPES  # noqa: E402
+from dpft.base_policies import ArchConfig, PolicyConfig  # noqa: E402
+from dpft.base_policies.policy import policy_type  # noqa: E402
 
 KINDS = [("diffusion", "mlp"), ("diffusion", "unet"), ("flow", "mlp"), ("flow", "unet")]
 
@@ -16,7 +16,7 @@ def tiny_policy(kind: str = "diffusion", backbone: str = "mlp", obs_dim: int = 5
     torch.manual_seed(0)
     a = ArchConfig(**{"hidden_dim": 32, "num_blocks": 1, "unet_dims": (16, 32), **arch})
     cfg = PolicyConfig(type=kind, backbone=backbone, obs_dim=obs_dim, action_dim=action_dim, arch=a)
-    return POLICY_TYPES[kind](cfg).eval()
+    return policy_type(kind)(cfg).eval()
 
 
 @pytest.fixture(params=KINDS, ids=[f"{k}-{b}" for k, b in KINDS])

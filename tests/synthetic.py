@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from base_policies.data import Episode
+from dpft.base_policies.data import Episode
 
 HORIZON = 8
 

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_policy
 from safetensors.torch import load_file
 
-from base_policies import CheckpointError, load_policy
+from dpft.base_policies import CheckpointError, load_policy
 
 REFERENCE = Path(__file__).parent / "data" / "reference_policy"
 

@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from base_policies import load_policy
-from finetune import cli
+from dpft.base_policies import load_policy
+from dpft.finetune import cli
 
 REACH = ["--task", "metaworld:reach-v3", "--max-episode-steps", "60", "--no-progress"]
 

@@ -2,8 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from base_policies import DatasetError
-from base_policies.data import Episode, load_demonstrations, make_windows, split_episodes, write_robomimic_hdf5
+from dpft.base_policies import DatasetError
+from dpft.base_policies.data import Episode, load_demonstrations, make_windows, split_episodes, write_robomimic_hdf5
 
 
 def _episodes(n=3, T=5, obs_dim=4, act_dim=2):

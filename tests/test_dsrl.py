@@ -11,18 +11,18 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 from synthetic import bimodal_episodes
 
-from base_policies import ArchConfig, CheckpointError, ConfigError, TaskError, load_policy
-from base_policies.data import write_robomimic_hdf5
-from base_policies.run_folder import RunFolder
-from base_policies.train_bc import TrainBCConfig, train_bc
-from envs.chunking import ChunkedEnv
-from envs.config import EnvConfig
-from envs.tasks import make
-from finetune import cli
-from finetune.dsrl import train as dsrl_train
-from finetune.dsrl.noise_env import NoiseActionEnv
-from finetune.dsrl.train import DSRLConfig, train_dsrl
-from finetune.evaluate import evaluate
+from dpft.base_policies import ArchConfig, CheckpointError, ConfigError, TaskError, load_policy
+from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.train_bc import TrainBCConfig, train_bc
+from dpft.envs.chunking import ChunkedEnv
+from dpft.envs.config import EnvConfig
+from dpft.envs.tasks import make
+from dpft.finetune import cli
+from dpft.finetune.dsrl import train as dsrl_train
+from dpft.finetune.dsrl.noise_env import NoiseActionEnv
+from dpft.finetune.dsrl.train import DSRLConfig, train_dsrl
+from dpft.finetune.evaluate import evaluate
 
 TASK = "toy_envs:Obstacle-v0"
 
@@ -224,7 +224,7 @@ def test_noise_prior_penalty_is_the_kl_to_the_base_noise():
     (tanh is linear there) must come out at 0.5 * (0.01 - 1 - ln 0.01) nats per coordinate."""
     from types import SimpleNamespace
 
-    from finetune.dsrl.na import DSRLNA
+    from dpft.finetune.dsrl.na import DSRLNA
 
     m, d, sigma = 1.5, 16, 0.1
     x = torch.randn(200_000, d, dtype=torch.float64) * (sigma / m)  # pre-tanh, so that w = m tanh(x) ~ N(0, sigma^2)
@@ -243,7 +243,7 @@ def test_distillation_skips_next_states_that_ended_the_episode():
     so the noise critic must not be fitted to it: those rows get weight 0, all others 1."""
     from types import SimpleNamespace
 
-    from finetune.dsrl.na import DSRLNA
+    from dpft.finetune.dsrl.na import DSRLNA
 
     b, n, d_obs, d_w, d_a = 3, 2, 4, 5, 6
     data = SimpleNamespace(

@@ -8,10 +8,10 @@ import pytest
 from conftest import tiny_policy
 from gymnasium.utils.env_checker import check_env
 
-from base_policies.errors import TaskError
-from envs.chunking import ChunkedEnv, check_policy_fits, make_vector_env
-from envs.tasks import make, parse_task_id
-from finetune.rollout import run_episodes
+from dpft.base_policies.errors import TaskError
+from dpft.envs.chunking import ChunkedEnv, check_policy_fits, make_vector_env
+from dpft.envs.tasks import make, parse_task_id
+from dpft.finetune.rollout import run_episodes
 
 
 def test_task_id_parser():
@@ -125,7 +125,7 @@ def test_policy_task_mismatch_is_clear():
 
 
 def test_async_vectorization_matches_sync():
-    from envs.config import EnvConfig
+    from dpft.envs.config import EnvConfig
 
     def random_chunks(obs):
         return np.tile(np.linspace(-0.5, 0.5, 3, dtype=np.float32), (obs.shape[0], 4, 1))

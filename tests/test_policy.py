@@ -2,8 +2,8 @@ import pytest
 import torch
 from conftest import tiny_policy
 
-from base_policies import ConfigError, PolicyConfig
-from base_policies.config import ArchConfig
+from dpft.base_policies import ConfigError, PolicyConfig
+from dpft.base_policies.config import ArchConfig
 
 
 def test_shapes_and_determinism_given_noise(policy):
@@ -75,7 +75,7 @@ def test_unet_horizon_validation_suggests_fix():
 def test_zero_noise_chunk_fn_is_the_deterministic_mode(policy):
     import numpy as np
 
-    from finetune.rollout import policy_chunk_fn
+    from dpft.finetune.rollout import policy_chunk_fn
 
     obs = np.random.default_rng(0).normal(size=(3, policy.obs_horizon, policy.obs_dim)).astype(np.float32)
     expected = policy.predict_chunk(torch.from_numpy(obs), torch.zeros(3, *policy.noise_shape)).numpy()

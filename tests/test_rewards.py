@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_envs import Counter  # obs = step, reward 1 per step, success from step 3
 
-from envs.rewards import RewardError, resolve_reward
+from dpft.envs.rewards import RewardError, resolve_reward
 
 
 def rollout(spec, steps=4, action=0.5, end=100):

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from base_policies import CheckpointError, load_policy
-from base_policies.checkpoint import shipped_policies
-from envs.chunking import check_policy_fits
-from envs.tasks import make
+from dpft.base_policies import CheckpointError, load_policy
+from dpft.base_policies.checkpoint import shipped_policies
+from dpft.envs.chunking import check_policy_fits
+from dpft.envs.tasks import make
 
 EXPECTED = ["gym-Hopper-v5", "gym-Walker2d-v5", "metaworld-push-v3"]
 

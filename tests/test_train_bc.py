@@ -11,10 +11,10 @@ import torch
 from synthetic import bimodal_episodes, obstacle_x
 from torch import nn
 
-from base_policies import ArchConfig, ConfigError, load_policy
-from base_policies.data import write_robomimic_hdf5
-from base_policies.train_bc import BatchSampler, TrainBCConfig, train_bc
-from finetune import cli
+from dpft.base_policies import ArchConfig, ConfigError, load_policy
+from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.train_bc import BatchSampler, TrainBCConfig, train_bc
+from dpft.finetune import cli
 
 ARCH = ArchConfig(obs_horizon=1, pred_horizon=8, action_horizon=8, hidden_dim=128, num_blocks=2)
 
@@ -28,7 +28,7 @@ def bimodal_file(tmp_path_factory):
 
 def _fit_mse_regressor(path) -> nn.Module:
     """The baseline users leave behind: a deterministic MLP trained with MSE on the same chunks."""
-    from base_policies.data import load_demonstrations, make_windows
+    from dpft.base_policies.data import load_demonstrations, make_windows
 
     w = make_windows(load_demonstrations(path).episodes, 1, 8)
     obs, act = w.obs[:, 0], w.actions.flatten(1)
@@ -109,7 +109,6 @@ def test_cli_help_lists_commands(capsys):
 
 def test_cli_config_file_then_flags_override(tmp_path):
     (tmp_path / "c.yaml").write_text("steps: 7\nlr: 0.01\narch:\n  pred_horizon: 16\n")
-    cli._register_builtin()
     cfg = cli.parse("train-bc", ["--config", str(tmp_path / "c.yaml"), "--steps", "3"])
     assert (cfg.steps, cfg.lr, cfg.arch.pred_horizon) == (3, 0.01, 16)
 
@@ -148,7 +147,7 @@ def test_data_parallel_under_accelerate_launch(bimodal_file, tmp_path):
         "--dynamo_backend",
         "no",
         "-m",
-        "finetune.cli",
+        "dpft.finetune.cli",
         "train-bc",
         "--dataset",
         str(bimodal_file),

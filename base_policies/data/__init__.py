@@ -1,8 +1,8 @@
 """Demonstration datasets: readers, the native writer and training windows."""
 
-from base_policies.data.episodes import Demonstrations, Episode, make_episode
-from base_policies.data.formats import load_demonstrations, write_robomimic_hdf5
-from base_policies.data.windows import Windows, make_windows, split_episodes
+from dpft.base_policies.data.episodes import Demonstrations, Episode, make_episode
+from dpft.base_policies.data.formats import load_demonstrations, write_robomimic_hdf5
+from dpft.base_policies.data.windows import Windows, make_windows, split_episodes
 
 __all__ = [
     "Demonstrations",

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from base_policies.errors import DatasetError
+from dpft.base_policies.errors import DatasetError
 
 
 @dataclass

@@ -33,9 +33,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from base_policies.data.episodes import Demonstrations, Episode, check_consistent, make_episode
-from base_policies.errors import DatasetError
-from base_policies.state_io import publish_mode
+from dpft.base_policies.data.episodes import Demonstrations, Episode, check_consistent, make_episode
+from dpft.base_policies.errors import DatasetError
+from dpft.base_policies.state_io import publish_mode
 
 Reader = Callable[[Path, Sequence[str] | None], Demonstrations]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from base_policies.data.episodes import Episode
+from dpft.base_policies.data.episodes import Episode
 
 
 @dataclass

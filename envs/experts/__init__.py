@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from base_policies.errors import TaskError
-from envs.tasks import parse_task_id
+from dpft.base_policies.errors import TaskError
+from dpft.envs.tasks import parse_task_id
 
 Expert = Callable[[np.ndarray], np.ndarray]
 EXPERTS: dict[str, Callable[[str], Expert]] = {}
@@ -38,4 +38,4 @@ def get_expert(task_id: str) -> Expert:
     return EXPERTS[tid.family](tid.name)
 
 
-from envs.experts import fetch, locomotion, metaworld  # noqa: E402,F401  (registration)
+from dpft.envs.experts import fetch, locomotion, metaworld  # noqa: E402,F401  (registration)

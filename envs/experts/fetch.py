@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from base_policies.errors import TaskError
-from envs.experts import register_expert
+from dpft.base_policies.errors import TaskError
+from dpft.envs.experts import register_expert
 
 GAIN = 10.0  # displacement per metre of error, before clipping to [-1, 1]
 

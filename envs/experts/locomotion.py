@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from base_policies.errors import TaskError
-from envs.experts import register_expert
-from finetune.sb3_actor import SquashedMeanActor
+from dpft.base_policies.errors import TaskError
+from dpft.envs.experts import register_expert
+from dpft.base_policies.sb3_actor import SquashedMeanActor
 
 WEIGHTS = Path(__file__).parent / "weights"
 

@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 
-from base_policies.errors import TaskError
-from envs.experts import register_expert
+from dpft.base_policies.errors import TaskError
+from dpft.envs.experts import register_expert
 
 # Task names whose policy class is not the CamelCase of the task name.
 _RENAMED = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}

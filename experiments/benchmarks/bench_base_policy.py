@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from base_policies import ArchConfig, PolicyConfig
-from base_policies.data import Episode, write_robomimic_hdf5
-from base_policies.policy import POLICY_TYPES
-from base_policies.train_bc import TrainBCConfig, train_bc
+from dpft.base_policies import ArchConfig, PolicyConfig
+from dpft.base_policies.data import Episode, write_robomimic_hdf5
+from dpft.base_policies.policy import policy_type
+from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 
 ARCH = ArchConfig(obs_horizon=2, pred_horizon=8, action_horizon=4)
 
@@ -96,7 +96,7 @@ def main() -> None:
                 sps = bc_steps_per_s(tmp / "d.hdf5", policy, backbone, n_steps, tmp, warm=max(10, n_steps // 6))
                 n = sum(
                     p.numel()
-                    for p in POLICY_TYPES[policy](
+                    for p in policy_type(policy)(
                         PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4, arch=ARCH)
                     ).parameters()
                 )
@@ -114,7 +114,7 @@ def main() -> None:
         for backbone in ("mlp", "unet"):
             for k in (5, 10, 20):
                 arch = ArchConfig(obs_horizon=2, pred_horizon=8, action_horizon=4, num_inference_steps=k)
-                p = POLICY_TYPES[policy](
+                p = policy_type(policy)(
                     PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4, arch=arch)
                 ).eval()
                 cells = [sampling_latency_ms(p, b, args.repeats) for b in (1, 8, 64)]

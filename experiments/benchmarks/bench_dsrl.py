@@ -65,7 +65,7 @@ class Job:
             cmd += ["--eval-every", str(cfg["eval_every"]), "--eval-episodes", str(cfg["eval_episodes"])]
             cmd += ["--reward", cfg["reward"]] if cfg.get("reward") else []
             return cmd + (["--resume"] if resume else [])
-        dpft = [sys.executable, "-m", "finetune.cli", "finetune", "dsrl"]
+        dpft = [sys.executable, "-m", "dpft.finetune.cli", "finetune", "dsrl"]
         if resume:
             return [*dpft, "--out", str(self.out), "--resume", "--no-progress"]
         return [*dpft, "--config", str(cfg_path), "--variant", self.method, "--seed", str(self.seed)] + [
@@ -76,7 +76,7 @@ class Job:
 
 
 def task_of(base: str) -> str:
-    from base_policies import load_policy
+    from dpft.base_policies import load_policy
 
     return load_policy(base).config.task
 
@@ -96,7 +96,7 @@ def dpft_eval(policy: str, out: Path, episodes: int, seed: int, flags: list[str]
     if out.exists() or (out.is_relative_to(RUNS) and (RAW / out.relative_to(RUNS)).exists()):
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "finetune.cli", "eval", "--policy", policy, "--json", "--no-progress"]
+    cmd = [sys.executable, "-m", "dpft.finetune.cli", "eval", "--policy", policy, "--json", "--no-progress"]
     cmd += ["--episodes", str(episodes), "--seed", str(seed), "--envs", str(min(8, episodes)), *flags]
     cmd += ["--reward", reward] if reward else []
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -190,7 +190,7 @@ def load_json(path: Path) -> dict | None:
 
 
 def cmd_report(args) -> None:
-    from finetune.eval_log import read_evals
+    from dpft.finetune.eval_log import read_evals
 
     sync()
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from base_policies import ArchConfig, DiffusionPolicy, PolicyConfig
-from envs.config import EnvConfig
-from finetune.dsrl.steered import SteeredPolicy
-from finetune.rollout import policy_chunk_fn
-from finetune.sb3_actor import SquashedMeanActor
+from dpft.base_policies import ArchConfig, DiffusionPolicy, PolicyConfig
+from dpft.envs.config import EnvConfig
+from dpft.finetune.dsrl.steered import SteeredPolicy
+from dpft.finetune.rollout import policy_chunk_fn
+from dpft.base_policies.sb3_actor import SquashedMeanActor
 
 
 def steps_per_s(cfg: EnvConfig, chunk_fn, env_steps: int) -> float:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from base_policies import load_policy
-from base_policies.run_folder import RunFolder
-from finetune.dsrl import train as dsrl
+from dpft.base_policies import load_policy
+from dpft.base_policies.run_folder import RunFolder
+from dpft.finetune.dsrl import train as dsrl
 
 
 @torch.no_grad()

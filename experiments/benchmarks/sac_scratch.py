@@ -21,10 +21,10 @@ import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 
-from base_policies.state_io import atomic_dir, atomic_write_text
-from envs.config import EnvConfig
-from envs.tasks import task_defines_success
-from finetune.eval_log import append_eval, trim_evals
+from dpft.base_policies.state_io import atomic_dir, atomic_write_text
+from dpft.envs.config import EnvConfig
+from dpft.envs.tasks import task_defines_success
+from dpft.finetune.eval_log import append_eval, trim_evals
 
 
 def evaluate_sac(model: SAC, cfg: EnvConfig, episodes: int) -> dict:

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from base_policies import load_policy
-from envs.config import EnvConfig
-from finetune.rollout import policy_chunk_fn, run_episodes
-from finetune.stats import wilson_interval
+from dpft.base_policies import load_policy
+from dpft.envs.config import EnvConfig
+from dpft.finetune.rollout import policy_chunk_fn, run_episodes
+from dpft.finetune.stats import wilson_interval
 
 RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
 
@@ -58,7 +58,7 @@ def chunk_spread(task: str, states: int, noises: int, seed: int) -> tuple[float,
     varies between situations: (mean std across ``noises`` N(0, I) noises at one observation,
     std of the zero-noise chunk across observations), both in env action units, over the
     decisions of zero-noise episodes from ``states`` start states."""
-    from envs.chunking import ChunkedEnv
+    from dpft.envs.chunking import ChunkedEnv
 
     policy = load_policy(f"shipped:metaworld-{task}-v3")
     cfg = EnvConfig(task=policy.config.task, seed=seed, reward="sparse_success(terminate=True)")

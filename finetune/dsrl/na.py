@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.utils import polyak_update
 
-from finetune.dsrl.networks import action_critic
-from finetune.dsrl.sac import DSRLSAC
+from dpft.finetune.dsrl.networks import action_critic
+from dpft.finetune.dsrl.sac import DSRLSAC
 
 
 class DSRLNA(DSRLSAC):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from base_policies.policy import Policy
-from envs.chunking import ChunkedEnv
+from dpft.base_policies.policy import Policy
+from dpft.envs.chunking import ChunkedEnv
 
 
 class NoiseActionEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from base_policies.checkpoint import load_policy, load_weights
-from base_policies.errors import CheckpointError
-from base_policies.policy import FORMAT_VERSION, Policy, register_policy
-from base_policies.state_io import atomic_dir
-from finetune.sb3_actor import SquashedMeanActor
+from dpft.base_policies.checkpoint import load_policy, load_weights
+from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.policy import FORMAT_VERSION, Policy, register_policy
+from dpft.base_policies.state_io import atomic_dir
+from dpft.base_policies.sb3_actor import SquashedMeanActor
 
 
 @register_policy("dsrl")

@@ -29,22 +29,22 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
-from base_policies import load_policy
-from base_policies.errors import CheckpointError, ConfigError
-from base_policies.run_folder import RunFolder
-from base_policies.state_io import atomic_dir, atomic_write_text, load_state, rng_state, save_state, set_rng_state
-from envs.chunking import ChunkedEnv, check_policy_fits
-from envs.config import EnvConfig
-from envs.tasks import task_defines_success
-from finetune.dsrl.na import DSRLNA
-from finetune.dsrl.networks import DSRLPolicy
-from finetune.dsrl.noise_env import NoiseActionEnv
-from finetune.dsrl.replay import ChunkReplayBuffer
-from finetune.dsrl.sac import DSRLSAC
-from finetune.dsrl.steered import SteeredPolicy
-from finetune.eval_log import append_eval, trim_evals
-from finetune.evaluate import evaluate
-from finetune.sb3_actor import SquashedMeanActor
+from dpft.base_policies import load_policy
+from dpft.base_policies.errors import CheckpointError, ConfigError
+from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.state_io import atomic_dir, atomic_write_text, load_state, rng_state, save_state, set_rng_state
+from dpft.envs.chunking import ChunkedEnv, check_policy_fits
+from dpft.envs.config import EnvConfig
+from dpft.envs.tasks import task_defines_success
+from dpft.finetune.dsrl.na import DSRLNA
+from dpft.finetune.dsrl.networks import DSRLPolicy
+from dpft.finetune.dsrl.noise_env import NoiseActionEnv
+from dpft.finetune.dsrl.replay import ChunkReplayBuffer
+from dpft.finetune.dsrl.sac import DSRLSAC
+from dpft.finetune.dsrl.steered import SteeredPolicy
+from dpft.finetune.eval_log import append_eval, trim_evals
+from dpft.finetune.evaluate import evaluate
+from dpft.base_policies.sb3_actor import SquashedMeanActor
 
 VARIANTS = {"sac": DSRLSAC, "na": DSRLNA}
 # Settings added after runs were already being made, with the behaviour such a run had before

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from base_policies import ArchConfig, DiffusionPolicy, PolicyConfig
+from dpft.base_policies import ArchConfig, DiffusionPolicy, PolicyConfig
 
 HERE = Path(__file__).parent
 

@@ -1,0 +1,47 @@
+"""Reading weights and policy configs from a folder, with one clear error for every way it can
+be wrong. Below :mod:`policy` and :mod:`checkpoint`, so neither needs a deferred import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from dpft.base_policies.config import PolicyConfig, from_dict
+from dpft.base_policies.errors import CheckpointError, ConfigError
+
+
+def policy_config_from_meta(path: Path, meta: dict[str, Any]) -> PolicyConfig:
+    body = {k: v for k, v in meta.items() if k != "format_version"}
+    try:
+        return from_dict(PolicyConfig, body)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path / 'config.json'} is invalid: {e}") from None
+
+
+def load_weights(module: torch.nn.Module, path: Path, filename: str = "model.safetensors") -> None:
+    """Load safetensors weights into ``module``, turning every failure into a clear message."""
+    file = path / filename
+    if not file.exists():
+        raise CheckpointError(f"{path} is incomplete: {filename} is missing")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file} is corrupt or truncated ({e}); re-export or re-download it") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file} does not match its config.json: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{file}: tensor {key!r} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{tuple(expected[key].shape)}"
+            )
+    module.load_state_dict(state)

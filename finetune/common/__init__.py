@@ -1,0 +1,1 @@
+"""What every fine-tuning method shares."""
