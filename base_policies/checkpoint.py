@@ -60,7 +60,10 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
-    """Load any policy folder (base, steered, residual) and return it in eval mode."""
+    """Load any policy folder (base, steered, residual) and return it in eval mode.
+    ``policy.source`` records where it came from (``shipped:NAME`` or the folder), which lets a
+    composed artifact refer to a shipped base instead of copying it."""
+    source = str(path) if str(path).startswith("shipped:") else None
     path = resolve_policy_dir(path)
     meta = read_meta(path)
     cls = policy_type(meta["type"])
@@ -70,6 +73,5 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
             "(a type from another package needs that package installed)"
         )
     policy = cls.from_folder(path, meta)
+    policy.source = source or str(path)
     return policy.to(device)
-
-

@@ -16,6 +16,7 @@ class SquashedMeanActor(nn.Module):
 
     def __init__(self, obs_dim: int, hidden: list[int], out_dim: int) -> None:
         super().__init__()
+        self.hidden = list(hidden)
         layers: list[nn.Module] = []
         dims = [obs_dim, *hidden]
         for a, b in zip(dims[:-1], dims[1:]):

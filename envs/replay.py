@@ -54,10 +54,11 @@ class ReplayableEpisodes(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._actions.append(np.array(action, copy=True))
         return self.env.step(action)
 
-    def get_state(self) -> dict[str, Any]:
-        """Everything needed to bring a fresh copy of this env to its current state."""
+    def get_state(self) -> dict[str, Any] | None:
+        """Everything needed to bring a fresh copy of this env to its current state (None before
+        the first seeded reset: there is nothing to restore, a resumed run resets)."""
         if self._seed is None:
-            raise RuntimeError("ReplayableEpisodes needs a first reset(seed=...) to be restorable")
+            return None
         actions = np.stack(self._actions) if self._actions else np.zeros((0, *self.action_space.shape), np.float32)
         return {"seed": self._seed, "episode": self._episode, "actions": actions, "options": self._options}
 

@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from stable_baselines3 import SAC
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from dpft.envs.tasks import make
 from dpft.base_policies.sb3_actor import SquashedMeanActor
+from dpft.envs.tasks import make
 
 OUT = Path(__file__).resolve().parent.parent / "envs" / "experts" / "weights"
 

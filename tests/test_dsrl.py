@@ -4,11 +4,12 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from stable_baselines3.common.vec_env import DummyVecEnv
 from synthetic import bimodal_episodes
 
 from dpft.base_policies import ArchConfig, CheckpointError, ConfigError, TaskError, load_policy
@@ -19,9 +20,12 @@ from dpft.envs.chunking import ChunkedEnv
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import make
 from dpft.finetune import cli
-from dpft.finetune.dsrl import train as dsrl_train
+from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
+from dpft.finetune.common.interrupt import RunInterrupted, request_stop
+from dpft.finetune.common.run import make_vec_env
+from dpft.finetune.dsrl.na import DSRLNA
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv
-from dpft.finetune.dsrl.train import DSRLConfig, train_dsrl
+from dpft.finetune.dsrl.train import DSRL, DSRLConfig, train_dsrl
 from dpft.finetune.evaluate import evaluate
 
 TASK = "toy_envs:Obstacle-v0"
@@ -116,8 +120,8 @@ def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_d
     cfg = quick(tmp_path, base_dir, variant="na", task=TASK, envs=2, distill_samples=3, steps=1600, layer_norm=True)
     base = load_policy(base_dir)
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
-    venv = DummyVecEnv([dsrl_train.make_env_fn(cfg, base)] * cfg.envs)
-    model = dsrl_train.new_model(cfg, base, venv)
+    venv = make_vec_env(cfg, lambda: DSRL().make_env(cfg, base))
+    model = DSRL().new_model(cfg, base, venv)
     model.learn(total_timesteps=100)  # 25 warm-up transitions per env, then 2 gradient steps per vector step
 
     assert model._n_updates > 0
@@ -140,9 +144,8 @@ def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_d
         assert torch.allclose(base.predict_chunk(obs, w)[:, :k].flatten(1), data.distill_chunks[:, j], atol=1e-5)
 
     # the action critic, its target and its optimiser survive a checkpoint round trip
-    run = RunFolder(tmp_path / "ckpt")
-    dsrl_train.save_checkpoint(model, run)
-    loaded, _ = dsrl_train.load_model(cfg, base, venv, run)
+    save_sb3_checkpoint(model, tmp_path / "ckpt")
+    loaded, _ = load_sb3_checkpoint(DSRLNA, tmp_path / "ckpt", venv, **DSRL().load_kwargs(cfg, base))
     for name in ("action_critic", "action_critic_target"):
         a, b = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
         assert all(torch.equal(a[key], b[key]) for key in a)
@@ -150,29 +153,71 @@ def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_d
     assert loaded.replay_buffer.chunks.shape == model.replay_buffer.chunks.shape
 
 
-def test_interrupted_run_resumes(tmp_path, base_dir, monkeypatch):
-    original, calls = dsrl_train.DSRLCallback._on_step, {"n": 0}
+class StopAt(BaseCallback):
+    """Asks for a stop (what SIGTERM or Ctrl-C does) once ``at`` env steps have run."""
 
-    def flaky(self):
-        calls["n"] += 1
-        if calls["n"] == 150:
-            raise KeyboardInterrupt
-        return original(self)
+    def __init__(self, at: int, k: int) -> None:
+        super().__init__()
+        self.at, self.k = at, k
 
-    monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", flaky)
-    with pytest.raises(KeyboardInterrupt, match="interrupted at 1200 env steps"):
-        train_dsrl(quick(tmp_path, base_dir, steps=1600))
-    monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", original)
-    seen = {}
+    def _on_step(self) -> bool:
+        if self.num_timesteps * self.k == self.at:
+            request_stop()
+        return True
 
-    def spy(self):
-        seen.setdefault("first", self.num_timesteps)
-        return original(self)
 
-    monkeypatch.setattr(dsrl_train.DSRLCallback, "_on_step", spy)
-    out = train_dsrl(DSRLConfig(out=tmp_path / "dsrl", resume=True, progress=False))
-    assert seen["first"] == 151, "the resumed run must continue from the saved step counter"
-    assert load_policy(out).action_horizon == 8
+def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    """A stop mid-episode (Meta-World push: 50 chunks per episode, stop after 37), with 2 envs and
+    DSRL-NA, then --resume: the weights, optimiser moments, replay buffer and evaluations equal
+    those of a run that was never stopped."""
+    kw = dict(
+        base="shipped:metaworld-push-v3",
+        envs=2,
+        steps=480,
+        warmup_steps=160,
+        hidden=32,
+        batch_size=32,
+        eval_every=240,
+        eval_episodes=2,
+        checkpoint_every=10**9,
+        progress=False,
+        seed=7,
+    )
+    train_dsrl(DSRLConfig(out=tmp_path / "straight", **kw))
+    original = DSRL.callbacks
+    monkeypatch.setattr(
+        DSRL, "callbacks", lambda self, cfg, model, base, k: [*original(self, cfg, model, base, k), StopAt(296, k)]
+    )
+    with pytest.raises(RunInterrupted, match="interrupted at 296 env steps; continue with: dpft finetune dsrl"):
+        train_dsrl(DSRLConfig(out=tmp_path / "stopped", **kw))
+    monkeypatch.setattr(DSRL, "callbacks", original)
+    train_dsrl(DSRLConfig(out=tmp_path / "stopped", resume=True, progress=False))
+
+    def final(name):
+        cfg = RunFolder(tmp_path / name).read_config(DSRLConfig)
+        base = load_policy(cfg.base)
+        venv = make_vec_env(cfg, lambda: DSRL().make_env(cfg, base))
+        return load_sb3_checkpoint(DSRLNA, tmp_path / name / "checkpoint", venv, **DSRL().load_kwargs(cfg, base))[0]
+
+    a, b = final("straight"), final("stopped")
+    assert a.num_timesteps == b.num_timesteps == 120 and a._n_updates == b._n_updates > 0
+    for module in ("policy", "action_critic", "action_critic_target"):
+        sa, sb = getattr(a, module).state_dict(), getattr(b, module).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"{module} differs after resume"
+    moments_a = a.action_critic.optimizer.state_dict()["state"]
+    moments_b = b.action_critic.optimizer.state_dict()["state"]
+    assert all(torch.equal(moments_a[i]["exp_avg"], moments_b[i]["exp_avg"]) for i in moments_a)
+    assert np.array_equal(a.replay_buffer.observations, b.replay_buffer.observations)
+    assert np.array_equal(a.replay_buffer.chunks, b.replay_buffer.chunks)
+    assert (tmp_path / "straight" / "evals.jsonl").read_text().count("env_steps") == 2
+
+    def strip(name):
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "wall_s"}
+            for line in (tmp_path / name / "evals.jsonl").read_text().splitlines()
+        ]
+
+    assert strip("straight") == strip("stopped")
 
 
 def test_bad_input(tmp_path, base_dir, capsys):
@@ -212,7 +257,7 @@ def test_bad_input(tmp_path, base_dir, capsys):
 
 def test_resume_from_damaged_checkpoint_is_clear(tmp_path, base_dir):
     train_dsrl(quick(tmp_path, base_dir, steps=900))
-    (tmp_path / "dsrl" / "checkpoint" / "sac.zip").write_bytes(b"not a zip")
+    (tmp_path / "dsrl" / "checkpoint" / "model.zip").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="checkpoint is damaged"):
         train_dsrl(DSRLConfig(out=tmp_path / "dsrl", resume=True, progress=False))
     assert (tmp_path / "dsrl" / "policy" / "config.json").exists()  # nothing already saved is lost
@@ -223,8 +268,6 @@ def test_noise_prior_penalty_is_the_kl_to_the_base_noise():
     [-1, 1] scaling and the tanh squash included: a noise policy N(0, 0.1^2) per coordinate
     (tanh is linear there) must come out at 0.5 * (0.01 - 1 - ln 0.01) nats per coordinate."""
     from types import SimpleNamespace
-
-    from dpft.finetune.dsrl.na import DSRLNA
 
     m, d, sigma = 1.5, 16, 0.1
     x = torch.randn(200_000, d, dtype=torch.float64) * (sigma / m)  # pre-tanh, so that w = m tanh(x) ~ N(0, sigma^2)
@@ -242,8 +285,6 @@ def test_distillation_skips_next_states_that_ended_the_episode():
     """Q_A is never trained at a terminal next state (the TD target does not bootstrap there),
     so the noise critic must not be fitted to it: those rows get weight 0, all others 1."""
     from types import SimpleNamespace
-
-    from dpft.finetune.dsrl.na import DSRLNA
 
     b, n, d_obs, d_w, d_a = 3, 2, 4, 5, 6
     data = SimpleNamespace(
@@ -269,18 +310,18 @@ def test_resuming_a_run_from_before_the_noise_prior_keeps_its_behaviour(tmp_path
 
     cfg = quick(tmp_path, base_dir, task=TASK)
     base = load_policy(base_dir)
-    venv = DummyVecEnv([dsrl_train.make_env_fn(cfg, base)])
-    model = dsrl_train.new_model(cfg, base, venv)
+    venv = make_vec_env(cfg, lambda: DSRL().make_env(cfg, base))
+    model = DSRL().new_model(cfg, base, venv)
     run = RunFolder(cfg.out)
-    dsrl_train.save_checkpoint(model, run)
+    save_sb3_checkpoint(model, run.checkpoint_dir)
     run.write_config(cfg)
     old = yaml.safe_load(run.config_path.read_text())
-    for key in dsrl_train.BEFORE_KEY_EXISTED:
+    for key in DSRL.before_key_existed:
         del old[key]
     run.config_path.write_text(yaml.safe_dump(old))
 
-    resumed_cfg = run.read_config(DSRLConfig, dsrl_train.BEFORE_KEY_EXISTED)
+    resumed_cfg = run.read_config(DSRLConfig, DSRL.before_key_existed)
     assert not resumed_cfg.noise_prior and not resumed_cfg.distill_policy_noise
-    loaded, _ = dsrl_train.load_model(resumed_cfg, base, venv, run)
+    loaded, _ = load_sb3_checkpoint(DSRLNA, run.checkpoint_dir, venv, **DSRL().load_kwargs(resumed_cfg, base))
     assert model.noise_prior and not loaded.noise_prior and not loaded.distill_policy_noise
     assert DSRLConfig().noise_prior, "a new run still gets today's default"

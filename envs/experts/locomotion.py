@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from dpft.base_policies.errors import TaskError
-from dpft.envs.experts import register_expert
 from dpft.base_policies.sb3_actor import SquashedMeanActor
+from dpft.envs.experts import register_expert
 
 WEIGHTS = Path(__file__).parent / "weights"
 

@@ -190,7 +190,7 @@ def load_json(path: Path) -> dict | None:
 
 
 def cmd_report(args) -> None:
-    from dpft.finetune.eval_log import read_evals
+    from dpft.finetune.common.eval_log import read_evals
 
     sync()
 

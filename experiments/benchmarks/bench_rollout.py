@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from dpft.base_policies import ArchConfig, DiffusionPolicy, PolicyConfig
+from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.envs.config import EnvConfig
 from dpft.finetune.dsrl.steered import SteeredPolicy
 from dpft.finetune.rollout import policy_chunk_fn
-from dpft.base_policies.sb3_actor import SquashedMeanActor
 
 
 def steps_per_s(cfg: EnvConfig, chunk_fn, env_steps: int) -> float:

@@ -72,9 +72,9 @@ class NoiseActionEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def chunks_for(self, obs_hist: np.ndarray, noises: np.ndarray) -> np.ndarray:
         """Denoise several noises for one observation history in a single base call."""
-        w = torch.as_tensor(noises, dtype=torch.float32).reshape(-1, *self.noise_shape)
-        obs = torch.from_numpy(obs_hist)[None].expand(w.shape[0], *obs_hist.shape)
-        return self.base.predict_chunk(obs, w).numpy()
+        w = torch.as_tensor(noises, dtype=torch.float32, device=self.base.device).reshape(-1, *self.noise_shape)
+        obs = torch.as_tensor(obs_hist, device=self.base.device)[None].expand(w.shape[0], *obs_hist.shape)
+        return self.base.predict_chunk(obs, w).cpu().numpy()
 
     def step(self, action):
         m = self.action_magnitude

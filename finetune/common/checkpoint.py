@@ -1,0 +1,90 @@
+"""Atomic checkpoints of SB3 algorithms, off-policy (with the replay buffer) and on-policy
+(PPO: no buffer; a checkpoint is taken between rollouts, when the rollout buffer is empty).
+
+A checkpoint folder holds everything ``--resume`` needs to continue *exactly*::
+
+    model.zip          SB3's own file: weights, optimisers, counters, the last observation
+    replay.pkl         off-policy algorithms only: the replay buffer
+    state.json/.safetensors
+                       env steps, wall-clock seconds, torch/numpy/Python RNG states, the action
+                       space's RNG, and every env's episode seed and actions so far (see
+                       :class:`dpft.envs.replay.ReplayableEpisodes`), plus a method's extras
+
+SB3's files pickle some objects: they are training state, read only by ``--resume``, never a
+policy artifact. Checkpoints written before env states were kept (``sac.zip``) still load;
+their envs start new episodes, as they always did.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+
+from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
+
+MODEL_FILES = ("model.zip", "sac.zip")  # sac.zip: checkpoints of DSRL runs before the shared run parts
+# What SB3 (zipfile, pickle, torch.load) raises on a truncated, damaged or mismatched file.
+DAMAGED = (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, ValueError, OSError)
+
+
+def save_sb3_checkpoint(model: BaseAlgorithm, folder: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write ``folder`` atomically (a kill at any moment leaves the previous complete copy)."""
+    env = model.get_env()
+    envs = env.env_method("get_state") if _replayable(env) else None
+    state = {
+        "num_timesteps": model.num_timesteps,
+        "rng": rng_state(),
+        "action_space_rng": model.action_space.np_random.bit_generator.state,
+        "envs": envs if envs is not None and None not in envs else None,
+        **(extra or {}),
+    }
+    with atomic_dir(folder) as tmp:
+        model.save(tmp / "model.zip")
+        if isinstance(model, OffPolicyAlgorithm):
+            model.save_replay_buffer(tmp / "replay.pkl")
+        save_state(tmp, state)
+
+
+def load_sb3_checkpoint(
+    cls: type[BaseAlgorithm], folder: Path, env: VecEnv, **kwargs: Any
+) -> tuple[BaseAlgorithm, dict]:
+    """The model with its buffer, RNG and env states restored, and the saved state dict; or one
+    clear :class:`CheckpointError` when the files are damaged."""
+    zip_file = next((folder / f for f in MODEL_FILES if (folder / f).exists()), folder / MODEL_FILES[0])
+    state = load_state(folder)
+    exact = state.get("envs") is not None and _replayable(env)
+    try:
+        model = cls.load(zip_file, env=env, force_reset=not exact, **kwargs)
+        if isinstance(model, OffPolicyAlgorithm):
+            model.load_replay_buffer(folder / "replay.pkl")
+    except DAMAGED as e:
+        raise CheckpointError(
+            f"cannot resume from {folder} ({type(e).__name__}: {e}); the checkpoint is damaged -- "
+            "start a new run with another --out"
+        ) from None
+    if exact:
+        obs = np.stack([env.env_method("set_state", s, indices=[i])[0] for i, s in enumerate(state["envs"])])
+        if model._last_obs is not None and not np.array_equal(obs, model._last_obs):
+            warnings.warn(
+                "replaying the envs did not reproduce the checkpointed observations (a non-deterministic task or "
+                "another machine); the resumed run continues from the replayed state",
+                stacklevel=2,
+            )
+        model._last_obs = obs
+    set_rng_state(state["rng"])
+    if "action_space_rng" in state:
+        model.action_space.np_random.bit_generator.state = state["action_space_rng"]
+    return model, state
+
+
+def _replayable(env: VecEnv) -> bool:
+    return env is not None and env.has_attr("get_state")

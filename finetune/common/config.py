@@ -1,0 +1,50 @@
+"""The settings every fine-tuning method has; a method's config dataclass subclasses this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpft.base_policies.device import check_device_spec
+from dpft.base_policies.errors import ConfigError
+from dpft.envs.config import EnvConfig
+
+
+@dataclass
+class FinetuneConfig(EnvConfig):
+    """Fine-tune a frozen base policy (settings shared by every method)."""
+
+    base: str = "shipped:metaworld-push-v3"
+    """Base policy folder, run folder, or shipped:<name>. Its weights never change."""
+    task: str | None = None  # type: ignore[assignment]
+    """Task id (default: the task the base policy was trained for)."""
+    envs: int = 1
+    """Parallel environments (SB3 DummyVecEnv)."""
+    out: Path = Path("runs/finetune")
+    """Run folder; the fine-tuned policy is written to OUT/policy."""
+    steps: int = 50_000
+    """Environment-step budget."""
+    device: str = "auto"
+    """auto (a CUDA GPU if there is one), cpu, cuda or cuda:N: where the base, the learned parts and
+    the replay batches live."""
+    eval_every: int = 5000
+    """Environment steps between evaluations of the fine-tuned policy."""
+    eval_episodes: int = 20
+    """Episodes per evaluation (the same episodes every time: seed + 1,000,000)."""
+    checkpoint_every: int = 10_000
+    """Environment steps between atomic checkpoints (what --resume continues from)."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_device_spec(self.device)
+        if self.steps < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.eval_episodes < 1:
+            raise ConfigError("--steps, --eval-every, --eval-episodes and --checkpoint-every must be positive")
+
+    @property
+    def eval_seed(self) -> int:
+        """Evaluation episodes never overlap the training episodes' seeds."""
+        return self.seed + 1_000_000

@@ -1,0 +1,176 @@
+"""The shared run loop of every fine-tuning method built on a stable-baselines3 algorithm.
+
+A method supplies an :class:`SB3Method` (its config class, the env its agent acts in, the
+algorithm, the artifact); :func:`run_sb3` does everything else, identically for every method:
+
+1. open the run folder, or re-read its ``config.yaml`` with ``--resume``;
+2. load the base on ``--device``, default the task to the base's, check that they fit;
+3. build the vector env (each env: :class:`ReplayableEpisodes` ∘ ``Monitor`` ∘ the method's env);
+4. build the model, or restore it exactly from the last checkpoint;
+5. train with the shared callbacks (progress, throughput, periodic evaluation on fixed episodes,
+   checkpoints, a graceful stop on SIGTERM / Ctrl-C) plus the method's own;
+6. save the final checkpoint and the policy artifact, evaluate it, write ``final_eval.json``.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from dpft.base_policies.checkpoint import load_policy
+from dpft.base_policies.device import resolve_device
+from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.policy import Policy
+from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.state_io import atomic_write_text
+from dpft.envs.chunking import check_policy_fits
+from dpft.envs.replay import ReplayableEpisodes
+from dpft.finetune.common.callbacks import Checkpointer, PeriodicEval, ProgressBar, Throughput, WallClock
+from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
+from dpft.finetune.common.config import FinetuneConfig
+from dpft.finetune.common.interrupt import graceful_stop
+from dpft.finetune.common.logger import EnvStepLogger
+from dpft.finetune.evaluate import evaluate
+
+
+class SB3Method(abc.ABC):
+    """What one fine-tuning method adds to the shared loop. Everything else is :func:`run_sb3`."""
+
+    command: ClassVar[str]
+    """The CLI command, e.g. ``finetune dsrl`` (used in the "resume with ..." message)."""
+    config_cls: ClassVar[type[FinetuneConfig]]
+    before_key_existed: ClassVar[dict[str, Any]] = {}
+    """Settings added after runs were made, with the behaviour such a run had before them."""
+
+    def check(self, cfg: Any, base: Policy) -> None:
+        """Refuse settings that cannot work with this base (one clear ConfigError)."""
+        return None
+
+    def env_steps_per_transition(self, cfg: Any, base: Policy) -> int:
+        """Env steps one agent transition executes (a chunk method: the base's action horizon)."""
+        return 1
+
+    @abc.abstractmethod
+    def make_env(self, cfg: Any, base: Policy) -> gym.Env:
+        """The env the agent acts in (the frozen base usually lives inside it)."""
+
+    @abc.abstractmethod
+    def algorithm(self, cfg: Any) -> type[BaseAlgorithm]:
+        """The SB3 algorithm class (what a checkpoint is loaded with)."""
+
+    @abc.abstractmethod
+    def new_model(self, cfg: Any, base: Policy, venv: DummyVecEnv) -> BaseAlgorithm:
+        """A fresh model on ``base.device``."""
+
+    def load_kwargs(self, cfg: Any, base: Policy) -> dict[str, Any]:
+        """Constructor arguments that are not in SB3's zip (the base, the run config's behaviour)."""
+        return {}
+
+    @abc.abstractmethod
+    def artifact(self, model: BaseAlgorithm, base: Policy, cfg: Any) -> Policy:
+        """The fine-tuned policy (usually a ComposedPolicy of the base and the learned part)."""
+
+    def callbacks(self, cfg: Any, model: BaseAlgorithm, base: Policy, k: int) -> list[BaseCallback]:
+        """The method's own callbacks (temperature floor, Q statistics, ...)."""
+        return []
+
+
+def open_run(cfg: FinetuneConfig, method: SB3Method) -> tuple[FinetuneConfig, RunFolder]:
+    """The run folder; with ``--resume`` the config is the run's own (only ``--progress`` is taken
+    from the command line)."""
+    run = RunFolder(cfg.out)
+    if cfg.resume:
+        stored = run.read_config(method.config_cls, method.before_key_existed)
+        cfg = replace(stored, resume=True, progress=cfg.progress)
+    elif run.has_checkpoint():
+        raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+    return cfg, run
+
+
+def resolve_base(cfg: FinetuneConfig) -> tuple[FinetuneConfig, Policy]:
+    """The frozen base on ``--device``; the task defaults to the one the base was trained for."""
+    base = load_policy(cfg.base, resolve_device(cfg.device))
+    cfg = replace(cfg, task=cfg.task or getattr(base.config, "task", None))
+    if not cfg.task:
+        raise ConfigError("the base policy does not record its task; pass --task")
+    probe = cfg.make_env()
+    try:
+        check_policy_fits(base, probe, cfg.task)
+    finally:
+        probe.close()
+    return cfg, base
+
+
+def make_vec_env(cfg: FinetuneConfig, make_env) -> DummyVecEnv:
+    """``cfg.envs`` copies; env i starts from seed + i and every episode gets its own seed."""
+    venv = DummyVecEnv([lambda: ReplayableEpisodes(Monitor(make_env()))] * cfg.envs)
+    venv.seed(cfg.seed)
+    return venv
+
+
+def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig) -> dict[str, Any]:
+    """The same ``eval_episodes`` episodes at every evaluation (their own seeds, never trained on)."""
+    eval_cfg = replace(cfg, envs=min(8, cfg.eval_episodes), seed=cfg.eval_seed)
+    return evaluate(policy, eval_cfg, cfg.eval_episodes)
+
+
+def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
+    """Train (or resume) ``method``; returns the folder of the fine-tuned policy."""
+    cfg, run = open_run(cfg, method)
+    cfg, base = resolve_base(cfg)
+    method.check(cfg, base)
+    run.write_config(cfg)
+    k = method.env_steps_per_transition(cfg, base)
+    venv = make_vec_env(cfg, lambda: method.make_env(cfg, base))
+    fresh = not (cfg.resume and run.has_checkpoint())
+    if fresh:
+        model, clock = method.new_model(cfg, base, venv), WallClock()
+        run.writer(cfg).close()  # the full config as TensorBoard text
+    else:
+        kwargs = {"device": base.device, **method.load_kwargs(cfg, base)}
+        model, state = load_sb3_checkpoint(method.algorithm(cfg), run.checkpoint_dir, venv, **kwargs)
+        clock = WallClock(float(state.get("wall_s", 0.0)))
+    model.set_logger(EnvStepLogger(run.tb_dir, k))
+
+    def save() -> None:
+        save_sb3_checkpoint(model, run.checkpoint_dir, {"wall_s": clock.seconds})
+
+    def evaluate_now() -> dict[str, Any]:
+        return evaluate_on_fixed_episodes(method.artifact(model, base, cfg), cfg)
+
+    bar = ProgressBar(cfg.steps, k, method.command.split()[-1], cfg.progress)
+    callbacks = [
+        bar,
+        *method.callbacks(cfg, model, base, k),
+        Throughput(k, cfg.eval_every),
+        PeriodicEval(k, cfg.eval_every, evaluate_now, run.root / "evals.jsonl", clock, bar),
+        Checkpointer(k, cfg.checkpoint_every, save, f"dpft {method.command} --out {cfg.out} --resume"),
+    ]
+    total = math.ceil(cfg.steps / k)
+    with graceful_stop():
+        model.learn(
+            total_timesteps=total - (0 if fresh else model.num_timesteps),
+            callback=callbacks,
+            reset_num_timesteps=fresh,
+            progress_bar=False,
+        )
+    save()
+    method.artifact(model, base, cfg).save(run.policy_dir)
+    final = {**evaluate_now(), "env_steps": model.num_timesteps * k, "train_wall_s": round(clock.seconds, 1)}
+    atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
+    success = "n/a" if final["success_rate"] is None else f"{final['success_rate']:.3f}"
+    print(
+        f"policy saved to {run.policy_dir}; final eval: success {success}, "
+        f"return {final['return_mean']:.1f} over {final['episodes']} episodes"
+    )
+    return run.policy_dir
