@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dpft.base_policies.config import ArchConfig, PolicyConfig, validate_arch
 from dpft.base_policies.data import load_demonstrations, make_windows, split_episodes
 from dpft.base_policies.data.windows import Windows
+from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.ema import EMA
 from dpft.base_policies.errors import ConfigError, DatasetError
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
@@ -70,6 +71,8 @@ class TrainBCConfig:
     """Task id recorded in the policy (default: taken from the dataset's env_args)."""
     seed: int = 0
     """Random seed."""
+    device: str = "auto"
+    """auto (every process on a GPU when there are GPUs), cpu, or cuda."""
     resume: bool = False
     """Continue the run in --out from its last checkpoint, with its saved config."""
     progress: bool = True
@@ -85,6 +88,7 @@ class TrainBCConfig:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"unknown --backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
         validate_arch(self.arch, self.backbone)
+        check_device_spec(self.device)
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("--steps and --batch-size must be >= 1")
         if not 0 <= self.val_fraction < 1:
@@ -160,7 +164,7 @@ def train_bc(cfg: TrainBCConfig) -> Path:
     """Run BC training; returns the final policy folder."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=resolve_device(cfg.device).type == "cpu")
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     if world > 1 and not torch.cuda.is_available():

@@ -1,0 +1,265 @@
+"""The foundations every method builds on: packaging and layering, plug-ins through entry points,
+the composed-policy artifact, and exact resume of an on-policy (PPO) run."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_policy
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+
+from dpft.base_policies import CheckpointError, load_policy
+from dpft.base_policies.composed import folder_hash
+from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.sb3_actor import SquashedMeanActor
+from dpft.finetune import cli
+from dpft.finetune.common.checkpoint import load_sb3_checkpoint
+from dpft.finetune.common.interrupt import RunInterrupted, request_stop
+from dpft.finetune.common.run import make_vec_env, run_sb3
+from dpft.finetune.dsrl.steered import SteeredPolicy
+from dpft.finetune.dsrl.train import DSRL, DSRLConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {"base_policies": 0, "envs": 1, "finetune": 2}
+
+
+# ----- packaging and layering ----------------------------------------------------------------
+def test_every_package_folder_is_installed_under_the_dpft_namespace():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        "dpft." + str(p.parent.relative_to(ROOT)).replace("/", ".")
+        for L in LAYERS
+        for p in (ROOT / L).rglob("__init__.py")
+    }
+    assert found == listed
+
+
+def test_no_import_runs_up_the_layers():
+    """base_policies < envs < finetune: a module never imports from a layer above its own."""
+    offenders = []
+    for layer, rank in LAYERS.items():
+        for file in (ROOT / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(file.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "dpft" and len(parts) > 1 and LAYERS.get(parts[1], -1) > rank:
+                        offenders.append(f"{file.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_importing_envs_does_not_import_torch():
+    code = "import sys, dpft.envs.config, dpft.envs.rewards, dpft.envs.replay; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stdout.strip() == "False"
+
+
+# ----- plug-ins from another package -----------------------------------------------------------
+PLUGIN = '''
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dpft.base_policies.policy import Policy, register_policy
+from dpft.envs.tasks import register_family
+
+
+@register_policy("constant")
+class ConstantPolicy(Policy):
+    obs_dim, action_dim, obs_horizon, pred_horizon, action_horizon = 2, 2, 1, 4, 2
+
+    def predict_chunk(self, obs, noise=None, generator=None):
+        return torch.full((obs.shape[0], 4, 2), 0.5)
+
+    def save(self, path):
+        raise NotImplementedError
+
+    @classmethod
+    def from_folder(cls, path, meta):
+        return cls()
+
+
+@register_family("plugfam")
+def make_plug(name, max_episode_steps=None, render_mode=None):
+    return gym.make("Pendulum-v1", max_episode_steps=max_episode_steps)
+
+
+class Double(gym.RewardWrapper):
+    def reward(self, reward):
+        return 2 * reward
+
+
+@dataclass
+class HelloConfig:
+    """Say hello (a command from another package)."""
+
+    name: str = "world"
+    """Who to greet."""
+
+
+def hello(cfg: HelloConfig) -> None:
+    print(f"hello {cfg.name}")
+'''
+
+ENTRY_POINTS = """
+[dpft.policies]
+constant = dpft_plugin_mod:ConstantPolicy
+[dpft.tasks]
+plugfam = dpft_plugin_mod
+[dpft.rewards]
+double = dpft_plugin_mod:Double
+[dpft.commands]
+hello = dpft_plugin_mod:hello
+"""
+
+
+def test_another_package_adds_a_policy_type_task_family_reward_and_command(tmp_path, monkeypatch, capsys):
+    """A real distribution on sys.path (dist-info with entry_points.txt), as `pip install` leaves it."""
+    (tmp_path / "dpft_plugin_mod.py").write_text(PLUGIN)
+    info = tmp_path / "dpft_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dpft-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    folder = tmp_path / "pol"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"type": "constant", "format_version": 1}))
+    assert load_policy(folder).predict_chunk(torch.zeros(3, 2)).shape == (3, 4, 2)
+
+    from dpft.envs.config import EnvConfig
+
+    env = EnvConfig(task="plugfam:anything", reward="double").make_env()
+    env.reset(seed=0)
+    _, reward, *_ = env.step(np.zeros(1, np.float32))
+    inner = gym_reward_of_pendulum()
+    assert reward == pytest.approx(2 * inner)
+
+    assert cli.main(["--help"]) == 0 and "hello" in capsys.readouterr().out
+    assert cli.main(["hello", "--name", "dpft"]) == 0 and "hello dpft" in capsys.readouterr().out
+
+
+def gym_reward_of_pendulum() -> float:
+    import gymnasium as gym
+
+    env = gym.make("Pendulum-v1")
+    env.reset(seed=0)
+    return float(env.step(np.zeros(1, np.float32))[1])
+
+
+# ----- the composed-policy artifact ---------------------------------------------------------
+def steered_on(base, hidden=(16,)) -> SteeredPolicy:
+    torch.manual_seed(0)
+    actor = SquashedMeanActor(base.obs_horizon * base.obs_dim, list(hidden), base.pred_horizon * base.action_dim)
+    return SteeredPolicy(base, actor, {"action_magnitude": 1.5, "hidden": list(hidden), "variant": "na"})
+
+
+def test_a_steered_policy_names_a_shipped_base_and_checks_its_hash(tmp_path):
+    base = load_policy("shipped:metaworld-push-v3")
+    steered_on(base).save(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert meta["base"]["shipped"] == "metaworld-push-v3" and not (tmp_path / "p" / "base").exists()
+    assert sum(f.stat().st_size for f in (tmp_path / "p").iterdir()) < 50_000
+    assert "dpft_version" in meta["provenance"]
+
+    loaded = load_policy(tmp_path / "p")
+    obs, noise = torch.randn(4, base.obs_dim), torch.randn(4, *base.noise_shape)
+    assert torch.equal(loaded.predict_chunk(obs, noise), steered_on(base).predict_chunk(obs, noise))
+
+    meta["base"]["sha256"] = "0" * 64  # made on a shipped base that has since changed
+    (tmp_path / "p" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="installed shipped:metaworld-push-v3 has hash"):
+        load_policy(tmp_path / "p")
+
+
+def test_a_steered_policy_copies_a_base_that_is_not_shipped_and_old_artifacts_still_load(tmp_path):
+    base = tiny_policy(obs_dim=2, action_dim=2)
+    base.save(tmp_path / "base_src")
+    base = load_policy(tmp_path / "base_src")
+    steered_on(base).save(tmp_path / "p")
+    assert (tmp_path / "p" / "base" / "model.safetensors").exists()
+    assert folder_hash(tmp_path / "p" / "base") == folder_hash(tmp_path / "base_src")
+    meta = json.loads((tmp_path / "p" / "config.json").read_text())
+    for key in ("base", "provenance"):  # the layout written before these keys existed
+        del meta[key]
+    meta["future_key"] = {"anything": 1}  # and a key a later dpft might add
+    (tmp_path / "p" / "config.json").write_text(json.dumps(meta))
+    obs, noise = torch.randn(3, 2), torch.randn(3, *base.noise_shape)
+    assert torch.equal(
+        load_policy(tmp_path / "p").predict_chunk(obs, noise), steered_on(base).predict_chunk(obs, noise)
+    )
+
+
+# ----- on-policy exact resume ----------------------------------------------------------------
+class PPOSteer(DSRL):
+    """An on-policy method on the shared loop: PPO choosing the base's noise (no replay buffer)."""
+
+    def algorithm(self, cfg):
+        return PPO
+
+    def new_model(self, cfg, base, venv):
+        return PPO("MlpPolicy", venv, n_steps=8, batch_size=8, n_epochs=2, seed=cfg.seed, device=base.device)
+
+    def load_kwargs(self, cfg, base):
+        return {}
+
+    def artifact(self, model, base, cfg):
+        return base
+
+    def callbacks(self, cfg, model, base, k):
+        return [StopAt(self.stop_at, k)] if getattr(self, "stop_at", None) else []
+
+
+class StopAt(BaseCallback):
+    def __init__(self, at: int, k: int) -> None:
+        super().__init__()
+        self.at, self.k = at, k
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps * self.k == self.at:
+            request_stop()
+        return True
+
+
+def test_an_on_policy_run_stopped_mid_episode_resumes_to_the_same_weights(tmp_path):
+    base = tiny_policy(obs_dim=2, action_dim=2, obs_horizon=1, pred_horizon=8, action_horizon=4)
+    base.config.task = "toy_envs:Obstacle-v0"
+    base.save(tmp_path / "base")
+    kw = dict(base=str(tmp_path / "base"), envs=2, steps=256, eval_every=128, eval_episodes=2, progress=False)
+    run_sb3(DSRLConfig(out=tmp_path / "straight", **kw), PPOSteer())
+    stopping = PPOSteer()
+    stopping.stop_at = 104  # 13 chunks per env: mid-episode (2 chunks per episode), mid-rollout (8 per rollout)
+    with pytest.raises(RunInterrupted, match="interrupted at"):
+        run_sb3(DSRLConfig(out=tmp_path / "stopped", **kw), stopping)
+    assert not (RunFolder(tmp_path / "stopped").checkpoint_dir / "replay.pkl").exists()
+    run_sb3(DSRLConfig(out=tmp_path / "stopped", resume=True, progress=False), PPOSteer())
+
+    def final(name):
+        cfg = RunFolder(tmp_path / name).read_config(DSRLConfig)
+        b = load_policy(cfg.base)
+        venv = make_vec_env(cfg, lambda: PPOSteer().make_env(cfg, b))
+        return load_sb3_checkpoint(PPO, tmp_path / name / "checkpoint", venv)[0]
+
+    a, b = final("straight"), final("stopped")
+    assert a.num_timesteps == b.num_timesteps == 64
+    sa, sb = a.policy.state_dict(), b.policy.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    oa, ob = a.policy.optimizer.state_dict()["state"], b.policy.optimizer.state_dict()["state"]
+    assert all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
