@@ -49,6 +49,8 @@ class SB3Method(abc.ABC):
     command: ClassVar[str]
     """The CLI command, e.g. ``finetune dsrl`` (used in the "resume with ..." message)."""
     config_cls: ClassVar[type[FinetuneConfig]]
+    uses_base: ClassVar[bool] = True
+    """False for a baseline trained from scratch (``base`` is then None everywhere below)."""
     before_key_existed: ClassVar[dict[str, Any]] = {}
     """Settings added after runs were made, with the behaviour such a run had before them."""
 
@@ -127,7 +129,13 @@ def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig) -> dict[str,
 def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     """Train (or resume) ``method``; returns the folder of the fine-tuned policy."""
     cfg, run = open_run(cfg, method)
-    cfg, base = resolve_base(cfg)
+    if method.uses_base:
+        cfg, base = resolve_base(cfg)
+    elif not cfg.task:
+        raise ConfigError("--task is required when training from scratch")
+    else:
+        base = None
+    device = resolve_device(cfg.device)
     method.check(cfg, base)
     run.write_config(cfg)
     k = method.env_steps_per_transition(cfg, base)
@@ -137,7 +145,7 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         model, clock = method.new_model(cfg, base, venv), WallClock()
         run.writer(cfg).close()  # the full config as TensorBoard text
     else:
-        kwargs = {"device": base.device, **method.load_kwargs(cfg, base)}
+        kwargs = {"device": device, **method.load_kwargs(cfg, base)}
         model, state = load_sb3_checkpoint(method.algorithm(cfg), run.checkpoint_dir, venv, **kwargs)
         clock = WallClock(float(state.get("wall_s", 0.0)))
     model.set_logger(EnvStepLogger(run.tb_dir, k))
