@@ -183,6 +183,12 @@ def sync() -> None:
         if f.is_file() and (f.name in KEEP or is_base) and "checkpoint" not in rel.parts and "policy" not in rel.parts:
             (RAW / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, RAW / rel)
+    # The final policy artifact of every finished run, when it is small: a steered policy on a
+    # shipped base names the base instead of copying it (a few hundred kB), so any table row can
+    # be re-evaluated with `dpft eval --policy experiments/results/dsrl_bench/TASK/METHOD/seedS/policy`.
+    for policy in RUNS.glob("*/*/seed*/policy"):
+        if (policy / "config.json").exists() and not (policy / "base").exists():
+            shutil.copytree(policy, RAW / policy.relative_to(RUNS), dirs_exist_ok=True)
 
 
 def load_json(path: Path) -> dict | None:
