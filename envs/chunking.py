@@ -5,7 +5,8 @@
 ``[pred_horizon, action_dim]``; one ``step`` executes the first ``action_horizon`` actions
 (stopping early at termination or truncation) and returns their summed, optionally
 discounted reward. Episode statistics (return, length, success, first success step) come in
-``info["episode"]`` when an episode ends.
+``info["episode"]`` when an episode ends. With ``render_frames=True`` the rendered frame comes
+in ``info["frame"]``: after ``reset`` and after each executed chunk (one frame per decision).
 
 :func:`make_vector_env` batches these over a gymnasium vector env, so a policy is called
 once per batch of environments, never once per env. Evaluation, data collection and every
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -34,6 +35,19 @@ class StepData:
     obs: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
+
+
+class Horizons(Protocol):
+    """What a chunked env needs to know of a policy (every :class:`Policy` has these)."""
+
+    obs_horizon: int
+    pred_horizon: int
+    action_horizon: int
+
+
+def horizons_of(h: Horizons | tuple[int, int, int]) -> tuple[int, int, int]:
+    """``(obs_horizon, pred_horizon, action_horizon)`` of a policy, or the tuple itself."""
+    return tuple(h) if isinstance(h, tuple) else (h.obs_horizon, h.pred_horizon, h.action_horizon)
 
 
 class ChunkedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -56,6 +70,7 @@ class ChunkedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         action_horizon: int = 1,
         gamma: float = 1.0,
         record_steps: bool = False,
+        render_frames: bool = False,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(
             self,
@@ -64,12 +79,15 @@ class ChunkedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             action_horizon=action_horizon,
             gamma=gamma,
             record_steps=record_steps,
+            render_frames=render_frames,
         )
         gym.Wrapper.__init__(self, env)
         if not 1 <= action_horizon <= pred_horizon:
             raise TaskError(f"action_horizon ({action_horizon}) must be in [1, pred_horizon={pred_horizon}]")
+        if render_frames and env.render_mode != "rgb_array":
+            raise TaskError(f"render_frames needs an env made with render_mode='rgb_array', not {env.render_mode!r}")
         self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
-        self.gamma, self.record_steps = gamma, record_steps
+        self.gamma, self.record_steps, self.render_frames = gamma, record_steps, render_frames
         o, a = env.observation_space, env.action_space
         self.observation_space = spaces.Box(
             np.repeat(o.low[None], obs_horizon, 0), np.repeat(o.high[None], obs_horizon, 0), dtype=np.float32
@@ -91,6 +109,8 @@ class ChunkedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._history.extend([obs] * self.obs_horizon)  # pad by repeating the first observation
         self._last_obs = obs
         self._return, self._length, self._success_step = 0.0, 0, -1
+        if self.render_frames:
+            info = {**info, "frame": self.env.render()}
         return self._stack(), info
 
     def step(self, chunk: np.ndarray):
@@ -123,6 +143,8 @@ class ChunkedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             info["step_data"] = StepData(
                 np.asarray(obs_list, np.float32), chunk[:n].copy(), np.asarray(rewards, np.float32)
             )
+        if self.render_frames:
+            info["frame"] = self.env.render()
         if terminated or truncated:
             info["episode"] = {
                 "return": self._return,
@@ -142,13 +164,15 @@ def make_vector_env(
     gamma: float = 1.0,
     record_steps: bool = False,
     vectorization: str = "sync",
+    render_frames: bool = False,
 ) -> gym.vector.VectorEnv:
     """Vector env of :class:`ChunkedEnv`; ``vectorization`` is ``sync`` (default; fastest on
     few cores) or ``async`` (one subprocess per env, for machines with many cores).
-    Finished envs are reset in the same step (their last info is in ``final_info``)."""
+    Finished envs are reset in the same step (their last info is in ``final_info``, the new
+    episode's reset info in the step's info)."""
 
     def thunk() -> gym.Env:
-        return ChunkedEnv(make_env(), obs_horizon, pred_horizon, action_horizon, gamma, record_steps)
+        return ChunkedEnv(make_env(), obs_horizon, pred_horizon, action_horizon, gamma, record_steps, render_frames)
 
     mode = gym.vector.AutoresetMode.SAME_STEP
     if vectorization == "sync":

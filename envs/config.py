@@ -8,7 +8,7 @@ from functools import partial
 import gymnasium as gym
 
 from dpft.base_policies.errors import ConfigError
-from dpft.envs.chunking import make_vector_env
+from dpft.envs.chunking import ChunkedEnv, Horizons, horizons_of, make_vector_env
 from dpft.envs.rewards import resolve_reward
 from dpft.envs.tasks import make
 
@@ -38,14 +38,33 @@ class EnvConfig:
         """One task env with the reward wrappers applied."""
         return resolve_reward(self.reward)(make(self.task, self.max_episode_steps, render_mode))
 
+    def make_chunked(
+        self,
+        horizons: Horizons | tuple[int, int, int],
+        gamma: float = 1.0,
+        record_steps: bool = False,
+        render_frames: bool = False,
+    ) -> ChunkedEnv:
+        """One :class:`ChunkedEnv` of the task for a policy's horizons (or an
+        ``(obs_horizon, pred_horizon, action_horizon)`` tuple); ``render_frames`` renders
+        offscreen into ``info["frame"]``."""
+        env = self.make_env(render_mode="rgb_array" if render_frames else None)
+        return ChunkedEnv(env, *horizons_of(horizons), gamma, record_steps, render_frames)
+
     def make_vector(
-        self, obs_horizon: int, pred_horizon: int, action_horizon: int, gamma: float = 1.0, record_steps: bool = False
+        self,
+        obs_horizon: int,
+        pred_horizon: int,
+        action_horizon: int,
+        gamma: float = 1.0,
+        record_steps: bool = False,
+        render_frames: bool = False,
     ) -> gym.vector.VectorEnv:
         resolve_reward(self.reward)  # fail on a bad spec before any env starts
         if self.vectorization == "async":
             self.make_env().close()  # a bad task id fails here, not as a subprocess error
         return make_vector_env(
-            partial(self.make_env),
+            partial(self.make_env, render_mode="rgb_array" if render_frames else None),
             self.envs,
             obs_horizon,
             pred_horizon,
@@ -53,4 +72,5 @@ class EnvConfig:
             gamma,
             record_steps,
             self.vectorization,
+            render_frames,
         )

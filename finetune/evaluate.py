@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from dpft.base_policies import load_policy
+from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.policy import Policy
 from dpft.envs.chunking import check_policy_fits
@@ -42,6 +43,13 @@ class EvalConfig(EnvConfig):
     """Show a progress bar."""
     zero_noise: bool = False
     """Feed the policy all-zero initial noise (its deterministic mode) instead of N(0, I) samples."""
+    device: str = "auto"
+    """auto (a CUDA GPU if there is one), cpu, cuda or cuda:N: where the policy runs. The noise is
+    drawn on the CPU from the seed, so the same seed gives the same noise on every device."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_device_spec(self.device)
 
 
 def evaluate(
@@ -96,7 +104,7 @@ def report(summary: dict[str, Any], policy: str) -> str:
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    policy = load_policy(cfg.policy)
+    policy = load_policy(cfg.policy, resolve_device(cfg.device))
     task = cfg.task or getattr(getattr(policy, "config", None), "task", None)
     if not task:
         raise ConfigError(f"{cfg.policy} does not record its task; pass --task")
@@ -113,6 +121,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.video is not None:
         from dpft.finetune.video import record_video
 
-        record_video(policy, cfg, cfg.video, cfg.video_episodes)
+        record_video(policy, cfg, cfg.video, cfg.video_episodes, zero_noise=cfg.zero_noise)
     print(json.dumps(summary) if cfg.json else report(summary, cfg.policy))
     return summary

@@ -1,10 +1,18 @@
 """The one rollout loop: step a vector of chunked envs with a batched policy.
 
-Evaluation, demonstration collection and (later) preference-pair collection all call
-:func:`run_episodes`. The policy is called once per vector step on the whole batch of
-observation histories. Each env runs a fixed quota of episodes, so which episodes are
-collected does not depend on which envs happen to finish first: results are a function of
-(policy, task, seed, number of envs).
+Evaluation, demonstration collection, videos, benchmarks and (later) preference-pair
+collection all call :func:`run_episodes`. The policy is called once per vector step on the
+whole batch of observation histories. Each env runs a fixed quota of episodes, so which
+episodes are collected does not depend on which envs happen to finish first: results are a
+function of (policy, task, seed, number of envs).
+
+A chunk function maps observation histories ``[N, To, D]`` to chunks ``[N, H, A]``, or to
+``(chunks, extras)`` where ``extras`` is a dict of per-decision arrays with leading dim ``N``
+(the initial noise behind each chunk, a sampler's chain, ...). Every episode gets the extras of
+its own decisions, stacked per key::
+
+    decision t of an episode:  obs history ──chunk_fn──▶ chunk t, extras[key][t]
+                               env executes chunk t[:action_horizon] ──▶ steps, frame t + 1
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from dpft.base_policies.data import Episode
 from dpft.base_policies.policy import Policy
 from dpft.envs.chunking import StepData
 
-ChunkFn = Callable[[np.ndarray], np.ndarray]
+Extras = dict[str, np.ndarray]
+ChunkFn = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, Extras]]
 
 
 @dataclass
@@ -32,17 +41,75 @@ class EpisodeResult:
     success: bool
     success_step: int
     steps: Episode | None = field(default=None, repr=False)
+    """Per-step data (``record_steps=True``)."""
+    decisions: Extras = field(default_factory=dict, repr=False)
+    """The chunk function's extras of this episode's T decisions, per key ``[T, ...]``."""
+    frames: np.ndarray | None = field(default=None, repr=False)
+    """``[T + 1, height, width, 3]``: the reset frame, then one after each executed chunk
+    (envs built with ``render_frames=True``)."""
 
 
-def policy_chunk_fn(policy: Policy, generator: torch.Generator | None = None, zero_noise: bool = False) -> ChunkFn:
+def policy_chunk_fn(
+    policy: Policy, generator: torch.Generator | None = None, zero_noise: bool = False, return_noise: bool = False
+) -> ChunkFn:
     """Adapt a :class:`Policy` to ``obs history [N, To, D] -> chunks [N, H, A]`` (numpy).
-    ``zero_noise`` feeds all-zero initial noise (the policy's deterministic mode)."""
 
-    def fn(obs: np.ndarray) -> np.ndarray:
-        noise = torch.zeros(obs.shape[0], *policy.noise_shape) if zero_noise else None
-        return policy.predict_chunk(torch.from_numpy(obs), noise, generator=generator).cpu().numpy()
+    ``zero_noise`` feeds all-zero initial noise (the policy's deterministic mode).
+    ``return_noise`` also returns the initial noise of each chunk as the extra ``"noise"``
+    (``[N, *noise_shape]``), so ``policy.predict_chunk(obs, noise)`` reproduces the chunk. The
+    noise is what a base policy draws itself from ``generator``, so its chunks do not change;
+    a policy that picks its own noise when given none (a steered policy) is fed N(0, I) instead.
+    """
+
+    def fn(obs: np.ndarray) -> np.ndarray | tuple[np.ndarray, Extras]:
+        x = torch.from_numpy(obs).to(policy.device)
+        if zero_noise:
+            noise = torch.zeros(len(obs), *policy.noise_shape, device=policy.device)
+        elif return_noise:
+            noise = policy.initial_noise(len(obs), generator)
+        else:
+            noise = None
+        chunks = policy.predict_chunk(x, noise, generator=generator).cpu().numpy()
+        return (chunks, {"noise": noise.cpu().numpy()}) if return_noise else chunks
 
     return fn
+
+
+@dataclass
+class _Running:
+    """What one env has recorded so far of the episode it is running."""
+
+    steps: list[StepData] = field(default_factory=list)
+    decisions: list[Extras] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, info: dict, record_steps: bool) -> None:
+        if record_steps and "step_data" in info:
+            self.steps.append(info["step_data"])
+        if "frame" in info:
+            self.frames.append(info["frame"])
+
+    def result(self, env_index: int, info: dict, name: str, record_steps: bool) -> EpisodeResult:
+        ep = info["episode"]
+        keys = self.decisions[0].keys() if self.decisions else ()
+        return EpisodeResult(
+            env_index,
+            float(ep["return"]),
+            int(ep["length"]),
+            bool(ep["success"]),
+            int(ep["success_step"]),
+            steps=_to_episode(self.steps, name) if record_steps else None,
+            decisions={k: np.stack([d[k] for d in self.decisions]) for k in keys},
+            frames=np.stack(self.frames) if self.frames else None,
+        )
+
+
+def _split(out: np.ndarray | tuple[np.ndarray, Extras], n: int) -> tuple[np.ndarray, Extras]:
+    chunks, extras = out if isinstance(out, tuple) else (out, {})
+    for key, value in extras.items():
+        if len(value) != n:
+            raise ValueError(f"chunk function extra {key!r} has {len(value)} rows; expected one per env ({n})")
+    return chunks, extras
 
 
 def _final_infos(infos: dict) -> list[tuple[int, dict]]:
@@ -54,8 +121,12 @@ def _final_infos(infos: dict) -> list[tuple[int, dict]]:
 
 
 def _index(batched: dict, i: int) -> dict:
-    """Entry ``i`` of a vector env's batched info dict (nested dicts are batched recursively)."""
-    return {k: _index(v, i) if isinstance(v, dict) else v[i] for k, v in batched.items() if not k.startswith("_")}
+    """What env ``i`` reported in a vector env's batched info dict (nested dicts recursively)."""
+    return {
+        k: _index(v, i) if isinstance(v, dict) else v[i]
+        for k, v in batched.items()
+        if not k.startswith("_") and (f"_{k}" not in batched or batched[f"_{k}"][i])
+    }
 
 
 def run_episodes(
@@ -66,36 +137,36 @@ def run_episodes(
     progress: bool = False,
     record_steps: bool = False,
 ) -> list[EpisodeResult]:
-    """Run ``num_episodes`` episodes and return their statistics (and per-step data when the
-    envs were built with ``record_steps=True``), ordered by (env index, episode index)."""
+    """Run ``num_episodes`` episodes and return their statistics, ordered by (env index,
+    episode index), with each episode's per-step data (``record_steps``; the envs must be
+    built with ``record_steps=True``), the extras of its decisions (when ``chunk_fn`` returns
+    them) and its frames (when the envs were built with ``render_frames=True``)."""
     n = venv.num_envs
     quota = np.array([num_episodes // n + (i < num_episodes % n) for i in range(n)])
     done = np.zeros(n, int)
     per_env: list[list[EpisodeResult]] = [[] for _ in range(n)]
-    buffers: list[list[StepData]] = [[] for _ in range(n)]
-    obs, _ = venv.reset(seed=seed)
+    running = [_Running() for _ in range(n)]
+    obs, infos = venv.reset(seed=seed)
+    for i in range(n):
+        running[i].add(_index(infos, i), record_steps)  # the first frame
     bar = tqdm(total=num_episodes, disable=not progress, desc="episodes", unit="ep")
     while (done < quota).any():
-        obs, _, _, _, infos = venv.step(chunk_fn(obs))
-        if record_steps and "step_data" in infos:
-            for i in np.flatnonzero(infos["_step_data"]):
-                if done[i] < quota[i]:
-                    buffers[i].append(infos["step_data"][i])
-        for i, info in _final_infos(infos):
+        chunks, extras = _split(chunk_fn(obs), n)
+        active = np.flatnonzero(done < quota)
+        for i in active:
+            running[i].decisions.append({k: v[i] for k, v in extras.items()})
+        obs, _, _, _, infos = venv.step(chunks)
+        for i, info in _final_infos(infos):  # the last step of an episode, before the next one's reset
             if done[i] >= quota[i]:
                 continue
-            if record_steps:
-                buffers[i].append(info["step_data"])
-            ep = info["episode"]
-            steps = _to_episode(buffers[i], f"env{i}_ep{done[i]}") if record_steps else None
-            buffers[i] = []
-            per_env[i].append(
-                EpisodeResult(
-                    i, float(ep["return"]), int(ep["length"]), bool(ep["success"]), int(ep["success_step"]), steps
-                )
-            )
+            running[i].add(info, record_steps)
+            per_env[i].append(running[i].result(i, info, f"env{i}_ep{done[i]}", record_steps))
+            running[i] = _Running()
             done[i] += 1
             bar.update(1)
+        for i in active:  # the step's info, or the reset info of the episode that just began
+            if done[i] < quota[i]:
+                running[i].add(_index(infos, i), record_steps)
     bar.close()
     return [r for results in per_env for r in results]
 

@@ -2,6 +2,7 @@
 
 import ctypes.util
 import json
+import os
 
 import h5py
 import numpy as np
@@ -96,8 +97,14 @@ def test_eval_report_and_tensorboard(reach_policy, capsys, tmp_path):
     assert any((tmp_path / "tb").iterdir())
 
 
-@pytest.mark.skipif(ctypes.util.find_library("OSMesa") is None, reason="needs libosmesa6 (installed by .ci/run)")
+# OSMesa renders anywhere; EGL where the machine provides it (run with MUJOCO_GL=egl).
+RENDERS = ctypes.util.find_library("OSMesa") is not None or os.environ.get("MUJOCO_GL") == "egl"
+
+
+@pytest.mark.skipif(not RENDERS, reason="needs libosmesa6 (installed by .ci/run) or MUJOCO_GL=egl")
 def test_eval_video(reach_policy, tmp_path):
+    import imageio.v2 as imageio
+
     out = tmp_path / "clip.gif"
     assert (
         cli.main(
@@ -122,7 +129,8 @@ def test_eval_video(reach_policy, tmp_path):
         )
         == 0
     )
-    assert out.stat().st_size > 1000
+    horizon = load_policy(reach_policy / "bc").action_horizon
+    assert len(imageio.mimread(out)) == 1 + -(-12 // horizon), "the reset frame, then one per executed chunk"
 
 
 @pytest.mark.parametrize(

@@ -136,3 +136,15 @@ def test_async_vectorization_matches_sync():
         results[mode] = [(r.length, round(r.episode_return, 5)) for r in run_episodes(random_chunks, venv, 4, seed=3)]
         venv.close()
     assert results["sync"] == results["async"]
+
+
+def test_env_config_makes_a_chunked_env_for_a_policy():
+    from dpft.envs.config import EnvConfig
+
+    cfg = EnvConfig(task="gym:Hopper-v5")
+    env = cfg.make_chunked(tiny_policy(obs_dim=11, action_dim=3, obs_horizon=2, pred_horizon=8, action_horizon=4))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2, 11) and env.action_space.shape == (8, 3) and env.action_horizon == 4
+    assert cfg.make_chunked((1, 4, 2)).observation_space.shape == (1, 11)
+    with pytest.raises(TaskError, match="render_frames needs an env made with render_mode='rgb_array'"):
+        ChunkedEnv(Counter(), render_frames=True)

@@ -57,29 +57,31 @@ def chunk_spread(task: str, states: int, noises: int, seed: int) -> tuple[float,
     """How far apart the executed chunks for different noises are, against how much the chunk
     varies between situations: (mean std across ``noises`` N(0, I) noises at one observation,
     std of the zero-noise chunk across observations), both in env action units, over the
-    decisions of zero-noise episodes from ``states`` start states."""
-    from dpft.envs.chunking import ChunkedEnv
-
+    decisions of zero-noise episodes from ``states`` start states (start ``i`` seeded seed + i)."""
     policy = load_policy(f"shipped:metaworld-{task}-v3")
-    cfg = EnvConfig(task=policy.config.task, seed=seed, reward="sparse_success(terminate=True)")
-    env = ChunkedEnv(cfg.make_env(), policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+    cfg = EnvConfig(task=policy.config.task, seed=seed, envs=1, reward="sparse_success(terminate=True)")
+    zero = policy_chunk_fn(policy, zero_noise=True)
     gen = torch.Generator().manual_seed(seed)
-    within, modes = [], []
     k = policy.action_horizon
-    for i in range(states):
-        obs, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            o = torch.as_tensor(obs, dtype=torch.float32)[None]
-            noise = torch.randn(noises, *policy.noise_shape, generator=gen)
-            chunks = policy.predict_chunk(o.expand(noises, *o.shape[1:]), noise)[:, :k]
-            within.append(chunks.std(dim=0).mean().item())
-            mode = policy.predict_chunk(o, torch.zeros(1, *policy.noise_shape))
-            modes.append(mode[0, :k].flatten().numpy())
-            obs, _, terminated, truncated, _ = env.step(mode[0].numpy())
-            done = terminated or truncated
-    env.close()
-    return float(np.mean(within)), float(np.stack(modes).std(axis=0).mean())
+
+    def probe(obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The zero-noise chunk, with the spread of ``noises`` noisy chunks at the same observation."""
+        n = len(obs)
+        noise = torch.randn(n * noises, *policy.noise_shape, generator=gen)
+        x = torch.from_numpy(obs).repeat_interleave(noises, 0)
+        chunks = policy.predict_chunk(x, noise)[:, :k].unflatten(0, (n, noises))
+        spread = chunks.std(dim=1).flatten(1).mean(dim=1)
+        mode = zero(obs)
+        return mode, {"spread": spread.cpu().numpy(), "mode": mode[:, :k]}
+
+    venv = cfg.make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+    try:  # one start state at a time, so the noises are drawn in the same order for any `states`
+        results = [r for i in range(states) for r in run_episodes(probe, venv, 1, seed=seed + i)]
+    finally:
+        venv.close()
+    within = np.concatenate([r.decisions["spread"] for r in results]).astype(np.float64)
+    modes = np.concatenate([r.decisions["mode"] for r in results]).reshape(len(within), -1)
+    return float(within.mean()), float(modes.std(axis=0).mean())
 
 
 def row(task: str, noisy: np.ndarray, zero: np.ndarray, seconds: float) -> str:

@@ -26,7 +26,6 @@ from stable_baselines3.common.callbacks import BaseCallback
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.policy import Policy
 from dpft.base_policies.sb3_actor import SquashedMeanActor
-from dpft.envs.chunking import ChunkedEnv
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.callbacks import RecordScalars, TemperatureFloor, q_statistics
 from dpft.finetune.common.config import FinetuneConfig
@@ -134,7 +133,7 @@ class DSRL(SB3Method):
 
     def make_env(self, cfg: DSRLConfig, base: Policy) -> NoiseActionEnv:
         distill = cfg.distill_samples if cfg.variant == "na" else 0
-        chunked = ChunkedEnv(cfg.make_env(), base.obs_horizon, base.pred_horizon, base.action_horizon)
+        chunked = cfg.make_chunked(base)
         return NoiseActionEnv(chunked, base, cfg.action_magnitude, distill, task_defines_success(cfg.task))
 
     def algorithm(self, cfg: DSRLConfig) -> type[DSRLSAC]:
