@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +64,15 @@ class RunFolder:
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
         w.add_text("config", "```\n" + text + "\n```")
         return w
+
+
+def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None) -> tuple[Any, RunFolder]:
+    """The run folder of ``cfg.out`` for every training command. With ``cfg.resume`` the config is
+    the run's own ``config.yaml`` (only ``progress`` is taken from the command line); without it, a
+    folder that already holds a run is refused rather than overwritten."""
+    run = RunFolder(cfg.out)
+    if cfg.resume:
+        cfg = replace(run.read_config(cls, missing), resume=True, progress=cfg.progress)
+    elif run.has_checkpoint():
+        raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+    return cfg, run

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.ema import EMA
 from dpft.base_policies.errors import ConfigError, DatasetError
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
-from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.run_folder import RunFolder, open_run
 from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
 
 
@@ -169,11 +169,7 @@ def train_bc(cfg: TrainBCConfig) -> Path:
     rank, world = accelerator.process_index, accelerator.num_processes
     if world > 1 and not torch.cuda.is_available():
         torch.set_num_threads(max(1, (torch.get_num_threads()) // world))
-    run = RunFolder(cfg.out)
-    if cfg.resume:
-        cfg = replace(run.read_config(TrainBCConfig), resume=True, progress=cfg.progress)
-    elif run.has_checkpoint():
-        raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+    cfg, run = open_run(cfg, TrainBCConfig)
     if cfg.dataset is None:
         raise ConfigError("--dataset is required (a .hdf5, .npz or Minari dataset)")
     torch.manual_seed(cfg.seed + rank)

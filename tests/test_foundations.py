@@ -263,3 +263,16 @@ def test_an_on_policy_run_stopped_mid_episode_resumes_to_the_same_weights(tmp_pa
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     oa, ob = a.policy.optimizer.state_dict()["state"], b.policy.optimizer.state_dict()["state"]
     assert all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in oa)
+
+
+def test_checkpoints_from_before_the_namespace_still_unpickle():
+    """SB3 checkpoints of older DSRL runs name their classes ``finetune.dsrl.replay...``."""
+    import pickle
+
+    from dpft.finetune.common.checkpoint import pre_namespace_names
+    from dpft.finetune.dsrl.replay import ChunkReplayBuffer
+
+    old = pickle.dumps(ChunkReplayBuffer, protocol=0).replace(b"dpft.finetune.dsrl.replay", b"finetune.dsrl.replay")
+    assert b"dpft." not in old
+    with pre_namespace_names():
+        assert pickle.loads(old) is ChunkReplayBuffer

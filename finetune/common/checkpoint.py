@@ -17,7 +17,12 @@ their envs start new episodes, as they always did.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.abc
+import importlib.util
 import pickle
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -54,6 +59,37 @@ def save_sb3_checkpoint(model: BaseAlgorithm, folder: Path, extra: dict[str, Any
         save_state(tmp, state)
 
 
+class _PreNamespaceNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """SB3's files pickle classes by module name, and checkpoints written before dpft became one
+    namespace name ``finetune.dsrl.networks``; while loading, such names resolve to ``dpft.*``."""
+
+    OLD = ("base_policies", "envs", "finetune")
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in self.OLD:
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(f"dpft.{spec.name}")
+
+    def exec_module(self, module) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def pre_namespace_names():
+    finder = _PreNamespaceNames()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [n for n in sys.modules if n.split(".")[0] in finder.OLD]:
+            if sys.modules[name].__name__.startswith("dpft."):
+                del sys.modules[name]
+
+
 def load_sb3_checkpoint(
     cls: type[BaseAlgorithm], folder: Path, env: VecEnv, **kwargs: Any
 ) -> tuple[BaseAlgorithm, dict]:
@@ -63,9 +99,10 @@ def load_sb3_checkpoint(
     state = load_state(folder)
     exact = state.get("envs") is not None and _replayable(env)
     try:
-        model = cls.load(zip_file, env=env, force_reset=not exact, **kwargs)
-        if isinstance(model, OffPolicyAlgorithm):
-            model.load_replay_buffer(folder / "replay.pkl")
+        with pre_namespace_names():
+            model = cls.load(zip_file, env=env, force_reset=not exact, **kwargs)
+            if isinstance(model, OffPolicyAlgorithm):
+                model.load_replay_buffer(folder / "replay.pkl")
     except DAMAGED as e:
         raise CheckpointError(
             f"cannot resume from {folder} ({type(e).__name__}: {e}); the checkpoint is damaged -- "

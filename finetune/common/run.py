@@ -31,7 +31,7 @@ from dpft.base_policies.checkpoint import load_policy
 from dpft.base_policies.device import resolve_device
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.run_folder import open_run
 from dpft.base_policies.state_io import atomic_write_text
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.replay import ReplayableEpisodes
@@ -87,18 +87,6 @@ class SB3Method(abc.ABC):
         return []
 
 
-def open_run(cfg: FinetuneConfig, method: SB3Method) -> tuple[FinetuneConfig, RunFolder]:
-    """The run folder; with ``--resume`` the config is the run's own (only ``--progress`` is taken
-    from the command line)."""
-    run = RunFolder(cfg.out)
-    if cfg.resume:
-        stored = run.read_config(method.config_cls, method.before_key_existed)
-        cfg = replace(stored, resume=True, progress=cfg.progress)
-    elif run.has_checkpoint():
-        raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
-    return cfg, run
-
-
 def resolve_base(cfg: FinetuneConfig) -> tuple[FinetuneConfig, Policy]:
     """The frozen base on ``--device``; the task defaults to the one the base was trained for."""
     base = load_policy(cfg.base, resolve_device(cfg.device))
@@ -128,7 +116,7 @@ def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig) -> dict[str,
 
 def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     """Train (or resume) ``method``; returns the folder of the fine-tuned policy."""
-    cfg, run = open_run(cfg, method)
+    cfg, run = open_run(cfg, method.config_cls, method.before_key_existed)
     if method.uses_base:
         cfg, base = resolve_base(cfg)
     elif not cfg.task:
