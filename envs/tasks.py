@@ -14,6 +14,8 @@ Every task comes out with the same contract (see :mod:`envs.contract`). Add a fa
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,8 +70,20 @@ def _gym_make(env_id: str, max_episode_steps: int | None, render_mode: str | Non
         return gym.make(env_id, max_episode_steps=max_episode_steps, render_mode=render_mode)
     except gym.error.DependencyNotInstalled as e:
         raise TaskError(f"task {env_id!r} needs an optional dependency: {e}") from None
-    except (gym.error.Error, ModuleNotFoundError, ImportError, AttributeError) as e:
+    except ModuleNotFoundError as e:
+        missing = e.name or (re.findall(r"No module named '([^']+)'", str(e)) or [""])[0]
+        if missing and env_id.partition(":")[0].startswith(missing):  # the module the id names is not there
+            raise TaskError(f"unknown task {env_id!r} ({e}). {hint}") from None
+        raise TaskError(f"task {env_id!r} could not be created: a module it needs is missing ({e})") from None
+    except gym.error.Error as e:
         raise TaskError(f"unknown task {env_id!r} ({e}). {hint}") from None
+    except (ImportError, AttributeError) as e:  # the simulator failed to load, e.g. MUJOCO_GL names a missing library
+        gl = (
+            f" (MUJOCO_GL={os.environ['MUJOCO_GL']}: is that rendering library installed?)"
+            if "MUJOCO_GL" in os.environ
+            else ""
+        )
+        raise TaskError(f"task {env_id!r} could not be created: {type(e).__name__}: {e}{gl}") from None
 
 
 HINT = (
