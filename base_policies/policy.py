@@ -151,9 +151,35 @@ class DenoisingPolicy(Policy):
         self.action_normalizer.fit(actions)
 
     # ----- sampling -----------------------------------------------------------------
+    # The loops over denoising steps live here; a subclass supplies its time grid
+    # ``timesteps`` and one step (``step_mean_std``, and ``step`` if its ODE integrator is
+    # not the chain's mean).
+    timesteps: torch.Tensor
+    """``[K]`` buffer: the time input of each of the K denoising steps, from noise to sample."""
+
+    default_noise_level: ClassVar[float] = 1.0
+    """Noise level of the stochastic chain when the caller gives none."""
+
     @abc.abstractmethod
+    def step_mean_std(
+        self, cond: torch.Tensor, x: torch.Tensor, t: torch.Tensor, noise_level: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``[B, H, A]`` and std (broadcastable to it) of the stochastic chain's next state
+        given the state ``x`` at times ``t`` ``[B]``."""
+
+    def step(self, cond: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One step of the deterministic sampler: the chain's mean at noise level 0."""
+        return self.step_mean_std(cond, x, t, 0.0)[0]
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised chunk for the sampler's last state (a subclass may clip it)."""
+        return x
+
     def sample(self, cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Deterministically map initial noise ``x`` to a normalised chunk given ``cond``."""
+        for t in self.timesteps:
+            x = self.step(cond, x, t.expand(x.shape[0]))
+        return self.finish(x)
 
     @torch.no_grad()
     def predict_chunk(
@@ -189,17 +215,50 @@ class DenoisingPolicy(Policy):
         return loss, {"loss": loss.item()}
 
     # ----- stochastic chain (for policy-gradient / DPO-style fine-tuning) -------------
-    @abc.abstractmethod
+    LOG_2PI: ClassVar[float] = 1.8378770664093453  # math.log(2 * math.pi)
+
+    @staticmethod
+    def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """Log-density of ``x`` under N(mean, std^2), summed over the last two dimensions."""
+        lp = -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * DenoisingPolicy.LOG_2PI
+        return lp.flatten(start_dim=lp.dim() - 2).sum(-1)
+
+    def check_steps(self, tensor: torch.Tensor, batch: int, steps: int, name: str) -> torch.Tensor:
+        """``tensor`` as ``[batch, steps, *noise_shape]`` float32 on the policy's device."""
+        expected = (batch, steps, *self.noise_shape)
+        if tuple(tensor.shape) != expected:
+            raise ConfigError(f"{name} shape {tuple(tensor.shape)} does not match the policy: expected {expected}")
+        return torch.as_tensor(tensor).to(device=self.device, dtype=torch.float32)
+
     def sample_chain(
-        self, obs: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor, noise_level: float
+        self, obs: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor, noise_level: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stochastic sampler. Returns (actions in env units ``[B, H, A]``, the normalised
         chain ``[B, K+1, H, A]`` from noise to sample, per-step log-probabilities ``[B, K]``).
         ``step_noise`` is ``[B, K, H, A]`` standard-normal noise for the K transitions."""
+        noise_level = self.default_noise_level if noise_level is None else noise_level
+        cond = self.condition(obs)
+        x = self.check_noise(torch.as_tensor(noise), cond.shape[0])
+        step_noise = self.check_steps(step_noise, cond.shape[0], len(self.timesteps), "step_noise")
+        chain, log_probs = [x], []
+        for k, t in enumerate(self.timesteps):
+            mean, std = self.step_mean_std(cond, x, t.expand(x.shape[0]), noise_level)
+            std = std.expand_as(mean)
+            x = mean + std * step_noise[:, k]
+            chain.append(x)
+            log_probs.append(self.gaussian_log_prob(x, mean, std))
+        return self.to_env_units(self.finish(x)), torch.stack(chain, 1), torch.stack(log_probs, 1)
 
-    @abc.abstractmethod
-    def chain_log_prob(self, obs: torch.Tensor, chain: torch.Tensor, noise_level: float) -> torch.Tensor:
-        """Per-step log-probabilities ``[B, K]`` of a given chain under the current weights."""
+    def chain_log_prob(self, obs: torch.Tensor, chain: torch.Tensor, noise_level: float | None = None) -> torch.Tensor:
+        """Per-step log-probabilities ``[B, K]`` of a given chain under the current weights
+        (all K steps in one batch of ``B * K``)."""
+        noise_level = self.default_noise_level if noise_level is None else noise_level
+        cond = self.condition(obs)
+        B, K = cond.shape[0], len(self.timesteps)
+        chain = self.check_steps(chain, B, K + 1, "chain")
+        x, x_next = chain[:, :-1].flatten(0, 1), chain[:, 1:].flatten(0, 1)
+        mean, std = self.step_mean_std(cond.repeat_interleave(K, 0), x, self.timesteps.repeat(B), noise_level)
+        return self.gaussian_log_prob(x_next, mean, std.expand_as(mean)).view(B, K)
 
     # ----- checkpoint ---------------------------------------------------------------
     def save(self, path: Path) -> None:
