@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -22,3 +23,18 @@ def tiny_policy(kind: str = "diffusion", backbone: str = "mlp", obs_dim: int = 5
 @pytest.fixture(params=KINDS, ids=[f"{k}-{b}" for k, b in KINDS])
 def policy(request):
     return tiny_policy(*request.param)
+
+
+class StopAt(BaseCallback):
+    """Asks for a stop (what SIGTERM or the first Ctrl-C does) once ``at`` env steps have run."""
+
+    def __init__(self, at: int, k: int) -> None:
+        super().__init__()
+        self.at, self.k = at, k
+
+    def _on_step(self) -> bool:
+        from dpft.finetune.common.interrupt import request_stop
+
+        if self.num_timesteps * self.k == self.at:
+            request_stop()
+        return True

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import StopAt
 from gymnasium.utils.env_checker import check_env
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from synthetic import bimodal_episodes
 
@@ -21,7 +21,7 @@ from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import make
 from dpft.finetune import cli
 from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
-from dpft.finetune.common.interrupt import RunInterrupted, request_stop
+from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.run import make_vec_env
 from dpft.finetune.dsrl.na import DSRLNA
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv
@@ -151,19 +151,6 @@ def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_d
         assert all(torch.equal(a[key], b[key]) for key in a)
     assert loaded.action_critic.optimizer.state_dict()["state"], "optimiser moments must be restored"
     assert loaded.replay_buffer.chunks.shape == model.replay_buffer.chunks.shape
-
-
-class StopAt(BaseCallback):
-    """Asks for a stop (what SIGTERM or Ctrl-C does) once ``at`` env steps have run."""
-
-    def __init__(self, at: int, k: int) -> None:
-        super().__init__()
-        self.at, self.k = at, k
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps * self.k == self.at:
-            request_stop()
-        return True
 
 
 def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, monkeypatch):

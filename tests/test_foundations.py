@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_policy
+from conftest import StopAt, tiny_policy
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 
 from dpft.base_policies import CheckpointError, load_policy
 from dpft.base_policies.composed import folder_hash
@@ -22,7 +21,7 @@ from dpft.base_policies.run_folder import RunFolder
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.finetune import cli
 from dpft.finetune.common.checkpoint import load_sb3_checkpoint
-from dpft.finetune.common.interrupt import RunInterrupted, request_stop
+from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.run import make_vec_env, run_sb3
 from dpft.finetune.dsrl.steered import SteeredPolicy
 from dpft.finetune.dsrl.train import DSRL, DSRLConfig
@@ -225,17 +224,6 @@ class PPOSteer(DSRL):
 
     def callbacks(self, cfg, model, base, k):
         return [StopAt(self.stop_at, k)] if getattr(self, "stop_at", None) else []
-
-
-class StopAt(BaseCallback):
-    def __init__(self, at: int, k: int) -> None:
-        super().__init__()
-        self.at, self.k = at, k
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps * self.k == self.at:
-            request_stop()
-        return True
 
 
 def test_an_on_policy_run_stopped_mid_episode_resumes_to_the_same_weights(tmp_path):
