@@ -33,8 +33,4 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-    if name in ("load_policy",):  # loading needs every built-in type registered
-        importlib.import_module(f"{__name__}.diffusion")
-        importlib.import_module(f"{__name__}.flow")
-    return getattr(module, name)
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

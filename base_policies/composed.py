@@ -26,7 +26,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -128,7 +127,3 @@ class ComposedPolicy(Policy):
         if not folder.exists():
             raise CheckpointError(f"{path} names its base as {folder.name}/, which is missing; re-export the policy")
         return load_policy(folder)
-
-    # ----- helpers --------------------------------------------------------------------
-    def as_input(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(obs, dtype=torch.float32, device=self.device)

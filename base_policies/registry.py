@@ -30,8 +30,3 @@ def load_entry_point(group: str, name: str) -> Any | None:
 
 def entry_point_names(group: str) -> list[str]:
     return sorted(ep.name for ep in _group(group))
-
-
-def load_all(group: str) -> dict[str, Any]:
-    """Import every entry point of ``group`` (for listings such as ``dpft --help``)."""
-    return {ep.name: ep.load() for ep in _group(group)}

@@ -196,8 +196,8 @@ def resolve_reward(spec: str | None) -> Callable[[gym.Env], gym.Env]:
                 builders.append((None, {"fn": target, "name": name}, name))
             else:
                 raise RewardError(f"{name} is neither a function nor a gymnasium.Wrapper subclass")
-        elif name in REWARDS or load_entry_point("dpft.rewards", name) is not None:
-            builders.append((REWARDS.get(name) or load_entry_point("dpft.rewards", name), kwargs, name))
+        elif (wrapper := REWARDS.get(name) or load_entry_point("dpft.rewards", name)) is not None:
+            builders.append((wrapper, kwargs, name))
         else:
             raise RewardError(
                 f"unknown reward {name!r}; built-ins: {sorted(REWARDS)}, or 'module:function' for your own"

@@ -147,14 +147,16 @@ def run_episodes(
     per_env: list[list[EpisodeResult]] = [[] for _ in range(n)]
     running = [_Running() for _ in range(n)]
     obs, infos = venv.reset(seed=seed)
-    for i in range(n):
-        running[i].add(_index(infos, i), record_steps)  # the first frame
+    if "frame" in infos:
+        for i in range(n):
+            running[i].add(_index(infos, i), record_steps)  # the first frame
     bar = tqdm(total=num_episodes, disable=not progress, desc="episodes", unit="ep")
     while (done < quota).any():
         chunks, extras = _split(chunk_fn(obs), n)
         active = np.flatnonzero(done < quota)
-        for i in active:
-            running[i].decisions.append({k: v[i] for k, v in extras.items()})
+        if extras:
+            for i in active:
+                running[i].decisions.append({k: v[i] for k, v in extras.items()})
         obs, _, _, _, infos = venv.step(chunks)
         for i, info in _final_infos(infos):  # the last step of an episode, before the next one's reset
             if done[i] >= quota[i]:
@@ -164,9 +166,10 @@ def run_episodes(
             running[i] = _Running()
             done[i] += 1
             bar.update(1)
-        for i in active:  # the step's info, or the reset info of the episode that just began
-            if done[i] < quota[i]:
-                running[i].add(_index(infos, i), record_steps)
+        if record_steps or "frame" in infos:  # per-env copies of the info only when something is kept
+            for i in active:  # the step's info, or the reset info of the episode that just began
+                if done[i] < quota[i]:
+                    running[i].add(_index(infos, i), record_steps)
     bar.close()
     return [r for results in per_env for r in results]
 

@@ -47,6 +47,9 @@ class SACFromScratch(SB3Method):
     config_cls = ScratchConfig
     uses_base = False
 
+    def resume_hint(self, cfg: ScratchConfig) -> str:
+        return f"python experiments/benchmarks/sac_scratch.py --out {cfg.out} --resume"
+
     def make_env(self, cfg: ScratchConfig, base: None) -> gym.Env:
         return cfg.make_env()
 
@@ -72,10 +75,7 @@ class SACFromScratch(SB3Method):
 
 def main() -> None:
     torch.set_num_threads(1)
-    cfg = tyro.cli(ScratchConfig, description=__doc__.split("\n")[0])
-    if cfg.resume:  # the command line names only the run folder
-        cfg = ScratchConfig(out=cfg.out, task=cfg.task or "unused", resume=True, progress=cfg.progress)
-    run_sb3(cfg, SACFromScratch())
+    run_sb3(tyro.cli(ScratchConfig, description=__doc__.split("\n")[0]), SACFromScratch())
 
 
 if __name__ == "__main__":

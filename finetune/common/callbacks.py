@@ -80,9 +80,6 @@ class ProgressBar(EnvStepCallback):
 class Throughput(EnvStepCallback):
     """``time/env_steps_per_s`` and ``time/grad_steps_per_s`` since this process started."""
 
-    def __init__(self, k: int, every: int) -> None:
-        super().__init__(k, every)
-
     def _on_training_start(self) -> None:
         super()._on_training_start()
         self.t0, self.steps0, self.updates0 = time.perf_counter(), self.env_steps, getattr(self.model, "_n_updates", 0)

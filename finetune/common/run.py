@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
+import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
@@ -86,10 +87,14 @@ class SB3Method(abc.ABC):
         """The method's own callbacks (temperature floor, Q statistics, ...)."""
         return []
 
+    def resume_hint(self, cfg: Any) -> str:
+        """The command that continues an interrupted run (printed when it stops)."""
+        return f"dpft {self.command} --out {cfg.out} --resume"
 
-def resolve_base(cfg: FinetuneConfig) -> tuple[FinetuneConfig, Policy]:
-    """The frozen base on ``--device``; the task defaults to the one the base was trained for."""
-    base = load_policy(cfg.base, resolve_device(cfg.device))
+
+def resolve_base(cfg: FinetuneConfig, device: torch.device) -> tuple[FinetuneConfig, Policy]:
+    """The frozen base on ``device``; the task defaults to the one the base was trained for."""
+    base = load_policy(cfg.base, device)
     cfg = replace(cfg, task=cfg.task or getattr(base.config, "task", None))
     if not cfg.task:
         raise ConfigError("the base policy does not record its task; pass --task")
@@ -117,13 +122,13 @@ def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig) -> dict[str,
 def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     """Train (or resume) ``method``; returns the folder of the fine-tuned policy."""
     cfg, run = open_run(cfg, method.config_cls, method.before_key_existed)
+    device = resolve_device(cfg.device)
     if method.uses_base:
-        cfg, base = resolve_base(cfg)
+        cfg, base = resolve_base(cfg, device)
     elif not cfg.task:
         raise ConfigError("--task is required when training from scratch")
     else:
         base = None
-    device = resolve_device(cfg.device)
     method.check(cfg, base)
     run.write_config(cfg)
     k = method.env_steps_per_transition(cfg, base)
@@ -150,7 +155,7 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         *method.callbacks(cfg, model, base, k),
         Throughput(k, cfg.eval_every),
         PeriodicEval(k, cfg.eval_every, evaluate_now, run.root / "evals.jsonl", clock, bar),
-        Checkpointer(k, cfg.checkpoint_every, save, f"dpft {method.command} --out {cfg.out} --resume"),
+        Checkpointer(k, cfg.checkpoint_every, save, method.resume_hint(cfg)),
     ]
     total = math.ceil(cfg.steps / k)
     with graceful_stop():
@@ -161,8 +166,10 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
             progress_bar=False,
         )
     save()
-    method.artifact(model, base, cfg).save(run.policy_dir)
-    final = {**evaluate_now(), "env_steps": model.num_timesteps * k, "train_wall_s": round(clock.seconds, 1)}
+    policy = method.artifact(model, base, cfg)
+    policy.save(run.policy_dir)
+    summary = evaluate_on_fixed_episodes(policy, cfg)
+    final = {**summary, "env_steps": model.num_timesteps * k, "train_wall_s": round(clock.seconds, 1)}
     atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
     success = "n/a" if final["success_rate"] is None else f"{final['success_rate']:.3f}"
     print(

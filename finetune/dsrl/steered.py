@@ -52,7 +52,7 @@ class SteeredPolicy(ComposedPolicy):
 
     @torch.no_grad()
     def predict_chunk(self, obs, noise=None, generator=None):
-        obs = self.as_input(obs)
+        obs = self.obs_history(obs)  # [B, obs_horizon, obs_dim] on the policy's device
         if noise is not None:
             noise = self.check_noise(torch.as_tensor(noise), obs.shape[0])
         return self.base.predict_chunk(obs, self.noise_for(obs, noise))
