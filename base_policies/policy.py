@@ -62,6 +62,10 @@ class Policy(nn.Module, abc.ABC):
     """
 
     type_name: ClassVar[str] = ""
+    chooses_noise: ClassVar[bool] = False
+    """True when ``predict_chunk(obs)`` without noise picks a deliberate noise (a steered policy)
+    rather than drawing N(0, I). A method that runs this policy as its base then leaves the
+    noise to it (a residual on top of a DSRL policy keeps the steered noise)."""
     obs_dim: int
     action_dim: int
     obs_horizon: int
@@ -84,8 +88,17 @@ class Policy(nn.Module, abc.ABC):
         where = generator.device if generator is not None else self.device
         return torch.randn((batch, *self.noise_shape), generator=generator, device=where).to(self.device)
 
-    def reset(self) -> None:
-        """Clear per-episode state. Policies here are stateless; the env wrapper keeps history."""
+    def reset(self, done: torch.Tensor | None = None) -> None:
+        """Forget the per-episode state of the batch rows where ``done`` is True (every row when
+        ``done`` is None).
+
+        Most policies are stateless: the env wrapper keeps the observation history. A policy
+        that is not (a per-step residual, which keeps the base chunk it is executing and its
+        position in it) relies on the caller: the rollout loop calls ``reset()`` after the
+        vector env's reset and ``reset(done)`` after every step in which some episodes ended,
+        so row ``i`` of the next batch starts a new episode exactly when env ``i`` did. A call
+        with a different batch size than the last one also starts every row afresh.
+        """
 
     @abc.abstractmethod
     def predict_chunk(

@@ -192,3 +192,19 @@ def check_policy_fits(policy, env: gym.Env | gym.vector.VectorEnv, task: str) ->
             f"the policy expects observations of size {policy.obs_dim} and actions of size {policy.action_dim}, "
             f"but task {task!r} has {obs_dim} and {act_dim}; use a policy trained on this task"
         )
+
+
+class ReportSuccess(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Copy the episode's success (from :class:`ChunkedEnv`'s ``info["episode"]``) to
+    ``info["is_success"]``, the key SB3 logs as ``rollout/success_rate``. Goes inside SB3's
+    ``Monitor``, which replaces ``info["episode"]`` with its own statistics."""
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if "episode" in info:
+            info["is_success"] = info["episode"]["success"]
+        return obs, reward, terminated, truncated, info

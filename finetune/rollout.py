@@ -13,6 +13,11 @@ its own decisions, stacked per key::
 
     decision t of an episode:  obs history ──chunk_fn──▶ chunk t, extras[key][t]
                                env executes chunk t[:action_horizon] ──▶ steps, frame t + 1
+
+A chunk function may have a ``reset(done)`` attribute (``policy_chunk_fn`` forwards
+:meth:`Policy.reset`): it is called with ``None`` after the vector env's reset and with the
+boolean mask of envs whose episode ended after every step where one did, so a stateful policy
+(a per-step residual) starts each env's new episode afresh.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ def policy_chunk_fn(
         chunks = policy.predict_chunk(x, noise, generator=generator).cpu().numpy()
         return (chunks, {"noise": noise.cpu().numpy()}) if return_noise else chunks
 
+    fn.reset = lambda done: policy.reset(None if done is None else torch.as_tensor(done))
     return fn
 
 
@@ -146,7 +152,9 @@ def run_episodes(
     done = np.zeros(n, int)
     per_env: list[list[EpisodeResult]] = [[] for _ in range(n)]
     running = [_Running() for _ in range(n)]
+    reset = getattr(chunk_fn, "reset", None) or (lambda done: None)
     obs, infos = venv.reset(seed=seed)
+    reset(None)
     if "frame" in infos:
         for i in range(n):
             running[i].add(_index(infos, i), record_steps)  # the first frame
@@ -157,7 +165,9 @@ def run_episodes(
         if extras:
             for i in active:
                 running[i].decisions.append({k: v[i] for k, v in extras.items()})
-        obs, _, _, _, infos = venv.step(chunks)
+        obs, _, terminated, truncated, infos = venv.step(chunks)
+        if (ended := np.logical_or(terminated, truncated)).any():
+            reset(ended)
         for i, info in _final_infos(infos):  # the last step of an episode, before the next one's reset
             if done[i] >= quota[i]:
                 continue

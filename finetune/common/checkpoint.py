@@ -8,7 +8,13 @@ A checkpoint folder holds everything ``--resume`` needs to continue *exactly*::
     state.json/.safetensors
                        env steps, wall-clock seconds, torch/numpy/Python RNG states, the action
                        space's RNG, and every env's episode seed and actions so far (see
-                       :class:`dpft.envs.replay.ReplayableEpisodes`), plus a method's extras
+                       :class:`dpft.envs.replay.ReplayableEpisodes`), the state of every
+                       vector-env wrapper that has one, plus a method's extras
+
+A vector-env wrapper with state of its own (a residual's current base chunks) has
+``get_vec_state() -> dict`` and ``set_vec_state(state, obs) -> obs``: on resume the envs are
+replayed first, then each wrapper, innermost first, restores its state and turns the inner
+observations into its own.
 
 SB3's files pickle some objects: they are training state, read only by ``--resume``, never a
 policy artifact. Checkpoints written before env states were kept (``sac.zip``) still load;
@@ -31,7 +37,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from dpft.base_policies.errors import CheckpointError
 from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
@@ -50,6 +56,7 @@ def save_sb3_checkpoint(model: BaseAlgorithm, folder: Path, extra: dict[str, Any
         "rng": rng_state(),
         "action_space_rng": model.action_space.np_random.bit_generator.state,
         "envs": envs if envs is not None and None not in envs else None,
+        "vec": [layer.get_vec_state() for layer in _stateful_layers(env)],
         **(extra or {}),
     }
     with atomic_dir(folder) as tmp:
@@ -110,6 +117,11 @@ def load_sb3_checkpoint(
         ) from None
     if exact:
         obs = np.stack([env.env_method("set_state", s, indices=[i])[0] for i, s in enumerate(state["envs"])])
+        layers = _stateful_layers(env)
+        if len(state.get("vec", [])) != len(layers):
+            raise CheckpointError(f"{folder} was written by a run with other vector-env wrappers; it cannot resume here")
+        for layer, layer_state in zip(reversed(layers), reversed(state.get("vec", []))):
+            obs = layer.set_vec_state(layer_state, obs)
         if model._last_obs is not None and not np.array_equal(obs, model._last_obs):
             warnings.warn(
                 "replaying the envs did not reproduce the checkpointed observations (a non-deterministic task or "
@@ -121,6 +133,17 @@ def load_sb3_checkpoint(
     if "action_space_rng" in state:
         model.action_space.np_random.bit_generator.state = state["action_space_rng"]
     return model, state
+
+
+def _stateful_layers(env: VecEnv | None) -> list[VecEnvWrapper]:
+    """The wrappers of ``env`` (outermost first) that keep state of their own. Looked up on the
+    class: a VecEnvWrapper forwards unknown attributes to the env it wraps."""
+    layers = []
+    while isinstance(env, VecEnvWrapper):
+        if hasattr(type(env), "get_vec_state"):
+            layers.append(env)
+        env = env.venv
+    return layers
 
 
 def _replayable(env: VecEnv) -> bool:

@@ -26,7 +26,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from dpft.base_policies.checkpoint import load_policy
 from dpft.base_policies.device import resolve_device
@@ -67,12 +67,18 @@ class SB3Method(abc.ABC):
     def make_env(self, cfg: Any, base: Policy) -> gym.Env:
         """The env the agent acts in (the frozen base usually lives inside it)."""
 
+    def wrap_vec_env(self, cfg: Any, base: Policy, venv: VecEnv) -> VecEnv:
+        """Wrap the vector env when the method needs all envs at once (a residual calls the base
+        once for every env that needs a new chunk). A wrapper with state of its own gives it to
+        checkpoints through ``get_vec_state`` / ``set_vec_state`` (see :mod:`.checkpoint`)."""
+        return venv
+
     @abc.abstractmethod
     def algorithm(self, cfg: Any) -> type[BaseAlgorithm]:
         """The SB3 algorithm class (what a checkpoint is loaded with)."""
 
     @abc.abstractmethod
-    def new_model(self, cfg: Any, base: Policy, venv: DummyVecEnv) -> BaseAlgorithm:
+    def new_model(self, cfg: Any, base: Policy, venv: VecEnv) -> BaseAlgorithm:
         """A fresh model on ``base.device``."""
 
     def load_kwargs(self, cfg: Any, base: Policy) -> dict[str, Any]:
@@ -132,7 +138,7 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     method.check(cfg, base)
     run.write_config(cfg)
     k = method.env_steps_per_transition(cfg, base)
-    venv = make_vec_env(cfg, lambda: method.make_env(cfg, base))
+    venv = method.wrap_vec_env(cfg, base, make_vec_env(cfg, lambda: method.make_env(cfg, base)))
     fresh = not (cfg.resume and run.has_checkpoint())
     if fresh:
         model, clock = method.new_model(cfg, base, venv), WallClock()

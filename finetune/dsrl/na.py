@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.utils import polyak_update
 
-from dpft.finetune.dsrl.networks import action_critic
+from dpft.finetune.common.networks import action_critic
 from dpft.finetune.dsrl.sac import DSRLSAC
 
 

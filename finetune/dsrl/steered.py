@@ -24,6 +24,8 @@ from dpft.base_policies.sb3_actor import SquashedMeanActor
 
 @register_policy("dsrl")
 class SteeredPolicy(ComposedPolicy):
+    chooses_noise = True  # predict_chunk(obs) uses the actor's mean noise, not a fresh N(0, I) draw
+
     def __init__(self, base: Policy, actor: SquashedMeanActor, meta: dict[str, Any]) -> None:
         super().__init__(base, actor, meta)
         self.action_magnitude = float(meta["action_magnitude"])

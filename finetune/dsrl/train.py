@@ -31,7 +31,7 @@ from dpft.finetune.common.callbacks import RecordScalars, TemperatureFloor, q_st
 from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.run import SB3Method, run_sb3
 from dpft.finetune.dsrl.na import DSRLNA
-from dpft.finetune.dsrl.networks import DSRLPolicy
+from dpft.finetune.common.networks import LayerNormSACPolicy
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv
 from dpft.finetune.dsrl.replay import ChunkReplayBuffer
 from dpft.finetune.dsrl.sac import DSRLSAC
@@ -144,7 +144,7 @@ class DSRL(SB3Method):
         np.random.seed(cfg.seed)
         k = base.action_horizon
         return VARIANTS[cfg.variant](
-            DSRLPolicy,
+            LayerNormSACPolicy,
             venv,
             learning_rate=cfg.lr,
             buffer_size=max(cfg.steps // k + 1, 1000),

@@ -1,0 +1,152 @@
+"""The residual's environment: the frozen base runs inside, the agent outputs the correction.
+
+A vector-env wrapper rather than a per-env one, so the base is called once per vector step for
+all the envs that need a new chunk (the first step of an episode, or the end of the previous
+chunk), never once per env::
+
+    agent ──r in [-1, 1]^(h x A)──► ResidualVecEnv ──executed = clip(a_base + scale·r·half)──► envs
+            ◄── [obs history, a_base] (normalised) ──┘      (each env: ChunkedEnv(To, h, h) of the task)
+
+``h`` is 1 for the per-step form and the base's ``action_horizon`` for the per-chunk form. Any
+SB3 algorithm (SAC, TD3, PPO) trains on it unchanged. Each env draws the base's noise from its
+own generator, so what env ``i`` does does not depend on the other envs; the generators, chunks
+and positions are checkpoint state (``get_vec_state`` / ``set_vec_state``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from dpft.base_policies.policy import Policy
+from dpft.finetune.residual.policy import Features
+
+
+class ResidualVecEnv(VecEnvWrapper):
+    def __init__(
+        self,
+        venv: VecEnv,
+        base: Policy,
+        form: str,
+        scale: float,
+        features: Features,
+        seed: int = 0,
+    ) -> None:
+        self.base, self.form, self.scale = base, form, float(scale)
+        self.features = features.to(base.device)
+        self.k, self.d = base.action_horizon, base.action_dim
+        self.h = 1 if form == "step" else self.k
+        inner = venv.observation_space.shape  # (obs_horizon, obs_dim)
+        n_in = int(np.prod(inner)) + self.h * self.d
+        obs_space = spaces.Box(-np.inf, np.inf, (n_in,), np.float32)
+        act_space = spaces.Box(-1.0, 1.0, (self.h * self.d,), np.float32)
+        super().__init__(venv, obs_space, act_space)
+        self.low = venv.action_space.low[0].astype(np.float32)
+        self.high = venv.action_space.high[0].astype(np.float32)
+        self._rngs = [np.random.default_rng([seed, i, 0x5E5]) for i in range(self.num_envs)]
+        self._chunks = np.zeros((self.num_envs, self.k, self.d), np.float32)
+        self._pos = np.zeros(self.num_envs, np.int64)
+        self._obs: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
+        self.reset_stats()
+
+    # ----- the base ----------------------------------------------------------------------
+    def _base_chunks(self, obs: np.ndarray, env_ids: np.ndarray) -> np.ndarray:
+        """One base call for these observation histories; row j's noise from env ``env_ids[j]``."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.base.device)
+        noise = None
+        if not self.base.chooses_noise:
+            shape = self.base.noise_shape
+            drawn = np.stack([self._rngs[i].standard_normal(shape, dtype=np.float32) for i in env_ids])
+            noise = torch.as_tensor(drawn, device=self.base.device)
+        return self.base.predict_chunk(x, noise)[:, : self.k].cpu().numpy()
+
+    def _current(self) -> np.ndarray:
+        """The base actions the residual corrects now: ``[N, h, A]``."""
+        if self.form == "chunk":
+            return self._chunks
+        return self._chunks[np.arange(self.num_envs), self._pos][:, None]
+
+    @torch.no_grad()
+    def _observe(self, obs: np.ndarray, base_actions: np.ndarray) -> np.ndarray:
+        dev = self.base.device
+        x = self.features(torch.as_tensor(obs, device=dev), torch.as_tensor(base_actions, device=dev))
+        return x.cpu().numpy()
+
+    # ----- VecEnv --------------------------------------------------------------------------
+    def reset(self) -> np.ndarray:
+        obs = self.venv.reset()
+        self._obs = obs
+        self._chunks[:] = self._base_chunks(obs, np.arange(self.num_envs))
+        self._pos[:] = 0
+        return self._observe(obs, self._current())
+
+    def step_async(self, actions: np.ndarray) -> None:
+        r = np.clip(np.asarray(actions, np.float32), -1.0, 1.0).reshape(self.num_envs, self.h, self.d)
+        a_base = self._current()
+        raw = a_base + self.scale * r * (self.high - self.low) / 2
+        executed = np.clip(raw, self.low, self.high)
+        self._abs_r += float(np.abs(r).mean())
+        self._clipped += float((raw != executed).mean())
+        self._moved += float(np.linalg.norm(executed - a_base, axis=-1).mean())
+        self._n += 1
+        self.venv.step_async(executed)
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self._pos += self.h
+        need = dones | (self._pos >= self.k)
+        # A truncated episode's last observation is bootstrapped from, so it needs its own base
+        # action: the rest of the running chunk, or (chunk finished) a new chunk for it.
+        ended = np.flatnonzero(dones)
+        term_new = [i for i in ended if self.form == "chunk" or self._pos[i] >= self.k]
+        term_obs = {i: infos[i]["terminal_observation"] for i in ended}
+        ids = np.concatenate([np.flatnonzero(need), term_new]).astype(int)
+        rows = np.concatenate([obs[need], np.stack([term_obs[i] for i in term_new])]) if term_new else obs[need]
+        chunks = self._base_chunks(rows, ids) if len(ids) else np.zeros((0, self.k, self.d), np.float32)
+        fresh, for_term = chunks[: need.sum()], dict(zip(term_new, chunks[need.sum() :]))
+        for i in ended:
+            if self.form == "chunk":
+                a = for_term[i]
+            else:
+                a = for_term[i][:1] if i in for_term else self._chunks[i, self._pos[i]][None]
+            infos[i]["terminal_observation"] = self._observe(term_obs[i][None], a[None])[0]
+        self._chunks[need] = fresh
+        self._pos[need] = 0
+        self._obs = obs
+        return self._observe(obs, self._current()), rewards, dones, infos
+
+    # ----- statistics for TensorBoard ------------------------------------------------------------
+    def reset_stats(self) -> None:
+        self._abs_r = self._clipped = self._moved = 0.0
+        self._n = 0
+
+    def pop_stats(self) -> dict[str, float]:
+        """Means since the last call: |r|, the share of action coordinates clipped at the bounds,
+        and the distance between the base's and the executed action."""
+        if self._n == 0:
+            return {}
+        n = self._n
+        out = {"residual/abs_r": self._abs_r / n, "residual/clipped": self._clipped / n, "residual/moved": self._moved / n}
+        self.reset_stats()
+        return out
+
+    # ----- checkpoint state -----------------------------------------------------------------
+    def get_vec_state(self) -> dict[str, Any]:
+        return {
+            "chunks": self._chunks.copy(),
+            "pos": self._pos.copy(),
+            "rngs": [g.bit_generator.state for g in self._rngs],
+        }
+
+    def set_vec_state(self, state: dict[str, Any], obs: np.ndarray) -> np.ndarray:
+        self._chunks = np.asarray(state["chunks"], np.float32).copy()
+        self._pos = np.asarray(state["pos"], np.int64).copy()
+        for g, s in zip(self._rngs, state["rngs"]):
+            g.bit_generator.state = s
+        self._obs = obs
+        return self._observe(obs, self._current())

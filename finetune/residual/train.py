@@ -1,0 +1,258 @@
+"""``dpft finetune residual``: learn a bounded correction on top of a frozen base policy.
+
+The agent acts in :class:`ResidualVecEnv` (the base runs inside it), so SB3's SAC, TD3 and PPO
+train unchanged, on the shared run loop of :mod:`dpft.finetune.common.run` (run folder,
+``--resume``, checkpoints, evaluation, TensorBoard). One transition is one env step (per-step
+form) or one executed chunk (per-chunk form, discount ``gamma ** action_horizon``). The
+artifact is a :class:`ResidualPolicy`; ``dpft eval --policy OUT`` runs it like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
+
+from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.policy import Policy
+from dpft.envs.chunking import ReportSuccess
+from dpft.envs.tasks import task_defines_success
+from dpft.finetune.common.callbacks import RecordScalars, q_statistics
+from dpft.finetune.common.config import FinetuneConfig
+from dpft.finetune.common.networks import LayerNormSACPolicy, LayerNormTD3Policy
+from dpft.finetune.common.normalize import RewardNormalizer
+from dpft.finetune.common.run import SB3Method, run_sb3
+from dpft.finetune.residual.algos import ResidualSAC, ResidualTD3
+from dpft.finetune.residual.env import ResidualVecEnv
+from dpft.finetune.residual.policy import FORMS, Features, ResidualNet, ResidualPolicy
+
+ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": ResidualSAC, "td3": ResidualTD3, "ppo": PPO}
+
+
+@dataclass
+class ResidualConfig(FinetuneConfig):
+    """Fine-tune a frozen diffusion/flow (or DSRL) policy with a learned residual correction."""
+
+    out: Path = Path("runs/residual")
+    """Run folder; the residual policy is written to OUT/policy."""
+    algo: str = "sac"
+    """sac or td3 (off-policy), ppo (on-policy)."""
+    form: str = "step"
+    """step: correct every executed action (ResiP); chunk: correct a whole chunk at its start (Policy Decorator)."""
+    residual_scale: float = 0.1
+    """Largest correction, as a share of half the action range (in (0, 1])."""
+    steps: int = 100_000
+    """Environment-step budget."""
+    hidden: int = 256
+    """Width of actor and critic layers."""
+    layers: int = 2
+    """Number of hidden layers of actor and critic."""
+    lr: float = 3e-4
+    """Learning rate."""
+    gamma: float = 0.99
+    """Per-environment-step discount."""
+    batch_size: int = 256
+    """Batch size of a gradient step (PPO: minibatch size)."""
+    # ----- off-policy (sac, td3) -----
+    warmup_steps: int = 5000
+    """sac/td3: env steps collected with the base alone (r = 0) before learning starts."""
+    critic_warmup_steps: int = 5000
+    """sac/td3: env steps after the warm-up during which only the critic learns."""
+    explore_ramp_steps: int = 10_000
+    """sac/td3: env steps over which the share of actions that use the residual ramps from 0 to 1
+    (after the critic warm-up); 0 uses the residual from the start."""
+    utd: int = 1
+    """sac/td3: gradient steps per collected transition (update-to-data ratio)."""
+    n_step: int = 1
+    """sac/td3: n-step returns for the critic's target."""
+    critics: int = 2
+    """sac/td3: size of the critic ensemble (targets use the minimum)."""
+    layer_norm: bool = True
+    """sac/td3: LayerNorm after every hidden layer of the critics."""
+    init_alpha: float = 0.1
+    """sac: initial entropy temperature (tuned toward -action_dim entropy)."""
+    action_noise: float = 0.1
+    """td3: std of the Gaussian exploration noise on r."""
+    # ----- on-policy (ppo) -----
+    rollout_steps: int = 256
+    """ppo: transitions per env between updates."""
+    epochs: int = 10
+    """ppo: passes over each rollout."""
+    target_kl: float = 0.02
+    """ppo: stop an update's epochs early past this KL (0: never)."""
+    normalize_reward: bool = True
+    """ppo: scale rewards by a running std of the discounted return."""
+    gae_lambda: float = 0.95
+    """ppo: GAE lambda."""
+    clip_range: float = 0.2
+    """ppo: ratio clipping."""
+    log_std_init: float = -1.0
+    """ppo: initial log std of r (small: the base explores enough)."""
+    ent_coef: float = 0.0
+    """ppo: entropy bonus."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.algo not in ALGOS:
+            raise ConfigError(f"unknown --algo {self.algo!r}; choose one of {list(ALGOS)}")
+        if self.form not in FORMS:
+            raise ConfigError(f"unknown --form {self.form!r}; choose one of {list(FORMS)}")
+        if not 0 < self.residual_scale <= 1:
+            raise ConfigError(
+                f"--residual-scale {self.residual_scale} must be in (0, 1]: it is the largest correction as a "
+                "share of half the action range (0.1 is a good start)"
+            )
+        if min(self.utd, self.n_step, self.critics, self.epochs, self.rollout_steps, self.batch_size) < 1:
+            raise ConfigError("--utd, --n-step, --critics, --epochs, --rollout-steps and --batch-size must be >= 1")
+        if min(self.warmup_steps, self.critic_warmup_steps, self.explore_ramp_steps) < 0:
+            raise ConfigError("--warmup-steps, --critic-warmup-steps and --explore-ramp-steps must be >= 0")
+
+
+class Residual(SB3Method):
+    """Residual RL on the shared run loop: the agent's action is the correction ``r``."""
+
+    command = "finetune residual"
+    config_cls = ResidualConfig
+
+    def __init__(self) -> None:
+        self.wrapper: ResidualVecEnv | None = None
+
+    def env_steps_per_transition(self, cfg: ResidualConfig, base: Policy) -> int:
+        return 1 if cfg.form == "step" else base.action_horizon
+
+    def make_env(self, cfg: ResidualConfig, base: Policy) -> gym.Env:
+        h = self.env_steps_per_transition(cfg, base)
+        env = cfg.make_chunked((base.obs_horizon, h, h))
+        return ReportSuccess(env) if task_defines_success(cfg.task) else env
+
+    def wrap_vec_env(self, cfg: ResidualConfig, base: Policy, venv: VecEnv) -> VecEnv:
+        low, high = venv.action_space.low[0], venv.action_space.high[0]
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise ConfigError(
+                f"task {cfg.task!r} has unbounded actions; a residual's correction is a share of the action range, "
+                "so it needs a bounded action space"
+            )
+        features = Features.for_base(base, torch.as_tensor(low), torch.as_tensor(high))
+        self.wrapper = ResidualVecEnv(venv, base, cfg.form, cfg.residual_scale, features, cfg.seed)
+        if cfg.algo == "ppo" and cfg.normalize_reward:
+            return RewardNormalizer(self.wrapper, cfg.gamma ** self.env_steps_per_transition(cfg, base))
+        return self.wrapper
+
+    def algorithm(self, cfg: ResidualConfig) -> type[BaseAlgorithm]:
+        return ALGOS[cfg.algo]
+
+    def new_model(self, cfg: ResidualConfig, base: Policy, venv: VecEnv) -> BaseAlgorithm:
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        k = self.env_steps_per_transition(cfg, base)
+        common = {"learning_rate": cfg.lr, "gamma": cfg.gamma**k, "seed": cfg.seed, "verbose": 0, "device": base.device}
+        if cfg.algo == "ppo":
+            model = PPO(
+                "MlpPolicy",
+                venv,
+                n_steps=cfg.rollout_steps,
+                batch_size=cfg.batch_size,
+                n_epochs=cfg.epochs,
+                gae_lambda=cfg.gae_lambda,
+                clip_range=cfg.clip_range,
+                ent_coef=cfg.ent_coef,
+                target_kl=cfg.target_kl or None,
+                policy_kwargs={
+                    "net_arch": {"pi": [cfg.hidden] * cfg.layers, "vf": [cfg.hidden] * cfg.layers},
+                    "log_std_init": cfg.log_std_init,
+                },
+                **common,
+            )
+            _zero(model.policy.action_net)
+            return model
+        off_policy = {
+            "buffer_size": max(cfg.steps // k + 1, 1000),
+            "learning_starts": cfg.warmup_steps // k,
+            "batch_size": cfg.batch_size,
+            "train_freq": 1,
+            "gradient_steps": cfg.utd * cfg.envs,
+            "n_steps": cfg.n_step,
+            "policy_kwargs": {"net_arch": [cfg.hidden] * cfg.layers, "n_critics": cfg.critics, "layer_norm": cfg.layer_norm},
+        }
+        if cfg.algo == "sac":
+            model = ResidualSAC(LayerNormSACPolicy, venv, ent_coef=f"auto_{cfg.init_alpha}", **off_policy, **common)
+            _zero(model.policy.actor.mu)
+        else:
+            dim = venv.action_space.shape[0]
+            noise = NormalActionNoise(np.zeros(dim), cfg.action_noise * np.ones(dim))
+            model = ResidualTD3(LayerNormTD3Policy, venv, action_noise=noise, **off_policy, **common)
+            _zero(_linears(model.policy.actor.mu)[-1])
+            model.policy.actor_target.load_state_dict(model.policy.actor.state_dict())
+        for key, value in self.schedules(cfg, base).items():
+            setattr(model, key, value)
+        return model
+
+    def schedules(self, cfg: ResidualConfig, base: Policy) -> dict[str, int]:
+        """The off-policy warm-up schedules in the algorithm's units (updates, transitions)."""
+        if cfg.algo == "ppo":
+            return {}
+        k = self.env_steps_per_transition(cfg, base)
+        return {"critic_warmup": cfg.critic_warmup_steps // k * cfg.utd, "explore_ramp": cfg.explore_ramp_steps // k}
+
+    def load_kwargs(self, cfg: ResidualConfig, base: Policy) -> dict[str, Any]:
+        return self.schedules(cfg, base)  # the run config decides, whatever the zip holds
+
+    def artifact(self, model: BaseAlgorithm, base: Policy, cfg: ResidualConfig) -> ResidualPolicy:
+        meta = {
+            "form": cfg.form,
+            "scale": cfg.residual_scale,
+            "task": cfg.task,
+            "algo": cfg.algo,
+            "provenance": {"method": "finetune residual", "base_source": str(cfg.base), "run": str(cfg.out)},
+        }
+        return ResidualPolicy(base, net_from_sb3(model, self.wrapper.features, cfg.algo), meta)
+
+    def callbacks(self, cfg: ResidualConfig, model: BaseAlgorithm, base: Policy, k: int) -> list[BaseCallback]:
+        out = [RecordScalars(k, cfg.eval_every, lambda cb: self.wrapper.pop_stats())]
+        if cfg.algo != "ppo":
+            critic = model.critic
+            q = {"critic": lambda d: torch.cat(critic(d.observations, d.actions), dim=1).min(dim=1).values}
+            out.append(RecordScalars(k, cfg.eval_every, q_statistics(q)))
+        return out
+
+
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _zero(layer: nn.Module) -> None:
+    """The residual's output layer starts at zero: step 0 is the base, bit for bit."""
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()
+
+
+def net_from_sb3(model: BaseAlgorithm, features: Features, algo: str) -> ResidualNet:
+    """The deterministic residual of an SB3 model as a plain :class:`ResidualNet`."""
+    policy = model.policy
+    if algo == "sac":
+        linears, activation, output = [*_linears(policy.actor.latent_pi), policy.actor.mu], "relu", "tanh"
+    elif algo == "td3":
+        linears, activation, output = _linears(policy.actor.mu), "relu", "tanh"
+    else:
+        linears, activation, output = [*_linears(policy.mlp_extractor.policy_net), policy.action_net], "tanh", "clip"
+    hidden = [m.out_features for m in linears[:-1]]
+    net = ResidualNet(features, linears[0].in_features, hidden, linears[-1].out_features, activation, output)
+    for mine, theirs in zip(_linears(net.mlp) + [net.head], linears):
+        mine.load_state_dict(theirs.state_dict())
+    return net.to(features.obs_mean.device).eval()
+
+
+def train_residual(cfg: ResidualConfig) -> Path:
+    """Fine-tune a residual correction on top of the frozen base; returns the policy's folder."""
+    return run_sb3(cfg, Residual())
