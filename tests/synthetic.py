@@ -28,6 +28,24 @@ def bimodal_episodes(n: int, left_fraction: float = 0.7, seed: int = 0) -> list[
     return eps
 
 
+def offset_reach_episodes(n: int, offset: float = 0.4, seed: int = 0) -> list[Episode]:
+    """``toy_envs:Reach-v0`` demonstrations that aim at the goal shifted up by ``offset``: a
+    proportional controller (gain 1, actions clipped to [-1, 1], displacement 0.25 per step)
+    plus a little action noise, 12 steps each."""
+    rng = np.random.default_rng(seed)
+    target = np.array([1.0, 0.5 + offset])
+    eps = []
+    for i in range(n):
+        pos, obs, acts = rng.normal(0.0, 0.05, size=2), [], []
+        for _ in range(12):
+            a = np.clip((target - pos) / 0.25 + rng.normal(0, 0.05, 2), -1, 1)
+            obs.append(pos.copy())
+            acts.append(a)
+            pos = pos + 0.25 * a
+        eps.append(Episode(f"demo_{i}", np.asarray(obs, np.float32), np.asarray(acts, np.float32), np.zeros(12, np.float32)))
+    return eps
+
+
 def obstacle_x(chunks: np.ndarray) -> np.ndarray:
     """x position of each chunk at the obstacle's height (waypoint 3, y = 1.0)."""
     return chunks[:, 3, 0]

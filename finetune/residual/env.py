@@ -9,8 +9,10 @@ chunk), never once per env::
 
 ``h`` is 1 for the per-step form and the base's ``action_horizon`` for the per-chunk form. Any
 SB3 algorithm (SAC, TD3, PPO) trains on it unchanged. Each env draws the base's noise from its
-own generator, so what env ``i`` does does not depend on the other envs; the generators, chunks
-and positions are checkpoint state (``get_vec_state`` / ``set_vec_state``).
+own generator (:func:`noise_rng`), so what env ``i`` executes does not depend on the other envs;
+the chunk a truncated episode's last observation gets (for bootstrapping) comes from a second
+generator, so it does not shift the executed noise either. Generators, chunks and positions are
+checkpoint state (``get_vec_state`` / ``set_vec_state``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from dpft.base_policies.policy import Policy
 from dpft.finetune.residual.policy import Features
+
+
+def noise_rng(seed: int, env_index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of the base noise of env ``env_index`` (stream 0: executed chunks,
+    stream 1: chunks for terminal observations)."""
+    return np.random.default_rng([seed, env_index, stream, 0x5E5])
 
 
 class ResidualVecEnv(VecEnvWrapper):
@@ -47,7 +55,8 @@ class ResidualVecEnv(VecEnvWrapper):
         super().__init__(venv, obs_space, act_space)
         self.low = venv.action_space.low[0].astype(np.float32)
         self.high = venv.action_space.high[0].astype(np.float32)
-        self._rngs = [np.random.default_rng([seed, i, 0x5E5]) for i in range(self.num_envs)]
+        self._rngs = [noise_rng(seed, i) for i in range(self.num_envs)]
+        self._term_rngs = [noise_rng(seed, i, 1) for i in range(self.num_envs)]
         self._chunks = np.zeros((self.num_envs, self.k, self.d), np.float32)
         self._pos = np.zeros(self.num_envs, np.int64)
         self._obs: np.ndarray | None = None
@@ -55,13 +64,13 @@ class ResidualVecEnv(VecEnvWrapper):
         self.reset_stats()
 
     # ----- the base ----------------------------------------------------------------------
-    def _base_chunks(self, obs: np.ndarray, env_ids: np.ndarray) -> np.ndarray:
-        """One base call for these observation histories; row j's noise from env ``env_ids[j]``."""
+    def _base_chunks(self, obs: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
+        """One base call for these observation histories; row j's noise from ``rngs[j]``."""
         x = torch.as_tensor(obs, dtype=torch.float32, device=self.base.device)
         noise = None
         if not self.base.chooses_noise:
             shape = self.base.noise_shape
-            drawn = np.stack([self._rngs[i].standard_normal(shape, dtype=np.float32) for i in env_ids])
+            drawn = np.stack([g.standard_normal(shape, dtype=np.float32) for g in rngs])
             noise = torch.as_tensor(drawn, device=self.base.device)
         return self.base.predict_chunk(x, noise)[:, : self.k].cpu().numpy()
 
@@ -81,7 +90,7 @@ class ResidualVecEnv(VecEnvWrapper):
     def reset(self) -> np.ndarray:
         obs = self.venv.reset()
         self._obs = obs
-        self._chunks[:] = self._base_chunks(obs, np.arange(self.num_envs))
+        self._chunks[:] = self._base_chunks(obs, self._rngs)
         self._pos[:] = 0
         return self._observe(obs, self._current())
 
@@ -105,9 +114,9 @@ class ResidualVecEnv(VecEnvWrapper):
         ended = np.flatnonzero(dones)
         term_new = [i for i in ended if self.form == "chunk" or self._pos[i] >= self.k]
         term_obs = {i: infos[i]["terminal_observation"] for i in ended}
-        ids = np.concatenate([np.flatnonzero(need), term_new]).astype(int)
+        rngs = [self._rngs[i] for i in np.flatnonzero(need)] + [self._term_rngs[i] for i in term_new]
         rows = np.concatenate([obs[need], np.stack([term_obs[i] for i in term_new])]) if term_new else obs[need]
-        chunks = self._base_chunks(rows, ids) if len(ids) else np.zeros((0, self.k, self.d), np.float32)
+        chunks = self._base_chunks(rows, rngs) if rngs else np.zeros((0, self.k, self.d), np.float32)
         fresh, for_term = chunks[: need.sum()], dict(zip(term_new, chunks[need.sum() :]))
         for i in ended:
             if self.form == "chunk":
@@ -141,12 +150,13 @@ class ResidualVecEnv(VecEnvWrapper):
             "chunks": self._chunks.copy(),
             "pos": self._pos.copy(),
             "rngs": [g.bit_generator.state for g in self._rngs],
+            "term_rngs": [g.bit_generator.state for g in self._term_rngs],
         }
 
     def set_vec_state(self, state: dict[str, Any], obs: np.ndarray) -> np.ndarray:
         self._chunks = np.asarray(state["chunks"], np.float32).copy()
         self._pos = np.asarray(state["pos"], np.int64).copy()
-        for g, s in zip(self._rngs, state["rngs"]):
+        for g, s in zip(self._rngs + self._term_rngs, state["rngs"] + state["term_rngs"]):
             g.bit_generator.state = s
         self._obs = obs
         return self._observe(obs, self._current())

@@ -1,0 +1,320 @@
+"""Residual policies: a learned, bounded correction on top of a frozen base."""
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import StopAt
+from stable_baselines3.common.vec_env import DummyVecEnv
+from synthetic import offset_reach_episodes
+
+from dpft.base_policies import ArchConfig, ConfigError, PolicyConfig, load_policy
+from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.policy import policy_type
+from dpft.base_policies.sb3_actor import SquashedMeanActor
+from dpft.base_policies.train_bc import TrainBCConfig, train_bc
+from dpft.envs.chunking import ChunkedEnv
+from dpft.envs.config import EnvConfig
+from dpft.envs.replay import ReplayableEpisodes
+from dpft.envs.tasks import make
+from dpft.finetune import cli
+from dpft.finetune.common.interrupt import RunInterrupted
+from dpft.finetune.common.run import run_sb3
+from dpft.finetune.dsrl.steered import SteeredPolicy
+from dpft.finetune.evaluate import evaluate
+from dpft.finetune.residual.env import ResidualVecEnv, noise_rng
+from dpft.finetune.residual.policy import Features, ResidualNet, ResidualPolicy
+from dpft.finetune.residual.train import Residual, ResidualConfig, train_residual
+from dpft.finetune.rollout import policy_chunk_fn, run_episodes
+
+TASK = "toy_envs:Reach-v0"
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A diffusion policy that aims 0.4 above the goal of Reach-v0 (a constant offset)."""
+    d = tmp_path_factory.mktemp("reach")
+    write_robomimic_hdf5(d / "demos.hdf5", offset_reach_episodes(200), {"task": TASK})
+    arch = ArchConfig(obs_horizon=1, pred_horizon=4, action_horizon=4, hidden_dim=64, num_blocks=1)
+    cfg = TrainBCConfig(
+        dataset=d / "demos.hdf5", out=d / "bc", arch=arch, steps=600, lr=1e-3, warmup_steps=50,
+        checkpoint_every=10**9, progress=False,
+    )  # fmt: skip
+    return train_bc(cfg)
+
+
+def quick(tmp_path, base, **kw) -> ResidualConfig:
+    defaults = dict(
+        base=str(base), out=tmp_path / "res", steps=1500, warmup_steps=200, critic_warmup_steps=200,
+        explore_ramp_steps=400, residual_scale=0.5, hidden=64, batch_size=128, eval_every=10**9,
+        eval_episodes=50, checkpoint_every=10**9, progress=False, rollout_steps=64,
+    )  # fmt: skip
+    return ResidualConfig(**{**defaults, **kw})
+
+
+def random_net(base, form: str, low=-1.0, high=1.0, seed=0) -> ResidualNet:
+    """A residual net whose output layer is NOT zero (so the correction matters)."""
+    h = 1 if form == "step" else base.action_horizon
+    lo, hi = torch.full((base.action_dim,), low), torch.full((base.action_dim,), high)
+    net = ResidualNet(
+        Features.for_base(base, lo, hi), base.obs_horizon * base.obs_dim + h * base.action_dim,
+        [32], h * base.action_dim, "relu", "tanh",
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    torch.nn.init.normal_(net.head.weight, std=1.0)
+    return net
+
+
+def bounded_base(pred=8, action=4):
+    """A tiny untrained diffusion policy whose actions are clipped to [-1, 1] (the task bounds)."""
+    torch.manual_seed(0)
+    arch = ArchConfig(obs_horizon=2, pred_horizon=pred, action_horizon=action, hidden_dim=32, num_blocks=1)
+    cfg = PolicyConfig(
+        type="diffusion", backbone="mlp", obs_dim=5, action_dim=3, arch=arch,
+        action_low=(-1.0,) * 3, action_high=(1.0,) * 3,
+    )  # fmt: skip
+    return policy_type("diffusion")(cfg).eval()
+
+
+# ----- step 0 is the base ------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["step", "chunk"])
+def test_fresh_residual_reproduces_the_base_bit_for_bit(form):
+    base = bounded_base()
+    net = random_net(base, form)
+    torch.nn.init.zeros_(net.head.weight)  # what a fresh residual's head is (tested below for SB3 too)
+    policy = ResidualPolicy(base, net, {"form": form, "scale": 0.5})
+    obs, noise = torch.randn(3, 2, 5), torch.randn(3, *base.noise_shape)
+    expected = base.predict_chunk(obs, noise)
+    if form == "chunk":
+        assert torch.equal(policy.predict_chunk(obs, noise), expected)
+        return
+    assert policy.pred_horizon == policy.action_horizon == 1 and policy.noise_shape == base.noise_shape
+    policy.reset()
+    for t in range(base.action_horizon):  # later observations do not matter inside a chunk
+        assert torch.equal(policy.predict_chunk(obs if t == 0 else torch.randn(3, 2, 5), noise)[:, 0], expected[:, t])
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "ppo"])
+@pytest.mark.parametrize("form", ["step", "chunk"])
+def test_untrained_sb3_residual_is_the_base(tmp_path, base_dir, algo, form):
+    """The SB3 model's deterministic action is exactly 0 at step 0, so the artifact is the base."""
+    cfg = quick(tmp_path, base_dir, algo=algo, form=form, envs=2)
+    method = Residual()
+    base = load_policy(base_dir)
+    cfg.task = TASK
+    venv = method.wrap_vec_env(cfg, base, DummyVecEnv([lambda: method.make_env(cfg, base)] * 2))
+    model = method.new_model(cfg, base, venv)
+    obs = venv.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    assert np.array_equal(action, np.zeros_like(action))
+    artifact = method.artifact(model, base, cfg)
+    x, noise = torch.randn(4, 1, 2), torch.randn(4, *base.noise_shape)
+    got = artifact.predict_chunk(x, noise)
+    assert torch.equal(got[:, 0], base.predict_chunk(x, noise)[:, 0])
+
+
+# ----- the correction ------------------------------------------------------------------------
+def test_correction_is_bounded_and_clipped_to_the_action_range():
+    base = bounded_base()
+    policy = ResidualPolicy(base, random_net(base, "chunk"), {"form": "chunk", "scale": 0.2})
+    obs, noise = torch.randn(64, 2, 5), torch.randn(64, *base.noise_shape)
+    a_base, a = base.predict_chunk(obs, noise)[:, :4], policy.predict_chunk(obs, noise)[:, :4]
+    assert (a - a_base).abs().max() <= 0.2 * 1.0 + 1e-6  # scale * half range
+    assert a.min() >= -1 and a.max() <= 1
+    assert (a - a_base).abs().max() > 0.05  # the random residual does correct
+
+
+# ----- episodes ending at different steps -------------------------------------------------------
+def test_stateful_residual_in_a_vector_env_with_episodes_of_different_lengths(base_dir):
+    """Row i of a per-step residual starts afresh exactly when env i starts a new episode: env 0
+    of a 3-env evaluation matches episodes run one by one with a freshly reset policy."""
+    base = load_policy(base_dir)
+    policy = ResidualPolicy(base, random_net(base, "step", seed=3), {"form": "step", "scale": 0.3})
+    venv = EnvConfig(task=TASK, envs=3, seed=7).make_vector(1, 1, 1)
+    results = run_episodes(policy_chunk_fn(policy, zero_noise=True), venv, 12, seed=7)
+    assert len({r.length for r in results}) > 1  # episodes really end at different steps
+    assert any(r.length % base.action_horizon for r in results)  # ... and inside a base chunk
+    env = ChunkedEnv(make(TASK), 1, 1, 1)  # env 0 alone: seeded once, then reset unseeded
+    for k, r in enumerate(x for x in results if x.env_index == 0):
+        obs, _ = env.reset(seed=7 if k == 0 else None)
+        policy.reset()
+        total, steps, done = 0.0, 0, False
+        while not done:
+            a = policy.predict_chunk(torch.as_tensor(obs)[None], torch.zeros(1, *base.noise_shape))[0]
+            obs, reward, term, trunc, _ = env.step(a.numpy())
+            total, steps, done = total + reward, steps + 1, term or trunc
+        assert r.length == steps and r.episode_return == pytest.approx(total, abs=1e-4)
+
+
+class Trace(gym.Wrapper):
+    """Records every action the task receives, and marks episode starts with None."""
+
+    def __init__(self, env, log: list) -> None:
+        super().__init__(env)
+        self.log = log
+
+    def reset(self, **kw):
+        self.log.append(None)
+        return self.env.reset(**kw)
+
+    def step(self, action):
+        self.log.append(np.array(action, copy=True))
+        return self.env.step(action)
+
+
+def test_training_env_runs_each_env_as_if_alone(base_dir):
+    """With r = 0, env 0 of the training wrapper executes the base exactly as a by-hand chunked
+    run with env 0's noise stream does, whether or not another env (ending its episodes at other
+    steps) shares the vector: chunks restart at env 0's own episode ends and nowhere else."""
+    base = load_policy(base_dir)
+    lo, hi = torch.full((2,), -1.0), torch.full((2,), 1.0)
+    steps = 60
+
+    def executed(n_envs: int) -> list:
+        log: list = []
+        fns = [lambda: ReplayableEpisodes(ChunkedEnv(Trace(make(TASK), log), 1, 1, 1))]
+        fns += [lambda: ReplayableEpisodes(ChunkedEnv(make(TASK), 1, 1, 1))] * (n_envs - 1)
+        inner = DummyVecEnv(fns)
+        inner.seed(11)
+        venv = ResidualVecEnv(inner, base, "step", 0.3, Features.for_base(base, lo, hi), seed=5)
+        venv.reset()
+        for _ in range(steps):
+            venv.step(np.zeros((n_envs, 2), np.float32))
+        return log
+
+    # by hand: env 0's episodes (ReplayableEpisodes seeds), chunks of 4 from env 0's noise stream
+    rng, log = noise_rng(5, 0), []
+    env = ReplayableEpisodes(ChunkedEnv(Trace(make(TASK), log), 1, 4, 4))
+    obs, ends = env.reset(seed=11)[0], 0
+    while sum(a is not None for a in log) < steps:
+        noise = torch.as_tensor(rng.standard_normal(base.noise_shape, dtype=np.float32))[None]
+        obs, _, term, trunc, _ = env.step(base.predict_chunk(torch.as_tensor(obs)[None], noise)[0].numpy())
+        if term or trunc:
+            obs, ends = env.reset()[0], ends + 1
+    assert ends >= 3 and any(len(list(g)) % 4 for _, g in _episodes(log))  # episodes end inside chunks
+    for n_envs in (1, 2):
+        got = executed(n_envs)
+        n = len(got)
+        assert [a is None for a in got] == [a is None for a in log[:n]]
+        # equal up to float32 rounding: a base call batches different rows in each run
+        assert all(a is None or np.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(got, log[:n]))
+
+
+def _episodes(log: list):
+    import itertools
+
+    return itertools.groupby((a for a in log), key=lambda a: a is None)
+
+
+# ----- learning ------------------------------------------------------------------------------------
+def best_of_noise_streams(policy, streams: int = 16, episodes: int = 16) -> float:
+    """Share of start states that ANY of ``streams`` noise streams solves (what steering could reach)."""
+    solved = np.zeros(episodes, bool)
+    for s in range(streams):
+        venv = EnvConfig(task=TASK, envs=8, seed=100).make_vector(policy.obs_horizon, policy.pred_horizon, 4)
+        fn = policy_chunk_fn(policy, torch.Generator().manual_seed(s))
+        solved |= np.array([r.success for r in run_episodes(fn, venv, episodes, seed=100)])
+    return float(solved.mean())
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_residual_fixes_a_constant_offset_that_no_noise_can(tmp_path, base_dir, algo):
+    base = load_policy(base_dir)
+    assert best_of_noise_streams(base) == 0.0  # no initial noise reaches the goal: DSRL has no room
+    kw = {"steps": 2500} if algo == "sac" else {"steps": 6000, "envs": 4, "batch_size": 64}
+    policy = load_policy(train_residual(quick(tmp_path, base_dir, algo=algo, **kw)))
+    assert isinstance(policy, ResidualPolicy) and policy.form == "step"
+    assert evaluate(policy, EnvConfig(task=TASK, envs=8, seed=3), 50)["success_rate"] >= 0.8
+
+
+# ----- artifact, resume, DSRL base ------------------------------------------------------------------------
+def test_artifact_round_trip_and_dpft_eval(tmp_path, base_dir, capsys):
+    out = train_residual(quick(tmp_path, base_dir, steps=600, form="chunk", algo="td3"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["type"] == "residual" and cfg["form"] == "chunk" and cfg["base"] == {"folder": "base"}
+    a, b = load_policy(out), load_policy(out)
+    x, noise = torch.randn(5, 2), torch.randn(5, *a.noise_shape)
+    assert torch.equal(a.predict_chunk(x, noise), b.predict_chunk(x, noise))
+    assert cli.main(["eval", "--policy", str(tmp_path / "res"), "--episodes", "8", "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["task"] == TASK and summary["episodes"] == 8
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_interrupted_run_resumes_exactly(tmp_path, base_dir, algo):
+    """Stopped mid-episode and resumed: the same weights as a run that was never stopped."""
+    kw = dict(algo=algo, steps=900, checkpoint_every=10**9, envs=2)
+    kw |= {"batch_size": 32, "rollout_steps": 64} if algo == "ppo" else {}
+    whole = load_policy(train_residual(quick(tmp_path / "whole", base_dir, **kw)))
+    cfg = quick(tmp_path / "cut", base_dir, **kw)
+    method = Residual()
+    stop = 2 * 64 * 3 + 10 if algo == "ppo" else 502  # mid-rollout / mid-episode
+    method.callbacks = lambda c, m, b, k, orig=method.callbacks: [*orig(c, m, b, k), StopAt(stop, k)]
+    with pytest.raises(RunInterrupted):
+        run_sb3(cfg, method)
+    cfg.resume = True
+    resumed = load_policy(train_residual(cfg))
+    for (name, p), q in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(p, q), name
+    finals = [json.loads((tmp_path / r / "res" / "final_eval.json").read_text()) for r in ("whole", "cut")]
+    assert finals[0]["env_steps"] >= 900 and finals[0]["return_mean"] == finals[1]["return_mean"]
+    assert finals[0]["env_steps"] == finals[1]["env_steps"]
+
+
+def test_residual_on_top_of_a_steered_policy(tmp_path, base_dir):
+    """With a DSRL policy as --base, the base's noise is the steered policy's own choice."""
+    base = load_policy(base_dir)
+    torch.manual_seed(0)
+    actor = SquashedMeanActor(base.obs_dim, [16], base.pred_horizon * base.action_dim)
+    steered = SteeredPolicy(base, actor, {"action_magnitude": 1.5, "task": TASK})
+    steered.save(tmp_path / "steered")
+    out = train_residual(quick(tmp_path, tmp_path / "steered", steps=300, warmup_steps=300))
+    policy = load_policy(out)
+    assert isinstance(policy.base, SteeredPolicy)
+    x = torch.randn(6, 2)
+    policy.reset()
+    first = policy.predict_chunk(x)[:, 0]  # no noise given: the steered policy's mean noise
+    assert torch.equal(first, steered.predict_chunk(x)[:, 0])
+    summary = evaluate(policy, EnvConfig(task=TASK, envs=4, seed=0), 8)
+    assert summary["episodes"] == 8
+
+
+# ----- bad input --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--residual-scale", "0"], "--residual-scale 0.0 must be in (0, 1]"),
+        (["--residual-scale", "1.5"], "must be in (0, 1]"),
+        (["--algo", "ddpg"], "unknown --algo 'ddpg'"),
+        (["--form", "episode"], "unknown --form 'episode'"),
+        (["--task", "toy_envs:Obstacle-v0", "--base", "shipped:metaworld-push-v3"], "observations of size 39"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, base_dir, capsys, flags, message):
+    argv = ["finetune", "residual", "--base", str(base_dir), "--out", str(tmp_path / "r"), "--no-progress", *flags]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_a_reward_function_that_raises_loses_nothing(tmp_path, base_dir, capsys, monkeypatch):
+    (tmp_path / "flaky_reward.py").write_text(
+        "calls = 0\n"
+        "def reward(obs, action, reward, info):\n"
+        "    global calls\n"
+        "    calls += 1\n"
+        "    if calls > 700:\n"
+        "        raise ValueError('sensor offline')\n"
+        "    return reward\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", "residual", "--base", str(base_dir), "--out", str(tmp_path / "r"), "--no-progress"]
+    argv += ["--steps", "2000", "--warmup-steps", "200", "--checkpoint-every", "300", "--reward", "flaky_reward:reward"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reward function flaky_reward:reward raised ValueError: sensor offline" in err and len(err.splitlines()) == 1
+    state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
+    assert 0 < state["num_timesteps"] <= 700  # the last checkpoint before the failure is intact
