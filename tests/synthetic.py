@@ -42,7 +42,9 @@ def offset_reach_episodes(n: int, offset: float = 0.4, seed: int = 0) -> list[Ep
             obs.append(pos.copy())
             acts.append(a)
             pos = pos + 0.25 * a
-        eps.append(Episode(f"demo_{i}", np.asarray(obs, np.float32), np.asarray(acts, np.float32), np.zeros(12, np.float32)))
+        eps.append(
+            Episode(f"demo_{i}", np.asarray(obs, np.float32), np.asarray(acts, np.float32), np.zeros(12, np.float32))
+        )
     return eps
 
 

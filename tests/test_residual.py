@@ -1,7 +1,6 @@
 """Residual policies: a learned, bounded correction on top of a frozen base."""
 
 import json
-import math
 
 import gymnasium as gym
 import numpy as np
@@ -11,7 +10,7 @@ from conftest import StopAt
 from stable_baselines3.common.vec_env import DummyVecEnv
 from synthetic import offset_reach_episodes
 
-from dpft.base_policies import ArchConfig, ConfigError, PolicyConfig, load_policy
+from dpft.base_policies import ArchConfig, PolicyConfig, load_policy
 from dpft.base_policies.data import write_robomimic_hdf5
 from dpft.base_policies.policy import policy_type
 from dpft.base_policies.sb3_actor import SquashedMeanActor

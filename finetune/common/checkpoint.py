@@ -119,7 +119,9 @@ def load_sb3_checkpoint(
         obs = np.stack([env.env_method("set_state", s, indices=[i])[0] for i, s in enumerate(state["envs"])])
         layers = _stateful_layers(env)
         if len(state.get("vec", [])) != len(layers):
-            raise CheckpointError(f"{folder} was written by a run with other vector-env wrappers; it cannot resume here")
+            raise CheckpointError(
+                f"{folder} was written by a run with other vector-env wrappers; it cannot resume here"
+            )
         for layer, layer_state in zip(reversed(layers), reversed(state.get("vec", []))):
             obs = layer.set_vec_state(layer_state, obs)
         if model._last_obs is not None and not np.array_equal(obs, model._last_obs):

@@ -23,7 +23,12 @@ class RewardNormalizer(VecNormalize):
 
     def get_vec_state(self) -> dict[str, Any]:
         rms = self.ret_rms
-        return {"mean": np.asarray(rms.mean), "var": np.asarray(rms.var), "count": float(rms.count), "returns": self.returns.copy()}
+        return {
+            "mean": np.asarray(rms.mean),
+            "var": np.asarray(rms.var),
+            "count": float(rms.count),
+            "returns": self.returns.copy(),
+        }
 
     def set_vec_state(self, state: dict[str, Any], obs: np.ndarray) -> np.ndarray:
         self.ret_rms.mean = np.asarray(state["mean"], np.float64)

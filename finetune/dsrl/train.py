@@ -29,9 +29,9 @@ from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.callbacks import RecordScalars, TemperatureFloor, q_statistics
 from dpft.finetune.common.config import FinetuneConfig
+from dpft.finetune.common.networks import LayerNormSACPolicy
 from dpft.finetune.common.run import SB3Method, run_sb3
 from dpft.finetune.dsrl.na import DSRLNA
-from dpft.finetune.common.networks import LayerNormSACPolicy
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv
 from dpft.finetune.dsrl.replay import ChunkReplayBuffer
 from dpft.finetune.dsrl.sac import DSRLSAC

@@ -140,7 +140,11 @@ class ResidualVecEnv(VecEnvWrapper):
         if self._n == 0:
             return {}
         n = self._n
-        out = {"residual/abs_r": self._abs_r / n, "residual/clipped": self._clipped / n, "residual/moved": self._moved / n}
+        out = {
+            "residual/abs_r": self._abs_r / n,
+            "residual/clipped": self._clipped / n,
+            "residual/moved": self._moved / n,
+        }
         self.reset_stats()
         return out
 

@@ -182,7 +182,11 @@ class Residual(SB3Method):
             "train_freq": 1,
             "gradient_steps": cfg.utd * cfg.envs,
             "n_steps": cfg.n_step,
-            "policy_kwargs": {"net_arch": [cfg.hidden] * cfg.layers, "n_critics": cfg.critics, "layer_norm": cfg.layer_norm},
+            "policy_kwargs": {
+                "net_arch": [cfg.hidden] * cfg.layers,
+                "n_critics": cfg.critics,
+                "layer_norm": cfg.layer_norm,
+            },
         }
         if cfg.algo == "sac":
             model = ResidualSAC(LayerNormSACPolicy, venv, ent_coef=f"auto_{cfg.init_alpha}", **off_policy, **common)
