@@ -288,9 +288,7 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
         ]
         lines.append(
             f"Target, >= {bench.success_target:.2f} success within 100k env steps "
-            f"({bench.target_method}, 100 episodes): "
-            + (", ".join(verdicts) or "no finished run yet")
-            + "."
+            f"({bench.target_method}, 100 episodes): " + (", ".join(verdicts) or "no finished run yet") + "."
         )
     lines += bench.footer
     if pending:
