@@ -88,6 +88,12 @@ class Policy(nn.Module, abc.ABC):
         where = generator.device if generator is not None else self.device
         return torch.randn((batch, *self.noise_shape), generator=generator, device=where).to(self.device)
 
+    @property
+    def stateful(self) -> bool:
+        """True when ``predict_chunk`` depends on earlier calls (see :meth:`reset`). Such a policy
+        cannot be a black box that other code calls on arbitrary batches (a DSRL or residual base)."""
+        return False
+
     def reset(self, done: torch.Tensor | None = None) -> None:
         """Forget the per-episode state of the batch rows where ``done`` is True (every row when
         ``done`` is None).

@@ -299,6 +299,16 @@ def test_bad_input_is_one_clear_line(tmp_path, base_dir, capsys, flags, message)
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
 
 
+def test_a_per_step_residual_cannot_be_a_frozen_base(tmp_path, base_dir, capsys):
+    base = load_policy(base_dir)
+    ResidualPolicy(base, random_net(base, "step"), {"form": "step", "scale": 0.3, "task": TASK}).save(tmp_path / "p")
+    for method in ("dsrl", "residual"):
+        argv = ["finetune", method, "--base", str(tmp_path / "p"), "--out", str(tmp_path / method), "--no-progress"]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is a stateful policy" in err and len(err.splitlines()) == 1
+
+
 def test_a_reward_function_that_raises_loses_nothing(tmp_path, base_dir, capsys, monkeypatch):
     (tmp_path / "flaky_reward.py").write_text(
         "calls = 0\n"

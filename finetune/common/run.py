@@ -101,6 +101,11 @@ class SB3Method(abc.ABC):
 def resolve_base(cfg: FinetuneConfig, device: torch.device) -> tuple[FinetuneConfig, Policy]:
     """The frozen base on ``device``; the task defaults to the one the base was trained for."""
     base = load_policy(cfg.base, device)
+    if base.stateful:
+        raise ConfigError(
+            f"{cfg.base} is a stateful policy (a per-step residual: its actions depend on earlier calls) and "
+            "cannot be a frozen base; fine-tune its own base instead, or train the residual with --form chunk"
+        )
     cfg = replace(cfg, task=cfg.task or getattr(base.config, "task", None))
     if not cfg.task:
         raise ConfigError("the base policy does not record its task; pass --task")

@@ -145,6 +145,10 @@ class ResidualPolicy(ComposedPolicy):
         in_dim = base.obs_horizon * base.obs_dim + h * d
         return ResidualNet(features, in_dim, list(meta["hidden"]), h * d, meta["activation"], meta["output"])
 
+    @property
+    def stateful(self) -> bool:
+        return self.form == "step"
+
     def reset(self, done: torch.Tensor | None = None) -> None:
         if done is None or self._fresh is None or len(done) != len(self._fresh):
             self._chunks = self._pos = self._fresh = None
