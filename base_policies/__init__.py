@@ -21,6 +21,7 @@ _EXPORTS = {
     "DatasetError": "errors",
     "DpftError": "errors",
     "TaskError": "errors",
+    "TrainingError": "errors",
     "POLICY_TYPES": "policy",
     "DenoisingPolicy": "policy",
     "Policy": "policy",

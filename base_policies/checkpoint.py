@@ -15,6 +15,7 @@ import torch
 
 from dpft.base_policies.errors import CheckpointError
 from dpft.base_policies.policy import FORMAT_VERSION, Policy, policy_type, policy_type_names
+from dpft.base_policies.state_io import recover_dir
 from dpft.base_policies.weights import load_weights, policy_config_from_meta  # noqa: F401  (re-exported)
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
@@ -33,6 +34,9 @@ def resolve_policy_dir(path: str | Path) -> Path:
             raise CheckpointError(f"no shipped policy {name!r}; shipped: {shipped_policies()}")
         return SHIPPED_DIR / name
     path = Path(path)
+    recover_dir(path)  # a kill while it was being replaced may have left it moved aside
+    if path.is_dir():
+        recover_dir(path / "policy")
     if not path.exists():
         raise CheckpointError(f"policy folder {path} does not exist")
     if not (path / "config.json").exists() and (path / "policy" / "config.json").exists():

@@ -15,10 +15,11 @@ observation history is padded by repeating the first observation.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from dpft.base_policies.errors import ConfigError
 
@@ -73,6 +74,14 @@ class PolicyConfig:
     """Upper action bound in environment units."""
     task: str | None = None
     """Task id the policy was trained for (informational; checked against the env later)."""
+    obs_keys: tuple[str, ...] | None = None
+    """Observation keys concatenated, in this order, into the flat observation (from a dataset
+    whose ``obs`` is a group); None: not recorded (a flat dataset, or an older policy)."""
+
+    added_later: ClassVar[frozenset[str]] = frozenset({"obs_keys"})
+    """Keys a ``config.json`` may lack (see :func:`check_record`): ``obs_keys`` came after format 1
+    was fixed, and its absence means "not recorded", which is exactly what older policies are.
+    Every other key has been written by every dpft since format 1, so a missing one is an error."""
 
     def __post_init__(self) -> None:
         if isinstance(self.arch, dict):
@@ -152,3 +161,73 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
             value = Path(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def check_record(cls: type, data: Any, prefix: str = "") -> None:
+    """Check a complete stored record of dataclass ``cls`` (a policy's ``config.json``): every
+    field present (except the class's ``added_later`` keys) and of its declared type.
+
+    :func:`from_dict` alone would fill a missing key with today's default and pass ``"8"`` on
+    as a horizon; a stored record must not be silently reinterpreted, so this raises one
+    :class:`ConfigError` naming the key (``arch.pred_horizon``) and the expected type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__} must be a JSON object, got {_json_type(data)}")
+    hints = typing.get_type_hints(cls)
+    optional = getattr(cls, "added_later", frozenset())
+    for f in dataclasses.fields(cls):
+        key, hint = prefix + f.name, hints[f.name]
+        if f.name not in data:
+            if f.name in optional:
+                continue
+            raise ConfigError(f"required key {key!r} ({_describe(hint)}) is missing")
+        value = data[f.name]
+        if dataclasses.is_dataclass(hint):
+            check_record(hint, value, key + ".")
+        elif not _matches(value, hint):
+            raise ConfigError(f"key {key!r} must be {_describe(hint)}, got {value!r} ({_json_type(value)})")
+
+
+def _union_args(hint: Any) -> tuple[Any, ...] | None:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else None
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field type (only the types dataclass configs here use)."""
+    if (args := _union_args(hint)) is not None:
+        return any(_matches(value, a) for a in args)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in typing.get_args(hint))
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # a type this check does not know: leave it to the constructor
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``int | None`` -> "an integer or null"; ``tuple[float, ...]`` -> "a list of numbers"."""
+    if (args := _union_args(hint)) is not None:
+        return " or ".join(_describe(a, plural) for a in args)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        return "a list of " + _describe(typing.get_args(hint)[0], plural=True)
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    many = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+    return (many if plural else names).get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _json_type(value: Any) -> str:
+    names = {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    return {**names, list: "a list", dict: "an object"}.get(type(value), type(value).__name__)

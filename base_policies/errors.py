@@ -27,3 +27,7 @@ class ConfigError(DpftError):
 
 class TaskError(DpftError):
     """Unknown task id, a missing optional dependency, or a policy that does not fit a task."""
+
+
+class TrainingError(DpftError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""

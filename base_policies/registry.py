@@ -30,3 +30,14 @@ def load_entry_point(group: str, name: str) -> Any | None:
 
 def entry_point_names(group: str) -> list[str]:
     return sorted(ep.name for ep in _group(group))
+
+
+def import_from_working_dir() -> None:
+    """Let ``module:name`` references (``--reward my_rewards:fn``, task ``my_tasks:MyEnv-v0``)
+    find modules in the folder dpft is run from, as ``python -m`` would, without PYTHONPATH."""
+    import sys
+    from pathlib import Path
+
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)

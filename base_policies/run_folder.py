@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import yaml
 
 from dpft.base_policies.config import from_dict, to_dict
 from dpft.base_policies.errors import ConfigError
-from dpft.base_policies.state_io import atomic_write_text
+from dpft.base_policies.paths import check_writable_folder
+from dpft.base_policies.state_io import atomic_write_text, recover_dir
 
 
 @dataclass
@@ -43,7 +45,19 @@ class RunFolder:
         return self.root / "policy"
 
     def has_checkpoint(self) -> bool:
+        recover_dir(self.checkpoint_dir)  # a kill mid-write may have left it moved aside
         return (self.checkpoint_dir / "state.json").exists()
+
+    def holds_run(self) -> bool:
+        """A checkpoint or a finished policy is there (a config alone is a run that never saved)."""
+        return self.has_checkpoint() or (self.policy_dir / "config.json").exists()
+
+    def clear(self) -> None:
+        """Delete what a run wrote here (``--overwrite``); other files in the folder are left alone."""
+        for name in ("checkpoint", "policy", "tb"):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        for name in ("config.yaml", "evals.jsonl", "final_eval.json"):
+            (self.root / name).unlink(missing_ok=True)
 
     def write_config(self, cfg: Any) -> None:
         atomic_write_text(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -66,13 +80,55 @@ class RunFolder:
         return w
 
 
+# Settings a resumed run may take from the command line: they do not change what is learned.
+RESUME_MAY_CHANGE = {"resume", "progress", "out", "device", "overwrite"}
+
+
+def resumed_config(given: Any, stored: Any, path: Path) -> Any:
+    """The run's own config, with what the command line may change on ``--resume``: the progress
+    bar and device, and a larger ``--steps`` (logged). Any other setting the user gave that
+    differs from the run's is refused, naming it; it would silently make another run."""
+    explicit = getattr(given, "explicit", set())
+    changed = sorted(k for k in explicit - RESUME_MAY_CHANGE if getattr(given, k, None) != getattr(stored, k, None))
+    updates = {k: getattr(given, k) for k in explicit & RESUME_MAY_CHANGE if k != "out"}
+    extend = "steps" in changed and given.steps > stored.steps
+    if extend:
+        updates["steps"] = given.steps
+        changed.remove("steps")
+    if changed:
+        diffs = ", ".join(
+            f"--{k.replace('_', '-')} {getattr(given, k)} (the run has {getattr(stored, k)})" for k in changed
+        )
+        raise ConfigError(
+            f"--resume continues the run as {path} configures it; these settings differ: {diffs}. Only a larger "
+            "--steps, --device and --progress may change; start a new run with another --out to change the others"
+        )
+    return replace(
+        stored, resume=True, progress=given.progress, **{k: v for k, v in updates.items() if k != "progress"}
+    )
+
+
 def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None) -> tuple[Any, RunFolder]:
     """The run folder of ``cfg.out`` for every training command. With ``cfg.resume`` the config is
     the run's own ``config.yaml`` (only ``progress`` is taken from the command line); without it, a
     folder that already holds a run is refused rather than overwritten."""
     run = RunFolder(cfg.out)
+    if run.root.exists() and not run.root.is_dir():
+        raise ConfigError(f"--out {run.root} is a file; a run needs a folder")
+    check_writable_folder(run.root, "--out", run.root)
+    recover_dir(run.policy_dir)
+    if not cfg.resume and getattr(cfg, "overwrite", False) and run.holds_run():
+        run.clear()
     if cfg.resume:
-        cfg = replace(run.read_config(cls, missing), resume=True, progress=cfg.progress)
-    elif run.has_checkpoint():
-        raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+        cfg = resumed_config(cfg, run.read_config(cls, missing), run.config_path)
+        if not run.has_checkpoint():
+            raise ConfigError(
+                f"cannot resume: {cfg.out} has no checkpoint yet (the run stopped before its first one); "
+                "start it again without --resume"
+            )
+    elif run.holds_run():
+        raise ConfigError(
+            f"{cfg.out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
     return cfg, run

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,28 +103,108 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+# ----- crash-consistent folders ---------------------------------------------------------------
+# A folder is published in steps; a kill (SIGKILL, power loss) can stop the process between any
+# two of them. The invariant: at every instant either PATH is complete, or PATH is missing and
+# .PATH.old is complete (the previous copy, moved aside). ``recover_dir`` turns the second state
+# back into the first; every writer and reader of a run folder calls it first.
+PUBLISH_STEPS = ("tmp-created", "written", "durable", "old-cleared", "moved-aside", "published", "done")
+_fault_hook: Callable[[str], None] | None = None
+
+
+def set_fault_hook(hook: Callable[[str], None] | None) -> None:
+    """Testing aid: ``hook(step)`` runs before each step of :data:`PUBLISH_STEPS` of every folder
+    write (a test makes it kill the process at one step). The environment variable
+    ``DPFT_KILL_AT=STEP[:N]`` does the same from outside: ``os._exit(137)`` at the N-th (default
+    first) time STEP is reached."""
+    global _fault_hook
+    _fault_hook = hook
+
+
+def _reach(step: str) -> None:
+    if _fault_hook is not None:
+        _fault_hook(step)
+        return
+    spec = os.environ.get("DPFT_KILL_AT")
+    if spec:
+        name, _, count = spec.partition(":")
+        if name == step:
+            _KILL_COUNTS[step] = _KILL_COUNTS.get(step, 0) + 1
+            if _KILL_COUNTS[step] == int(count or 1):
+                os._exit(137)
+
+
+_KILL_COUNTS: dict[str, int] = {}
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Make every file of ``path``, and the folders that name them, durable."""
+    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        _fsync(p)
+    _fsync(path)
+
+
+def recover_dir(path: Path) -> None:
+    """Finish what a kill interrupted: bring back a copy that was moved aside and never replaced,
+    and delete temporaries of unfinished writes (they can be as large as a replay buffer)."""
+    path = Path(path)
+    old = _old(path)
+    if not path.exists() and old.exists():
+        os.replace(old, path)
+    if path.parent.exists():
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder that replaces ``path`` only if the block succeeds.
 
-    The old folder (if any) is kept until the new one is complete, so an interruption at
-    any point leaves one complete copy on disk.
+    The new copy is complete and durable (fsynced) before the old one is moved aside, and the old
+    one is deleted only after the new one is in place, so a kill at any instruction leaves one
+    complete copy on disk (see :func:`recover_dir`; tested by killing at every step).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
+    _reach("tmp-created")
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _reach("written")
     publish_mode(tmp)
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    _fsync_tree(tmp)
+    _reach("durable")
+    old = _old(path)
     if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # a leftover of a finished write: path is complete
+        _reach("old-cleared")
         os.replace(path, old)
+        _fsync(path.parent)
+        _reach("moved-aside")
     os.replace(tmp, path)
+    _fsync(path.parent)
+    _reach("published")
     shutil.rmtree(old, ignore_errors=True)
+    _reach("done")
 
 
 def save_state(folder: Path, state: dict[str, Any]) -> None:

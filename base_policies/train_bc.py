@@ -19,11 +19,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dpft.base_policies.config import ArchConfig, PolicyConfig, validate_arch
-from dpft.base_policies.data import load_demonstrations, make_windows, split_episodes
+from dpft.base_policies.data import Demonstrations, load_demonstrations, make_windows, split_episodes
+from dpft.base_policies.data.env_args import read_env_info
 from dpft.base_policies.data.windows import Windows
 from dpft.base_policies.device import check_device_spec, resolve_device
+from dpft.base_policies.divergence import DivergenceGuard
 from dpft.base_policies.ema import EMA
-from dpft.base_policies.errors import ConfigError, DatasetError
+from dpft.base_policies.errors import ConfigError, TrainingError
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
 from dpft.base_policies.run_folder import RunFolder, open_run
 from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
@@ -66,9 +68,12 @@ class TrainBCConfig:
     log_every: int = 100
     """Steps between TensorBoard scalars."""
     obs_keys: tuple[str, ...] = ()
-    """For HDF5 files whose obs is a group: keys to concatenate, in order (default: sorted)."""
+    """For HDF5 files whose obs is a group: keys to concatenate, in the order the environment emits them
+    (default: the order in the file's env_args "obs_keys"; required for a group of several keys otherwise)."""
+    filter_key: str | None = None
+    """Use only the demos listed in mask/<filter_key> of a robomimic HDF5 file, as robomimic's --filter_key."""
     task: str | None = None
-    """Task id recorded in the policy (default: taken from the dataset's env_args)."""
+    """Task id recorded in the policy (default: the "task" in the dataset's env_args; never guessed)."""
     seed: int = 0
     """Random seed."""
     device: str = "auto"
@@ -146,18 +151,30 @@ def validation_loss(policy: DenoisingPolicy, windows: Windows, max_windows: int 
     return policy.denoising_loss(obs, act, t, noise).mean().item()
 
 
-def build_policy(cfg: TrainBCConfig, obs_dim: int, action_dim: int, env_args: dict) -> DenoisingPolicy:
+def build_policy(cfg: TrainBCConfig, demos: Demonstrations) -> DenoisingPolicy:
+    """A fresh policy for ``demos``: sizes and observation keys from the data; task and action
+    bounds from the file's env_args (see :mod:`~dpft.base_policies.data.env_args`), ``--task`` first."""
+    env = read_env_info(demos.attrs.get("env_args"), str(cfg.dataset), demos.action_dim)
     pcfg = PolicyConfig(
         type=cfg.policy,
         backbone=cfg.backbone,
-        obs_dim=obs_dim,
-        action_dim=action_dim,
+        obs_dim=demos.obs_dim,
+        action_dim=demos.action_dim,
         arch=cfg.arch,
-        action_low=env_args.get("action_low"),
-        action_high=env_args.get("action_high"),
-        task=cfg.task or env_args.get("task"),
+        action_low=env.action_low,
+        action_high=env.action_high,
+        task=cfg.task or env.task,
+        obs_keys=demos.obs_keys,
     )
     return policy_type(cfg.policy)(pcfg)
+
+
+def diverged(cfg: TrainBCConfig, run: RunFolder, bad_step: int, saved_step: int | None) -> TrainingError:
+    kept = f"{run.checkpoint_dir} still holds step {saved_step}" if saved_step is not None else "no checkpoint exists"
+    return TrainingError(
+        f"training diverged: the loss was NaN or inf at step {bad_step}; stopped without saving anything after it "
+        f"({kept}). Train again with a lower --lr (now {cfg.lr:g}; try {cfg.lr / 10:g}) in a new --out"
+    )
 
 
 def train_bc(cfg: TrainBCConfig) -> Path:
@@ -175,15 +192,12 @@ def train_bc(cfg: TrainBCConfig) -> Path:
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
 
-    demos = load_demonstrations(cfg.dataset, cfg.obs_keys or None)
+    demos = load_demonstrations(cfg.dataset, cfg.obs_keys or None, cfg.filter_key)
     train_eps, val_eps = split_episodes(demos.episodes, cfg.val_fraction, cfg.seed)
     train_w = make_windows(train_eps, cfg.arch.obs_horizon, cfg.arch.pred_horizon)
     val_w = make_windows(val_eps, cfg.arch.obs_horizon, cfg.arch.pred_horizon) if val_eps else None
-    env_args = demos.attrs.get("env_args") or {}
-    if not isinstance(env_args, dict):
-        raise DatasetError(f"{cfg.dataset}: attribute env_args must be a JSON object")
 
-    policy = build_policy(cfg, demos.obs_dim, demos.action_dim, env_args)
+    policy = build_policy(cfg, demos)
     policy.fit_normalizers(
         torch.from_numpy(np.concatenate([e.obs for e in train_eps])),
         torch.from_numpy(np.concatenate([e.actions for e in train_eps])),
@@ -193,9 +207,9 @@ def train_bc(cfg: TrainBCConfig) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
     sampler = BatchSampler(train_w, max(1, cfg.batch_size // world), seed=cfg.seed * 1000 + rank)
 
-    step = 0
+    step, saved = 0, None
     if cfg.resume and run.has_checkpoint():
-        step = _load_checkpoint(run.checkpoint_dir, policy, ema, opt, sched, sampler, restore_rng=rank == 0)
+        step = saved = _load_checkpoint(run.checkpoint_dir, policy, ema, opt, sched, sampler, restore_rng=rank == 0)
     if main:
         run.write_config(cfg)
         print(
@@ -203,7 +217,19 @@ def train_bc(cfg: TrainBCConfig) -> Path:
             f"{world} processes, step {step} -> {cfg.steps}, run folder {cfg.out}",
             flush=True,
         )
+        if policy.config.task is None:
+            print("train-bc: the dataset's env_args records no 'task'; pass --task to record it", flush=True)
     model, opt = accelerator.prepare(policy, opt)
+    guard = DivergenceGuard(accelerator.device)
+
+    def save_checkpoint() -> int:
+        """Checkpoint at ``step`` unless training diverged before it (then raise, keeping the last good one)."""
+        bad = guard.first_bad_step(accelerator)
+        if bad is not None:
+            raise diverged(cfg, run, bad, saved)
+        _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
+        return step
+
     writer = run.writer(cfg) if main else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not (main and cfg.progress), desc="train-bc", unit="step")
     t0, s0 = time.perf_counter(), step
@@ -214,6 +240,7 @@ def train_bc(cfg: TrainBCConfig) -> Path:
             loss, _ = model(obs.to(accelerator.device), act.to(accelerator.device))
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            guard.update(step + 1, loss, grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -230,9 +257,11 @@ def train_bc(cfg: TrainBCConfig) -> Path:
             if main and val_w is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                 writer.add_scalar("val/loss", validation_loss(ema.shadow, val_w), step)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
+                saved = save_checkpoint()
+            elif step % cfg.log_every == 0 and (bad := guard.first_bad_step(accelerator)) is not None:
+                raise diverged(cfg, run, bad, saved)
     except KeyboardInterrupt:
-        _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
+        save_checkpoint()
         raise KeyboardInterrupt(
             f"interrupted at step {step}; continue with: dpft train-bc --out {cfg.out} --resume"
         ) from None
@@ -240,7 +269,7 @@ def train_bc(cfg: TrainBCConfig) -> Path:
         bar.close()
         if writer is not None:
             writer.close()
-    _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
+    save_checkpoint()
     if main:
         ema.shadow.save(run.policy_dir)
     accelerator.wait_for_everyone()

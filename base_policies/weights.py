@@ -10,13 +10,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from dpft.base_policies.config import PolicyConfig, from_dict
+from dpft.base_policies.config import PolicyConfig, check_record, from_dict
 from dpft.base_policies.errors import CheckpointError, ConfigError
 
 
 def policy_config_from_meta(path: Path, meta: dict[str, Any]) -> PolicyConfig:
+    """The :class:`PolicyConfig` stored in ``path/config.json``: every key present and typed as
+    declared (a missing or mistyped key is never replaced by a default; see ``check_record``)."""
     body = {k: v for k, v in meta.items() if k != "format_version"}
     try:
+        check_record(PolicyConfig, body)
         return from_dict(PolicyConfig, body)
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path / 'config.json'} is invalid: {e}") from None
@@ -43,5 +46,11 @@ def load_weights(module: torch.nn.Module, path: Path, filename: str = "model.saf
             raise CheckpointError(
                 f"{file}: tensor {key!r} has shape {tuple(tensor.shape)} but config.json implies "
                 f"{tuple(expected[key].shape)}"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{file} contains non-finite values in {key} ({bad} of {tensor.numel()} are NaN or inf); the run "
+                "that wrote it probably diverged: use an earlier checkpoint or retrain (e.g. with a lower --lr)"
             )
     module.load_state_dict(state)

@@ -16,16 +16,14 @@ from __future__ import annotations
 import ast
 import importlib
 import math
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from dpft.base_policies.errors import DpftError
-from dpft.base_policies.registry import load_entry_point
+from dpft.base_policies.registry import import_from_working_dir, load_entry_point
 
 
 class RewardError(DpftError):
@@ -167,8 +165,7 @@ def _parse_term(term: str) -> tuple[str, dict[str, Any]]:
 
 def _import(ref: str) -> Any:
     module, _, attr = ref.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    import_from_working_dir()
     try:
         mod = importlib.import_module(module)
     except Exception as e:

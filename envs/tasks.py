@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 
 from dpft.base_policies.errors import TaskError
-from dpft.base_policies.registry import load_entry_point
+from dpft.base_policies.registry import import_from_working_dir, load_entry_point
 from dpft.envs.contract import FlatFloatObservation, SuccessInfo
 
 
@@ -125,6 +125,8 @@ def make(task_id: str, max_episode_steps: int | None = None, render_mode: str | 
         steps = max_episode_steps or DEFAULT_EPISODE_STEPS.get(tid.family)
         env = FAMILIES[tid.family](tid.name, max_episode_steps=steps, render_mode=render_mode)
     else:
+        if ":" in tid.name:
+            import_from_working_dir()  # 'my_tasks:MyEnv-v0' imports my_tasks, as --reward does
         env = _gym_make(tid.name, max_episode_steps, render_mode, HINT)
     if not isinstance(env.action_space, gym.spaces.Box):
         env.close()

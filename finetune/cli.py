@@ -75,11 +75,31 @@ def command_names() -> list[str]:
     return sorted(names, key=lambda n: (" " in n, n))
 
 
-def _usage() -> str:
-    lines = ["usage: dpft <command> [--config FILE.yaml] [flags]", "", "commands:"]
-    lines += [f"  {name:<14} {find_command(name).help}" for name in command_names()]
-    lines += ["", "Run 'dpft <command> --help' for the flags of a command."]
+def _usage(prefix: str = "") -> str:
+    """The command list (only the commands under ``prefix``, e.g. ``finetune``, when given)."""
+    names = [n for n in command_names() if not prefix or n.startswith(prefix + " ")]
+    width = max(len(n) for n in names) + 2
+    what = f"{prefix} <method>" if prefix else "<command>"
+    head = f"usage: dpft {what} [--config FILE.yaml] [flags]"
+    lines = [head, "", "methods:" if prefix == "finetune" else "commands:"]
+    lines += [f"  {name:<{width}}{find_command(name).help}" for name in names]
+    lines += ["", "Run 'dpft <command> --help' for the flags of a command; 'dpft --version' for the version."]
     return "\n".join(lines)
+
+
+CONFIG_HELP = (
+    "--config FILE.yaml|FILE.toml supplies any of the settings below (keys as the flag names, with - or _); "
+    "flags given on the command line override the file."
+)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dpft")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -115,7 +135,29 @@ def parse(name: str, args: list[str]) -> Any:
     cmd = find_command(name)
     path, rest = _split_config_flag(args)
     default = from_dict(cmd.config_cls, read_config_file(path)) if path else None
-    return tyro.cli(cmd.config_cls, args=rest, default=default, prog=f"dpft {name}", description=cmd.help)
+    description = f"{cmd.help}\n\n{CONFIG_HELP}"
+    cfg = tyro.cli(cmd.config_cls, args=rest, default=default, prog=f"dpft {name}", description=description)
+    cfg.explicit = explicit_settings(cmd.config_cls, rest) | set(read_config_file(path) if path else ())
+    return cfg
+
+
+def explicit_settings(config_cls: type, args: list[str]) -> set[str]:
+    """The top-level settings the user gave as flags (``--eval-every 5``, ``--no-progress``,
+    ``--arch.hidden-dim 8`` -> eval_every, progress, arch): ``--resume`` compares them with the
+    run's own config."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(config_cls)}
+    found = set()
+    for a in args:
+        if not a.startswith("--"):
+            continue
+        name = a[2:].split("=", 1)[0].split(".", 1)[0].replace("-", "_")
+        if name not in known and name.startswith("no_"):
+            name = name[3:]
+        if name in known:
+            found.add(name)
+    return found
 
 
 def _sigterm(signum, frame):  # a `kill` behaves like Ctrl-C: checkpoint, then stop
@@ -127,11 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"dpft {_version()}")
+        return 0
     name, args = argv[0], argv[1:]
     if args and find_command(f"{name} {args[0]}") is not None:  # two-word commands: "finetune dsrl"
         name, args = f"{name} {args[0]}", args[1:]
+    group = any(n.startswith(name + " ") for n in command_names())
+    if find_command(name) is None and group and (not args or args[0] in ("-h", "--help")):
+        print(_usage(name))  # `dpft finetune` / `dpft finetune --help`: the methods
+        return 0
     if find_command(name) is None:
-        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        what = f"{name} {args[0]}" if group and args else name
+        print(f"error: unknown command {what!r}\n\n{_usage(name if group else '')}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _sigterm)
     try:

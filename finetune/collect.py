@@ -9,6 +9,7 @@ import numpy as np
 
 from dpft.base_policies.data import write_robomimic_hdf5
 from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.base_policies.paths import check_output_file
 from dpft.envs.config import EnvConfig
 from dpft.envs.experts import get_expert
 from dpft.finetune.rollout import EpisodeResult, run_episodes
@@ -28,11 +29,14 @@ class CollectConfig(EnvConfig):
     """Keep only successful episodes (collects until --episodes successes, at most 10x attempts)."""
     progress: bool = True
     """Show a progress bar."""
+    overwrite: bool = False
+    """Replace --out if it exists (otherwise an existing file is an error, checked before any rollout)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.episodes < 1 or self.action_noise < 0:
             raise ConfigError("--episodes must be >= 1 and --action-noise >= 0")
+        check_output_file(self.out, self.overwrite, "--out", (".hdf5", ".h5"))
 
 
 def collect(cfg: CollectConfig) -> list[EpisodeResult]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from dpft.base_policies import load_policy
 from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.paths import check_output_file
 from dpft.base_policies.policy import Policy
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
@@ -37,6 +39,8 @@ class EvalConfig(EnvConfig):
     """Write an MP4 or GIF of a few episodes (offscreen MuJoCo rendering)."""
     video_episodes: int = 2
     """Episodes in the video."""
+    overwrite: bool = False
+    """Replace the --video file if it exists (otherwise an existing file is an error, checked before evaluating)."""
     logdir: Path | None = None
     """Also write TensorBoard scalars (eval/success_rate, eval/return_mean) here."""
     progress: bool = True
@@ -50,6 +54,24 @@ class EvalConfig(EnvConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_device_spec(self.device)
+        if self.episodes < 1:
+            raise ConfigError(f"--episodes ({self.episodes}) must be >= 1")
+        if self.video is not None and self.video_episodes < 1:
+            raise ConfigError(f"--video-episodes ({self.video_episodes}) must be >= 1 when --video is given")
+        if self.video is not None:
+            check_output_file(self.video, self.overwrite, "--video", (".mp4", ".gif"))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: JSON has no NaN (the 95% interval
+    of a single episode's return is NaN), and strict parsers reject Python's ``NaN`` extension."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def evaluate(
@@ -122,5 +144,5 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         from dpft.finetune.video import record_video
 
         record_video(policy, cfg, cfg.video, cfg.video_episodes, zero_noise=cfg.zero_noise)
-    print(json.dumps(summary) if cfg.json else report(summary, cfg.policy))
+    print(json.dumps(json_safe(summary), allow_nan=False) if cfg.json else report(summary, cfg.policy))
     return summary

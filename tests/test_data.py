@@ -46,10 +46,12 @@ def _robomimic_group_file(path, obs_fn=None, n=12):
 
 def test_robomimic_group_obs_order_and_numeric_demo_order(tmp_path):
     _robomimic_group_file(tmp_path / "r.hdf5")
-    demos = load_demonstrations(tmp_path / "r.hdf5")
+    with pytest.raises(DatasetError, match="pass --obs-keys"):  # no recorded order: never sorted silently
+        load_demonstrations(tmp_path / "r.hdf5")
+    demos = load_demonstrations(tmp_path / "r.hdf5", obs_keys=["object", "robot0_eef_pos"])
     assert [e.name for e in demos.episodes][:3] == ["demo_0", "demo_1", "demo_2"]
     assert demos.episodes[10].name == "demo_10"
-    np.testing.assert_array_equal(demos.episodes[2].obs[0], [-2, -2, 2, 2, 2])  # sorted keys: object first
+    np.testing.assert_array_equal(demos.episodes[2].obs[0], [-2, -2, 2, 2, 2])
     chosen = load_demonstrations(tmp_path / "r.hdf5", obs_keys=["robot0_eef_pos", "object"])
     np.testing.assert_array_equal(chosen.episodes[2].obs[0], [2, 2, 2, -2, -2])
     with pytest.raises(DatasetError, match="observation key.*'gripper'"):
@@ -128,7 +130,7 @@ def test_split_holds_out_whole_episodes():
 def test_bad_hdf5_names_demo_and_key(tmp_path, fn, message):
     _robomimic_group_file(tmp_path / "bad.hdf5", obs_fn=lambda g: fn(g) if g.name.endswith("demo_0") else None, n=2)
     with pytest.raises(DatasetError, match=message):
-        load_demonstrations(tmp_path / "bad.hdf5")
+        load_demonstrations(tmp_path / "bad.hdf5", obs_keys=["object", "robot0_eef_pos"])
 
 
 def test_bad_files(tmp_path):

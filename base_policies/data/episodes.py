@@ -35,6 +35,8 @@ class Demonstrations:
     episodes: list[Episode]
     attrs: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    obs_keys: tuple[str, ...] | None = None
+    """Keys of an observation group concatenated, in this order, into ``obs`` (None: one dataset)."""
 
     @property
     def obs_dim(self) -> int:

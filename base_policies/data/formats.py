@@ -9,17 +9,23 @@ Native format -- HDF5 in robomimic's layout::
         rewards                 [T]
         dones                   [T]
       demo_1/ ...
+    mask/                       optional (robomimic): mask/<filter_key> lists demo names as bytes
+      train, valid, ...
 
-Demos are read in numeric order (demo_2 before demo_10). When ``obs`` is a group, its keys
-are flattened and concatenated in the order given by ``obs_keys``, or sorted by name when
-``obs_keys`` is not given (robomimic files typically name e.g. ``object`` and
-``robot0_eef_pos``).
+Demos are read in numeric order (demo_2 before demo_10); ``filter_key`` keeps only those
+listed in ``mask/<filter_key>``, as robomimic's ``--filter_key`` does. When ``obs`` is a group
+(robomimic files name e.g. ``object`` and ``robot0_eef_pos``), its keys are flattened and
+concatenated in the order given by ``obs_keys``, else in the order recorded in
+``env_args["obs_keys"]``. A group of several keys with neither is refused: the environment
+emits its own order, and a policy trained on another one is silently wrong. The keys used are
+kept in ``Demonstrations.obs_keys``.
 
 Also read: ``.npz`` files (one episode per file with ``obs`` and ``actions``, or several
 episodes concatenated with an ``episode_ends`` array, as in Diffusion Policy's replay
 buffers; a folder of ``.npz`` files is one dataset), and local Minari datasets (a folder
 with ``data/main_data.hdf5``, or that file itself; its ``observations`` hold one more entry
-than ``actions``, and the last one is dropped).
+than ``actions``, and the last one is dropped; an ``observations`` group is concatenated in
+sorted key order by default -- the order of a gymnasium ``Dict`` space built from a dict).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dpft.base_policies.data.env_args import read_obs_keys
 from dpft.base_policies.data.episodes import Demonstrations, Episode, check_consistent, make_episode
 from dpft.base_policies.errors import DatasetError
 from dpft.base_policies.state_io import publish_mode
@@ -44,10 +51,30 @@ def _natural_key(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-def _read_obs(group: h5py.Group | h5py.Dataset, obs_keys: Sequence[str] | None, where: str) -> np.ndarray:
+def _robomimic_obs_keys(
+    obs: h5py.Group | h5py.Dataset, requested: Sequence[str] | None, stored: Sequence[str] | None, where: str
+) -> tuple[str, ...] | None:
+    """The keys to concatenate for one demo's ``obs`` (None when it is one dataset)."""
+    if isinstance(obs, h5py.Dataset):
+        return None
+    if requested:
+        return tuple(requested)
+    if stored:
+        return tuple(stored)
+    available = sorted(obs.keys())
+    if len(available) == 1:
+        return tuple(available)
+    raise DatasetError(
+        f"{where} is a group of {len(available)} observation keys {available} and the file does not record "
+        "their order (env_args has no 'obs_keys'); pass --obs-keys KEY [KEY ...] in the order the environment "
+        "emits them"
+    )
+
+
+def _read_obs(group: h5py.Group | h5py.Dataset, keys: Sequence[str] | None, where: str) -> np.ndarray:
     if isinstance(group, h5py.Dataset):
         return group[()]
-    keys = list(obs_keys) if obs_keys else sorted(group.keys())
+    keys = list(keys) if keys else sorted(group.keys())
     missing = [k for k in keys if k not in group]
     if missing:
         raise DatasetError(f"{where}: observation key(s) {missing} not found; available: {sorted(group.keys())}")
@@ -61,7 +88,9 @@ def _require(group: h5py.Group, key: str, where: str) -> Any:
     return group[key]
 
 
-def read_robomimic_hdf5(path: Path, obs_keys: Sequence[str] | None = None) -> Demonstrations:
+def read_robomimic_hdf5(
+    path: Path, obs_keys: Sequence[str] | None = None, filter_key: str | None = None
+) -> Demonstrations:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -69,21 +98,48 @@ def read_robomimic_hdf5(path: Path, obs_keys: Sequence[str] | None = None) -> De
     with f:
         if "data" not in f:
             if any(k.startswith("episode_") for k in f):
+                if filter_key is not None:
+                    raise DatasetError(f"{path} is a Minari file; --filter-key applies only to robomimic files")
                 return read_minari(path, obs_keys)
             raise DatasetError(f"{path}: no 'data' group; expected robomimic layout data/demo_K/{{obs,actions}}")
         data = f["data"]
         attrs = {k: _attr(v) for k, v in data.attrs.items()}
+        stored = read_obs_keys(attrs.get("env_args"), path.name)
         names = sorted((k for k in data if k.startswith("demo")), key=_natural_key)
-        episodes = []
+        if filter_key is not None:
+            names = _filter(f, names, filter_key, path.name)
+        episodes, used = [], None
         for name in names:
             demo = data[name]
             where = f"{path.name}: data/{name}"
-            obs = _read_obs(_require(demo, "obs", where), obs_keys, where + "/obs")
+            group = _require(demo, "obs", where)
+            keys = _robomimic_obs_keys(group, obs_keys, stored, where + "/obs")
+            if episodes and keys != used:
+                raise DatasetError(f"{where}/obs has observation keys {keys} but data/{names[0]}/obs has {used}")
+            used = keys
+            obs = _read_obs(group, keys, where + "/obs")
             actions = _require(demo, "actions", where)[()]
             rewards = demo["rewards"][()] if "rewards" in demo else None
             dones = demo["dones"][()] if "dones" in demo else None
             episodes.append(make_episode(name, path.name, obs, actions, rewards, dones))
-    return check_consistent(Demonstrations(episodes, attrs, str(path)))
+    return check_consistent(Demonstrations(episodes, attrs, str(path), obs_keys=used))
+
+
+def _filter(f: h5py.File, names: list[str], filter_key: str, source: str) -> list[str]:
+    """``names`` restricted to those listed in ``mask/<filter_key>`` (kept in numeric order)."""
+    masks = sorted(f["mask"].keys()) if isinstance(f.get("mask"), h5py.Group) else []
+    if filter_key not in masks:
+        raise DatasetError(
+            f"{source}: unknown filter key {filter_key!r}; the file has "
+            + (f"mask/{{{', '.join(masks)}}}" if masks else "no mask group, so --filter-key cannot apply")
+        )
+    listed = {n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(f["mask"][filter_key][()])}
+    absent = sorted(listed - set(names), key=_natural_key)
+    if absent:
+        raise DatasetError(f"{source}: mask/{filter_key} lists demo(s) {absent[:5]} that are not in data/")
+    if not listed:
+        raise DatasetError(f"{source}: mask/{filter_key} lists no demos")
+    return [n for n in names if n in listed]
 
 
 def _attr(v: Any) -> Any:
@@ -170,12 +226,14 @@ def read_minari(path: Path, obs_keys: Sequence[str] | None = None) -> Demonstrat
     meta = file.parent.parent / "metadata.json"
     if meta.exists():
         attrs = json.loads(meta.read_text())
-    episodes = []
+    episodes, used = [], None
     with h5py.File(file, "r") as f:
         for name in sorted((k for k in f if k.startswith("episode_")), key=_natural_key):
             g = f[name]
             where = f"{file.name}: {name}"
-            obs = _read_obs(_require(g, "observations", where), obs_keys, where + "/observations")
+            group = _require(g, "observations", where)
+            used = None if isinstance(group, h5py.Dataset) else tuple(obs_keys or sorted(group.keys()))
+            obs = _read_obs(group, used, where + "/observations")
             actions = _require(g, "actions", where)[()]
             if len(obs) == len(actions) + 1:
                 obs = obs[:-1]
@@ -184,16 +242,21 @@ def read_minari(path: Path, obs_keys: Sequence[str] | None = None) -> Demonstrat
                 dones = np.logical_or(g["terminations"][()], g["truncations"][()])
             rewards = g["rewards"][()] if "rewards" in g else None
             episodes.append(make_episode(name, file.name, obs, actions, rewards, dones))
-    return check_consistent(Demonstrations(episodes, attrs, str(path)))
+    return check_consistent(Demonstrations(episodes, attrs, str(path), obs_keys=used))
 
 
-def load_demonstrations(path: str | Path, obs_keys: Sequence[str] | None = None) -> Demonstrations:
-    """Read a demonstration file or folder, choosing the reader from its name/contents."""
+def load_demonstrations(
+    path: str | Path, obs_keys: Sequence[str] | None = None, filter_key: str | None = None
+) -> Demonstrations:
+    """Read a demonstration file or folder, choosing the reader from its name/contents.
+    ``filter_key`` (robomimic HDF5 only) keeps the demos listed in ``mask/<filter_key>``."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset {path} does not exist")
     if path.suffix in (".hdf5", ".h5"):
-        return read_robomimic_hdf5(path, obs_keys)
+        return read_robomimic_hdf5(path, obs_keys, filter_key)
+    if filter_key is not None:
+        raise DatasetError(f"{path}: --filter-key applies only to robomimic .hdf5 files (it names one of mask/*)")
     if path.suffix == ".npz" or (path.is_dir() and any(path.glob("*.npz"))):
         return read_npz(path, obs_keys)
     if path.is_dir() and (path / "data" / "main_data.hdf5").exists():

@@ -19,7 +19,9 @@ from benchlib import Bench, Job, dpft_command, main
 
 
 def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
-    flags = ["--algo", job.method] + (["--envs", "8"] if job.method == "ppo" else [])
+    """Methods are ``ALGO`` (per-step residual) or ``ALGO-chunk`` (per-chunk)."""
+    algo, _, form = job.method.partition("-")
+    flags = ["--algo", algo, "--form", form or "step"] + (["--envs", "8"] if algo == "ppo" else [])
     return dpft_command(["finetune", "residual"], job, cfg_path, resume, flags)
 
 
@@ -47,7 +49,7 @@ HEADER = [
 RESIDUAL = Bench(
     name="residual",
     tasks=("push", "drawer-open", "button-press", "pick-place", "hopper"),
-    methods={"sac": (0, 1, 2), "ppo": (0,)},
+    methods={"sac": (0, 1, 2), "td3": (0,), "sac-chunk": (0,), "ppo": (0,)},
     command=command,
     header=HEADER,
     borrowed={"dsrl-na": ("dsrl", "na"), "sac-scratch": ("dsrl", "scratch")},

@@ -35,6 +35,8 @@ class FinetuneConfig(EnvConfig):
     """Environment steps between atomic checkpoints (what --resume continues from)."""
     resume: bool = False
     """Continue the run in --out from its last checkpoint."""
+    overwrite: bool = False
+    """Replace the run already in --out (its checkpoint, policy, logs); without it that is an error."""
     progress: bool = True
     """Show a progress bar."""
 

@@ -1,0 +1,107 @@
+"""A kill at any step of a checkpoint (or policy) write leaves one complete copy on disk.
+
+Not by random timing: a subprocess is killed (``os._exit(137)``, no cleanup runs) at each
+step of the writer in turn, through its fault-injection hook (``DPFT_KILL_AT=STEP[:N]``).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic import bimodal_episodes
+
+from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.state_io import PUBLISH_STEPS, atomic_dir, recover_dir
+from dpft.finetune import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WRITER = """
+import os, sys
+from pathlib import Path
+from dpft.base_policies.state_io import atomic_dir
+
+path, kill_at = Path(sys.argv[1]), sys.argv[2]
+
+def write(tag):
+    with atomic_dir(path) as tmp:
+        (tmp / "data.bin").write_bytes(tag.encode() * 100_000)
+        if kill_at == "body" and tag == "B":
+            os._exit(137)  # killed while the new copy is half written
+        (tmp / "tag").write_text(tag)
+
+write("A")
+os.environ["DPFT_KILL_AT"] = kill_at
+write("B")
+"""
+
+
+def complete_copy(path: Path) -> str:
+    """The tag of the copy at ``path``, after checking that every file of that copy is whole."""
+    tag = (path / "tag").read_text()
+    assert (path / "data.bin").read_bytes() == tag.encode() * 100_000
+    return tag
+
+
+@pytest.mark.parametrize("step", ["body", *PUBLISH_STEPS])
+def test_a_kill_at_any_step_of_a_folder_write_leaves_a_complete_copy(tmp_path, step):
+    path = tmp_path / "checkpoint"
+    res = subprocess.run([sys.executable, "-c", WRITER, str(path), step], capture_output=True, text=True)
+    assert res.returncode == 137, res.stderr
+    recover_dir(path)  # what every reader and writer of a run folder does first
+    after_publish = step in PUBLISH_STEPS and PUBLISH_STEPS.index(step) >= PUBLISH_STEPS.index("published")
+    expected = "B" if after_publish else "A"
+    assert complete_copy(path) == expected
+    assert not list(tmp_path.glob(".checkpoint.*.tmp"))  # stale temporaries are cleaned
+    with atomic_dir(path) as tmp:
+        (tmp / "data.bin").write_bytes(b"C" * 100_000)
+        (tmp / "tag").write_text("C")
+    assert complete_copy(path) == "C"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # nothing left behind
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    path = tmp_path / "demos.hdf5"
+    write_robomimic_hdf5(path, bimodal_episodes(40), {"task": "toy_envs:Obstacle-v0"})
+    return path
+
+
+def train_bc(dataset: Path, out: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    env.pop("DPFT_KILL_AT", None)
+    if kill_at:
+        env["DPFT_KILL_AT"] = kill_at
+    argv = ["train-bc", "--dataset", str(dataset), "--out", str(out), "--steps", "60", "--checkpoint-every", "20"]
+    argv += ["--batch-size", "16", "--no-progress", "--arch.hidden-dim", "16", "--arch.num-blocks", "1", *extra]
+    return subprocess.run(
+        [sys.executable, "-m", "dpft.finetune.cli", *argv], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+
+
+def test_a_run_killed_between_the_renames_of_a_checkpoint_resumes_from_the_last_one(tmp_path, dataset):
+    """The moment that used to lose the whole run: the old checkpoint moved aside, the new one not
+    yet in place. ``--resume`` now continues from the previous checkpoint instead of step 0."""
+    out = tmp_path / "run"
+    res = train_bc(dataset, out, kill_at="moved-aside:1")  # during the second checkpoint write
+    assert res.returncode == 137
+    assert not (out / "checkpoint").exists() and (out / ".checkpoint.old").exists()
+    assert RunFolder(out).has_checkpoint()
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 20
+    res = train_bc(dataset, out, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "step 20 -> 60" in res.stdout + res.stderr
+    assert (out / "policy" / "config.json").exists()
+
+
+def test_resume_with_nothing_to_resume_is_refused(tmp_path, dataset, capsys):
+    out = tmp_path / "run"
+    assert train_bc(dataset, out, kill_at="tmp-created:1").returncode == 137  # before the first checkpoint
+    assert (out / "config.yaml").exists() and not (out / "checkpoint").exists()
+    assert cli.main(["train-bc", "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no checkpoint yet" in err and len(err.splitlines()) == 1
