@@ -90,7 +90,7 @@ def resumed_config(given: Any, stored: Any, path: Path) -> Any:
     differs from the run's is refused, naming it; it would silently make another run."""
     explicit = getattr(given, "explicit", set())
     changed = sorted(k for k in explicit - RESUME_MAY_CHANGE if getattr(given, k, None) != getattr(stored, k, None))
-    updates = {k: getattr(given, k) for k in explicit & RESUME_MAY_CHANGE if k != "out"}
+    updates = {k: getattr(given, k) for k in explicit & RESUME_MAY_CHANGE - {"out", "resume", "progress"}}
     extend = "steps" in changed and given.steps > stored.steps
     if extend:
         updates["steps"] = given.steps
@@ -103,9 +103,7 @@ def resumed_config(given: Any, stored: Any, path: Path) -> Any:
             f"--resume continues the run as {path} configures it; these settings differ: {diffs}. Only a larger "
             "--steps, --device and --progress may change; start a new run with another --out to change the others"
         )
-    return replace(
-        stored, resume=True, progress=given.progress, **{k: v for k, v in updates.items() if k != "progress"}
-    )
+    return replace(stored, resume=True, progress=given.progress, **updates)
 
 
 def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None) -> tuple[Any, RunFolder]:

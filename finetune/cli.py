@@ -109,7 +109,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid: {e}") from None
+        raise ConfigError(f"config file {path} is not valid: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
     return {k.replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,225 @@
+"""The bad-input battery: every mistake a user can make ends in one clear line, exit code 2, and
+leaves everything already on disk as it was.
+
+One table, one test. To add a case, add a row: an id, the command line (``{A}`` is the folder of
+shared assets below, ``{T}`` the case's own temporary folder), the words the message must
+contain, and optionally a ``setup(T)`` that writes the files the case needs. Shared assets
+(built once): ``{A}/policy`` (a tiny diffusion policy for the toy obstacle task), ``{A}/demos.hdf5``,
+``{A}/run`` (a finished ``train-bc`` run), ``{A}/exists.hdf5`` and ``{A}/afile`` (plain files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import tiny_policy
+from synthetic import bimodal_episodes
+
+from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.finetune import cli
+
+TOY = "toy_envs:Obstacle-v0"
+
+
+@dataclass
+class Case:
+    id: str
+    argv: str
+    says: tuple[str, ...]
+    setup: Callable[[Path], None] | None = None
+
+
+def _write(rel: str, text: str) -> Callable[[Path], None]:
+    def setup(t: Path) -> None:
+        (t / rel).parent.mkdir(parents=True, exist_ok=True)
+        (t / rel).write_text(text)
+
+    return setup
+
+
+def _policy_with(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    """A copy of the shared policy whose config.json is edited."""
+
+    def setup(t: Path) -> None:
+        import shutil
+
+        shutil.copytree(ASSETS / "policy", t / "p")
+        meta = json.loads((t / "p" / "config.json").read_text())
+        edit(meta)
+        (t / "p" / "config.json").write_text(json.dumps(meta))
+
+    return setup
+
+
+def _truncate_weights(t: Path) -> None:
+    import shutil
+
+    shutil.copytree(ASSETS / "policy", t / "p")
+    data = (t / "p" / "model.safetensors").read_bytes()
+    (t / "p" / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _no_weights(t: Path) -> None:
+    import shutil
+
+    shutil.copytree(ASSETS / "policy", t / "p")
+    (t / "p" / "model.safetensors").unlink()
+
+
+def _hdf5(build: Callable[[h5py.File], None]) -> Callable[[Path], None]:
+    def setup(t: Path) -> None:
+        with h5py.File(t / "d.hdf5", "w") as f:
+            build(f)
+
+    return setup
+
+
+def _no_data_group(f: h5py.File) -> None:
+    f.create_dataset("something", data=np.zeros(3))
+
+
+def _no_actions(f: h5py.File) -> None:
+    f.create_group("data/demo_0").create_dataset("obs", data=np.zeros((5, 2), np.float32))
+
+
+def _nan_actions(f: h5py.File) -> None:
+    g = f.create_group("data/demo_0")
+    g.create_dataset("obs", data=np.zeros((5, 2), np.float32))
+    g.create_dataset("actions", data=np.full((5, 2), np.nan, np.float32))
+
+
+def _damaged_checkpoint(t: Path) -> None:
+    import shutil
+
+    shutil.copytree(ASSETS / "run", t / "run")
+    (t / "run" / "checkpoint" / "state.json").write_text("{not json")
+
+
+def _config_only_run(t: Path) -> None:
+    import shutil
+
+    (t / "run").mkdir()
+    shutil.copy(ASSETS / "run" / "config.yaml", t / "run" / "config.yaml")
+
+
+CASES = [
+    # ----- output paths: checked before any work, existing data never replaced -----
+    Case("collect-out-exists", "collect --task metaworld:push-v3 --episodes 1 --out {A}/exists.hdf5", ("already exists", "--overwrite")),
+    Case("collect-out-extension", "collect --task metaworld:push-v3 --episodes 1 --out {T}/demos.txt", ("unknown file type",)),
+    Case("collect-out-under-a-file", "collect --task metaworld:push-v3 --episodes 1 --out {A}/afile/d.hdf5", ("is a file, not a folder",)),
+    Case("collect-out-is-a-folder", "collect --task metaworld:push-v3 --episodes 1 --out {T}/x.hdf5", ("is a folder",), lambda t: (t / "x.hdf5").mkdir()),
+    Case("eval-video-exists", "eval --policy {A}/policy --episodes 1 --video {T}/v.mp4", ("already exists",), _write("v.mp4", "x")),
+    Case("eval-video-extension", "eval --policy {A}/policy --episodes 1 --video {T}/v.avi", ("unknown file type",)),
+    Case("train-bc-out-is-a-file", "train-bc --dataset {A}/demos.hdf5 --out {A}/afile", ("is a file",)),
+    Case("train-bc-out-holds-a-run", "train-bc --dataset {A}/demos.hdf5 --out {A}/run", ("already holds a run", "--resume")),
+    Case("dsrl-out-holds-a-run", "finetune dsrl --base {A}/policy --out {A}/run", ("already holds a run",)),
+    Case("residual-out-under-a-file", "finetune residual --base {A}/policy --out {A}/afile/r", ("is a file, not a folder",)),
+    # ----- policy folders and checkpoints -----
+    Case("policy-missing", "eval --policy {T}/nothing", ("does not exist",)),
+    Case("policy-no-config", "eval --policy {T}/p", ("config.json is missing",), lambda t: (t / "p").mkdir()),
+    Case("policy-config-not-json", "eval --policy {T}/p", ("not valid JSON",), _write("p/config.json", "{oops")),
+    Case("policy-config-no-type", "eval --policy {T}/p", ("no 'type' field",), _write("p/config.json", "{}")),
+    Case("policy-unknown-type", "eval --policy {T}/p", ("unknown policy type",), _policy_with(lambda m: m.update(type="mystery"))),
+    Case("policy-format-version", "eval --policy {T}/p", ("format_version",), _policy_with(lambda m: m.update(format_version=99))),
+    Case("policy-no-weights", "eval --policy {T}/p", ("model.safetensors",), _no_weights),
+    Case("policy-truncated-weights", "eval --policy {T}/p", ("model.safetensors",), _truncate_weights),
+    Case("shipped-unknown", "eval --policy shipped:nope", ("no shipped policy",)),
+    Case("resume-damaged-checkpoint", "train-bc --out {T}/run --resume", ("is corrupt",), _damaged_checkpoint),
+    Case("resume-no-run", "train-bc --out {T}/empty --resume", ("cannot resume",)),
+    Case("resume-nothing-saved", "train-bc --out {T}/run --resume", ("has no checkpoint yet",), _config_only_run),
+    Case("resume-changed-setting", "train-bc --out {A}/run --resume --lr 0.5", ("--lr 0.5", "settings differ")),
+    # ----- tasks -----
+    Case("task-unknown-family", "eval --policy {A}/policy --task nofamily:Foo-v0", ("unknown task",)),
+    Case("task-unknown-gym-id", "eval --policy {A}/policy --task NoSuchEnv-v9", ("unknown task",)),
+    Case("task-unknown-metaworld", "eval --policy {A}/policy --task metaworld:fly-v3", ("fly",)),
+    Case("task-policy-shape-mismatch", "eval --policy {A}/policy --task metaworld:push-v3", ("observations of size",)),
+    Case("base-task-mismatch", "finetune residual --base {A}/policy --task metaworld:push-v3 --out {T}/r", ("observations of size",)),
+    # ----- rewards -----
+    Case("reward-module-missing", "eval --policy {A}/policy --reward no_such_module:fn", ("cannot import module",)),
+    Case("reward-attribute-missing", "eval --policy {A}/policy --reward rmod:nothing", ("has no attribute",), _write("rmod.py", "x = 1\n")),
+    Case("reward-unparsable", "eval --policy {A}/policy --reward 'sparse_success(terminate='", ("cannot parse",)),
+    Case("reward-unknown-name", "eval --policy {A}/policy --reward shiny_reward", ("shiny_reward",)),
+    # ----- numbers out of range, unknown choices -----
+    Case("eval-episodes-zero", "eval --policy {A}/policy --episodes 0", ("--episodes",)),
+    Case("eval-envs-zero", "eval --policy {A}/policy --envs 0", ("--envs",)),
+    Case("collect-episodes-zero", "collect --task metaworld:push-v3 --episodes 0 --out {T}/d.hdf5", ("--episodes",)),
+    Case("collect-negative-noise", "collect --task metaworld:push-v3 --action-noise -1 --out {T}/d.hdf5", ("--action-noise",)),
+    Case("residual-scale-zero", "finetune residual --base {A}/policy --out {T}/r --residual-scale 0", ("(0, 1]",)),
+    Case("residual-scale-above-one", "finetune residual --base {A}/policy --out {T}/r --residual-scale 2", ("(0, 1]",)),
+    Case("residual-unknown-algo", "finetune residual --base {A}/policy --out {T}/r --algo ddpg", ("unknown --algo",)),
+    Case("dsrl-unknown-variant", "finetune dsrl --base {A}/policy --out {T}/r --variant foo", ("unknown --variant",)),
+    Case("dsrl-target-kl-unreachable", "finetune dsrl --base {A}/policy --out {T}/r --target-kl 1", ("--target-kl",)),
+    Case("finetune-steps-zero", "finetune residual --base {A}/policy --out {T}/r --steps 0", ("--steps",)),
+    Case("device-unknown", "eval --policy {A}/policy --device tpu", ("tpu",)),
+    Case("vectorization-unknown", "eval --policy {A}/policy --vectorization threads", ("--vectorization",)),
+    Case("unknown-command", "finetune dpo --base {A}/policy", ("unknown command",)),
+    # ----- config files -----
+    Case("config-missing", "eval --config {T}/nope.yaml", ("does not exist",)),
+    Case("config-not-yaml", "eval --config {T}/c.yaml", ("is not valid",), _write("c.yaml", "a: [1, 2\n")),
+    Case("config-not-a-mapping", "eval --config {T}/c.yaml", ("mapping",), _write("c.yaml", "- 1\n- 2\n")),
+    Case("config-unknown-key", "eval --config {T}/c.yaml", ("unknown", "epsiodes"), _write("c.yaml", "epsiodes: 3\n")),
+    # ----- datasets -----
+    Case("dataset-missing", "train-bc --dataset {T}/none.hdf5 --out {T}/r", ("none.hdf5",)),
+    Case("dataset-not-hdf5", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("d.hdf5",), _write("d.hdf5", "text, not HDF5")),
+    Case("dataset-no-data-group", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("'data'",), _hdf5(_no_data_group)),
+    Case("dataset-no-actions", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("actions",), _hdf5(_no_actions)),
+    Case("dataset-nan", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("NaN",), _hdf5(_nan_actions)),
+    Case("dataset-no-dataset-flag", "train-bc --out {T}/r", ("--dataset",)),
+]  # fmt: skip
+
+ASSETS: Path = Path()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    global ASSETS
+    ASSETS = a = tmp_path_factory.mktemp("assets")
+    policy = tiny_policy(obs_dim=2, action_dim=2, obs_horizon=1, pred_horizon=8, action_horizon=8)
+    policy.config.task = TOY
+    policy.save(a / "policy")
+    write_robomimic_hdf5(a / "demos.hdf5", bimodal_episodes(20), {"task": TOY})
+    argv = ["train-bc", "--dataset", str(a / "demos.hdf5"), "--out", str(a / "run"), "--steps", "4"]
+    argv += ["--arch.hidden-dim", "8", "--arch.num-blocks", "1", "--no-progress"]
+    assert cli.main(argv) == 0
+    (a / "exists.hdf5").write_text("precious demos")
+    (a / "afile").write_text("a plain file")
+    return a
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file under ``roots`` (hidden ones too) with the hash of its bytes."""
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for root in roots for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, assets: Path, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a user's module (rewards, tasks) is found in the working dir
+    if case.setup:
+        case.setup(tmp_path)
+    before = snapshot(assets, tmp_path)
+    argv = [a.format(A=assets, T=tmp_path) for a in shlex.split(case.argv)]
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, f"exit {code}; stderr: {err}"
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    first, *rest = err.splitlines()
+    assert not rest or case.id == "unknown-command", err  # an unknown command also lists the commands
+    for words in case.says:
+        assert words in first, first
+    after = snapshot(assets, tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before, "a file that was there changed"
+    assert set(before) <= set(after), "a file that was there is gone"
+
+
+def test_the_battery_is_large_enough():
+    assert len(CASES) >= 40
