@@ -95,6 +95,8 @@ class PolicyConfig:
                 if len(bound) != self.action_dim:
                     raise ConfigError(f"{name} has {len(bound)} values but action_dim is {self.action_dim}")
                 setattr(self, name, tuple(float(b) for b in bound))
+        if self.obs_keys is not None:
+            self.obs_keys = tuple(self.obs_keys)
 
     @property
     def noise_shape(self) -> tuple[int, int]:
@@ -142,7 +144,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with a clear message."""
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and values of the wrong
+    type (as the command line would) with a clear message."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -153,6 +156,9 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     for name, value in data.items():
         hint = hints[name]
+        if not dataclasses.is_dataclass(hint) and not _matches(value, hint):
+            # a config file is checked like a flag: `steps: 10.5` or `steps: ten` is an error, not a run
+            raise ConfigError(f"{cls.__name__} setting {name!r} must be {_describe(hint)}, got {value!r}")
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value)
         elif isinstance(value, list):

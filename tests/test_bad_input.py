@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,25 @@ def _nan_actions(f: h5py.File) -> None:
     g.create_dataset("actions", data=np.full((5, 2), np.nan, np.float32))
 
 
+def _obs_group(f: h5py.File) -> None:
+    g = f.create_group("data/demo_0")
+    g.create_dataset("obs/b_pos", data=np.zeros((5, 2), np.float32))
+    g.create_dataset("obs/a_vel", data=np.zeros((5, 2), np.float32))
+    g.create_dataset("actions", data=np.zeros((5, 2), np.float32))
+
+
+def _nan_weights(t: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(ASSETS / "policy", t / "p")
+    state = load_file(str(t / "p" / "model.safetensors"))
+    key = next(iter(state))
+    state[key] = state[key].clone().fill_(float("nan"))
+    save_file(state, str(t / "p" / "model.safetensors"))
+
+
 def _damaged_checkpoint(t: Path) -> None:
     import shutil
 
@@ -166,6 +186,10 @@ CASES = [
     Case("config-not-yaml", "eval --config {T}/c.yaml", ("is not valid",), _write("c.yaml", "a: [1, 2\n")),
     Case("config-not-a-mapping", "eval --config {T}/c.yaml", ("mapping",), _write("c.yaml", "- 1\n- 2\n")),
     Case("config-unknown-key", "eval --config {T}/c.yaml", ("unknown", "epsiodes"), _write("c.yaml", "epsiodes: 3\n")),
+    Case("config-float-for-int", "eval --config {T}/c.yaml", ("'episodes'", "integer", "10.5"), _write("c.yaml", "episodes: 10.5\n")),
+    Case("config-word-for-int", "eval --config {T}/c.yaml", ("'episodes'", "ten"), _write("c.yaml", "episodes: ten\n")),
+    Case("config-string-for-bool", "eval --config {T}/c.yaml", ("'json'",), _write("c.yaml", "json: maybe\n")),
+    Case("config-nested-wrong-type", "train-bc --config {T}/c.yaml --out {T}/r", ("'hidden_dim'",), _write("c.yaml", "arch:\n  hidden_dim: wide\n")),
     # ----- datasets -----
     Case("dataset-missing", "train-bc --dataset {T}/none.hdf5 --out {T}/r", ("none.hdf5",)),
     Case("dataset-not-hdf5", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("d.hdf5",), _write("d.hdf5", "text, not HDF5")),
@@ -173,6 +197,14 @@ CASES = [
     Case("dataset-no-actions", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("actions",), _hdf5(_no_actions)),
     Case("dataset-nan", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("NaN",), _hdf5(_nan_actions)),
     Case("dataset-no-dataset-flag", "train-bc --out {T}/r", ("--dataset",)),
+    Case("dataset-obs-keys-unordered", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("--obs-keys",), _hdf5(_obs_group)),
+    Case("dataset-unknown-filter-key", "train-bc --dataset {A}/demos.hdf5 --out {T}/r --filter-key valid", ("valid",)),
+    # ----- policies with bad contents -----
+    Case("policy-config-missing-key", "eval --policy {T}/p", ("action_dim",), _policy_with(lambda m: m.pop("action_dim"))),
+    Case("policy-config-wrong-type", "eval --policy {T}/p", ("pred_horizon",), _policy_with(lambda m: m["arch"].update(pred_horizon="8"))),
+    Case("policy-nan-weights", "eval --policy {T}/p", ("non-finite",), _nan_weights),
+    # ----- a user's own task module, found in the working folder -----
+    Case("user-task-module-error", "eval --policy {A}/policy --task mytask:Broken-v0", ("Broken-v0",), _write("mytask.py", "import gymnasium\ngymnasium.register('Broken-v0', entry_point='mytask:Nope')\n")),
 ]  # fmt: skip
 
 ASSETS: Path = Path()
@@ -223,3 +255,16 @@ def test_bad_input(case: Case, assets: Path, tmp_path: Path, capsys, monkeypatch
 
 def test_the_battery_is_large_enough():
     assert len(CASES) >= 40
+
+
+def test_a_task_module_in_the_working_folder_is_found(assets: Path, tmp_path: Path, capsys, monkeypatch):
+    """``--task mymod:Env-v0`` imports mymod from the folder dpft runs in, with no PYTHONPATH (as
+    ``--reward`` always did)."""
+    (tmp_path / "my_obstacle_tasks.py").write_text(
+        "import gymnasium\nfrom toy_envs import Obstacle\ngymnasium.register('MyObstacle-v0', entry_point=Obstacle)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])  # as the `dpft` script runs
+    argv = ["eval", "--policy", str(assets / "policy"), "--task", "my_obstacle_tasks:MyObstacle-v0"]
+    assert cli.main([*argv, "--episodes", "2", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 2
