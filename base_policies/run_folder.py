@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +49,31 @@ class RunFolder:
         recover_dir(self.checkpoint_dir)  # a kill mid-write may have left it moved aside
         return (self.checkpoint_dir / "state.json").exists()
 
+    def lock(self) -> None:
+        """Hold an exclusive lock on the folder for the rest of this process (released when it
+        exits, even by a kill): two processes training into one folder would corrupt both runs."""
+        import fcntl
+
+        key = str(self.root.resolve())
+        if key in _HELD_LOCKS:  # this process already trains here (a resume after an interruption)
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / ".lock", "a+")  # noqa: SIM115 -- kept open: the lock lives as long as the process
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(
+                f"{self.root} is in use by {holder}; wait for it to finish or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"dpft process {os.getpid()}")
+        handle.flush()
+        _HELD_LOCKS[key] = handle
+
     def holds_run(self) -> bool:
         """A checkpoint or a finished policy is there (a config alone is a run that never saved)."""
         return self.has_checkpoint() or (self.policy_dir / "config.json").exists()
@@ -79,6 +105,8 @@ class RunFolder:
         w.add_text("config", "```\n" + text + "\n```")
         return w
 
+
+_HELD_LOCKS: dict[str, Any] = {}  # run folder -> its open lock file, for this process's lifetime
 
 # Settings a resumed run may take from the command line: they do not change what is learned.
 RESUME_MAY_CHANGE = {"resume", "progress", "out", "device", "overwrite"}
@@ -114,6 +142,7 @@ def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None) -> tupl
     if run.root.exists() and not run.root.is_dir():
         raise ConfigError(f"--out {run.root} is a file; a run needs a folder")
     check_writable_folder(run.root, "--out", run.root)
+    run.lock()
     recover_dir(run.policy_dir)
     if not cfg.resume and getattr(cfg, "overwrite", False) and run.holds_run():
         run.clear()

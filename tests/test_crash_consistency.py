@@ -105,3 +105,20 @@ def test_resume_with_nothing_to_resume_is_refused(tmp_path, dataset, capsys):
     assert cli.main(["train-bc", "--out", str(out), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no checkpoint yet" in err and len(err.splitlines()) == 1
+
+
+def test_two_processes_cannot_train_into_one_run_folder(tmp_path, dataset):
+    """A second run (or a second --resume) into a folder another process is training in is refused."""
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from dpft.base_policies.run_folder import RunFolder;"
+         "RunFolder(__import__('pathlib').Path(sys.argv[1])).lock(); print('locked', flush=True); sys.stdin.read()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        res = train_bc(dataset, out)
+        assert res.returncode == 2 and "is in use by dpft process" in res.stderr, res.stderr
+    finally:
+        first.communicate("")
+    assert train_bc(dataset, out).returncode == 0  # the lock went with the process
