@@ -110,11 +110,13 @@ def test_resume_with_nothing_to_resume_is_refused(tmp_path, dataset, capsys):
 def test_two_processes_cannot_train_into_one_run_folder(tmp_path, dataset):
     """A second run (or a second --resume) into a folder another process is training in is refused."""
     out = tmp_path / "run"
+    holder = (
+        "import sys; from pathlib import Path; from dpft.base_policies.run_folder import RunFolder; "
+        "RunFolder(Path(sys.argv[1])).lock(); print('locked', flush=True); sys.stdin.read()"
+    )
     first = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from dpft.base_policies.run_folder import RunFolder;"
-         "RunFolder(__import__('pathlib').Path(sys.argv[1])).lock(); print('locked', flush=True); sys.stdin.read()", str(out)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-c", holder, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert first.stdout.readline().strip() == "locked"
         res = train_bc(dataset, out)
