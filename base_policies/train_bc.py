@@ -80,6 +80,8 @@ class TrainBCConfig:
     """auto (every process on a GPU when there are GPUs), cpu, or cuda."""
     resume: bool = False
     """Continue the run in --out from its last checkpoint, with its saved config."""
+    overwrite: bool = False
+    """Replace the run already in --out (its checkpoint, policy, logs); without it that is an error."""
     progress: bool = True
     """Show a progress bar."""
 

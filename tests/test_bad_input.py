@@ -268,3 +268,14 @@ def test_a_task_module_in_the_working_folder_is_found(assets: Path, tmp_path: Pa
     argv = ["eval", "--policy", str(assets / "policy"), "--task", "my_obstacle_tasks:MyObstacle-v0"]
     assert cli.main([*argv, "--episodes", "2", "--json", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 2
+
+
+def test_overwrite_replaces_a_run_only_when_asked(assets: Path, tmp_path: Path):
+    import shutil
+
+    shutil.copytree(assets / "run", tmp_path / "run")
+    argv = ["train-bc", "--dataset", str(assets / "demos.hdf5"), "--out", str(tmp_path / "run"), "--steps", "2"]
+    argv += ["--arch.hidden-dim", "8", "--arch.num-blocks", "1", "--no-progress"]
+    assert cli.main(argv) == 2  # the run is there: refused
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 2
