@@ -15,7 +15,7 @@ import torch
 
 from dpft.base_policies.errors import CheckpointError
 from dpft.base_policies.policy import FORMAT_VERSION, Policy, policy_type, policy_type_names
-from dpft.base_policies.state_io import recover_dir
+from dpft.base_policies.state_io import readable_copy
 from dpft.base_policies.weights import load_weights, policy_config_from_meta  # noqa: F401  (re-exported)
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
@@ -33,14 +33,12 @@ def resolve_policy_dir(path: str | Path) -> Path:
         if name not in shipped_policies():
             raise CheckpointError(f"no shipped policy {name!r}; shipped: {shipped_policies()}")
         return SHIPPED_DIR / name
-    path = Path(path)
-    recover_dir(path)  # a kill while it was being replaced may have left it moved aside
-    if path.is_dir():
-        recover_dir(path / "policy")
+    path = readable_copy(Path(path))  # a kill while it was being replaced may have left it moved aside
     if not path.exists():
         raise CheckpointError(f"policy folder {path} does not exist")
-    if not (path / "config.json").exists() and (path / "policy" / "config.json").exists():
-        return path / "policy"
+    inner = readable_copy(path / "policy")
+    if not (path / "config.json").exists() and (inner / "config.json").exists():
+        return inner  # a run folder
     return path
 
 

@@ -79,13 +79,23 @@ class RunFolder:
         return self.has_checkpoint() or (self.policy_dir / "config.json").exists()
 
     def clear(self) -> None:
-        """Delete what a run wrote here (``--overwrite``); other files in the folder are left alone."""
+        """Delete what a run wrote here (``--overwrite``), copies moved aside by a kill included;
+        other files in the folder are left alone."""
         for name in ("checkpoint", "policy", "tb"):
             shutil.rmtree(self.root / name, ignore_errors=True)
+            shutil.rmtree(self.root / f".{name}.old", ignore_errors=True)
+            recover_dir(self.root / name)  # deletes the temporaries
         for name in ("config.yaml", "evals.jsonl", "final_eval.json"):
             (self.root / name).unlink(missing_ok=True)
 
+    clear_before_writing: bool = False
+    """``--overwrite`` of a folder that holds a run: deleted at the first write, once every input
+    was validated, so a mistake in the new command loses nothing."""
+
     def write_config(self, cfg: Any) -> None:
+        if self.clear_before_writing:
+            self.clear()
+            self.clear_before_writing = False
         atomic_write_text(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     def read_config(self, cls: type, missing: dict[str, Any] | None = None) -> Any:
@@ -108,6 +118,13 @@ class RunFolder:
 
 _HELD_LOCKS: dict[str, Any] = {}  # run folder -> its open lock file, for this process's lifetime
 
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part, None)
+    return cfg
+
+
 # Settings a resumed run may take from the command line: they do not change what is learned.
 RESUME_MAY_CHANGE = {"resume", "progress", "out", "device", "overwrite"}
 
@@ -117,19 +134,23 @@ def resumed_config(given: Any, stored: Any, path: Path) -> Any:
     bar and device, and a larger ``--steps`` (logged). Any other setting the user gave that
     differs from the run's is refused, naming it; it would silently make another run."""
     explicit = getattr(given, "explicit", set())
-    changed = sorted(k for k in explicit - RESUME_MAY_CHANGE if getattr(given, k, None) != getattr(stored, k, None))
+    changed = sorted(k for k in explicit - RESUME_MAY_CHANGE if _get(given, k) != _get(stored, k))
     updates = {k: getattr(given, k) for k in explicit & RESUME_MAY_CHANGE - {"out", "resume", "progress"}}
     extend = "steps" in changed and given.steps > stored.steps
     if extend:
         updates["steps"] = given.steps
         changed.remove("steps")
     if changed:
-        diffs = ", ".join(
-            f"--{k.replace('_', '-')} {getattr(given, k)} (the run has {getattr(stored, k)})" for k in changed
-        )
+        diffs = ", ".join(f"--{k.replace('_', '-')} {_get(given, k)} (the run has {_get(stored, k)})" for k in changed)
         raise ConfigError(
             f"--resume continues the run as {path} configures it; these settings differ: {diffs}. Only a larger "
             "--steps, --device and --progress may change; start a new run with another --out to change the others"
+        )
+    if extend:
+        print(
+            f"resume: extending --steps from {stored.steps} to {given.steps} (schedules that depend on the "
+            "length, such as train-bc's learning-rate decay or a replay buffer sized to the run, keep or stretch "
+            "as they are computed from --steps)"
         )
     return replace(stored, resume=True, progress=given.progress, **updates)
 
@@ -145,7 +166,7 @@ def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None) -> tupl
     run.lock()
     recover_dir(run.policy_dir)
     if not cfg.resume and getattr(cfg, "overwrite", False) and run.holds_run():
-        run.clear()
+        run.clear_before_writing = True
     if cfg.resume:
         cfg = resumed_config(cfg, run.read_config(cls, missing), run.config_path)
         if not run.has_checkpoint():
@@ -153,7 +174,7 @@ def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None) -> tupl
                 f"cannot resume: {cfg.out} has no checkpoint yet (the run stopped before its first one); "
                 "start it again without --resume"
             )
-    elif run.holds_run():
+    elif run.holds_run() and not run.clear_before_writing:
         raise ConfigError(
             f"{cfg.out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
             "or choose another --out"

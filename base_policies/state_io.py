@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -156,19 +157,38 @@ def _fsync_tree(path: Path) -> None:
     _fsync(path)
 
 
+def readable_copy(path: Path) -> Path:
+    """Where a reader finds the complete copy of ``path`` without changing anything on disk: the
+    path itself, or the copy a kill left moved aside."""
+    path = Path(path)
+    return _old(path) if not path.exists() and _old(path).exists() else path
+
+
+def _leftovers(path: Path) -> list[Path]:
+    """Temporaries of ``path``'s unfinished writes (``mkdtemp``/``mkstemp`` names: 8 random
+    characters) and trash of finished ones; never another name's files."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.(tmp|trash)")
+    return [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)] if path.parent.is_dir() else []
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def recover_dir(path: Path) -> None:
     """Finish what a kill interrupted: bring back a copy that was moved aside and never replaced,
-    and delete temporaries of unfinished writes (they can be as large as a replay buffer)."""
+    and delete temporaries of unfinished writes (they can be as large as a replay buffer). Only
+    the process that writes ``path`` calls this (it holds the run folder's lock); readers use
+    :func:`readable_copy`."""
     path = Path(path)
     old = _old(path)
     if not path.exists() and old.exists():
         os.replace(old, path)
-    if path.parent.exists():
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
+    for stale in _leftovers(path):
+        _delete(stale)
 
 
 @contextlib.contextmanager
@@ -203,7 +223,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     os.replace(tmp, path)
     _fsync(path.parent)
     _reach("published")
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():  # renamed first: a kill mid-delete leaves trash, never a partial ".old"
+        trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".trash"))
+        os.replace(old, trash / "old")
+        shutil.rmtree(trash, ignore_errors=True)
     _reach("done")
 
 

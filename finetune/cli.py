@@ -137,14 +137,22 @@ def parse(name: str, args: list[str]) -> Any:
     default = from_dict(cmd.config_cls, read_config_file(path)) if path else None
     description = f"{cmd.help}\n\n{CONFIG_HELP}"
     cfg = tyro.cli(cmd.config_cls, args=rest, default=default, prog=f"dpft {name}", description=description)
-    cfg.explicit = explicit_settings(cmd.config_cls, rest) | set(read_config_file(path) if path else ())
+    cfg.explicit = explicit_settings(cmd.config_cls, rest) | (_leaf_keys(read_config_file(path)) if path else set())
     return cfg
 
 
+def _leaf_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted names of the settings in a (nested) config file: {"arch": {"hidden_dim": 8}} -> arch.hidden_dim."""
+    out = set()
+    for k, v in data.items():
+        out |= _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+    return out
+
+
 def explicit_settings(config_cls: type, args: list[str]) -> set[str]:
-    """The top-level settings the user gave as flags (``--eval-every 5``, ``--no-progress``,
-    ``--arch.hidden-dim 8`` -> eval_every, progress, arch): ``--resume`` compares them with the
-    run's own config."""
+    """The settings the user gave as flags, dotted for nested ones (``--eval-every 5``,
+    ``--no-progress``, ``--arch.hidden-dim 8`` -> eval_every, progress, arch.hidden_dim):
+    ``--resume`` compares them with the run's own config."""
     from dataclasses import fields
 
     known = {f.name for f in fields(config_cls)}
@@ -152,11 +160,12 @@ def explicit_settings(config_cls: type, args: list[str]) -> set[str]:
     for a in args:
         if not a.startswith("--"):
             continue
-        name = a[2:].split("=", 1)[0].split(".", 1)[0].replace("-", "_")
-        if name not in known and name.startswith("no_"):
-            name = name[3:]
-        if name in known:
-            found.add(name)
+        name = a[2:].split("=", 1)[0].replace("-", "_")
+        top, _, rest = name.partition(".")
+        if top not in known and top.startswith("no_") and not rest:
+            top = top[3:]
+        if top in known:
+            found.add(f"{top}.{rest}" if rest else top)
     return found
 
 

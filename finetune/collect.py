@@ -36,10 +36,10 @@ class CollectConfig(EnvConfig):
         super().__post_init__()
         if self.episodes < 1 or self.action_noise < 0:
             raise ConfigError("--episodes must be >= 1 and --action-noise >= 0")
-        check_output_file(self.out, self.overwrite, "--out", (".hdf5", ".h5"))
 
 
 def collect(cfg: CollectConfig) -> list[EpisodeResult]:
+    check_output_file(cfg.out, cfg.overwrite, "--out", (".hdf5", ".h5"))  # before any rollout
     expert = get_expert(cfg.task)
     rng = np.random.default_rng(cfg.seed)
     venv = cfg.make_vector(1, 1, 1, record_steps=True)

@@ -58,8 +58,6 @@ class EvalConfig(EnvConfig):
             raise ConfigError(f"--episodes ({self.episodes}) must be >= 1")
         if self.video is not None and self.video_episodes < 1:
             raise ConfigError(f"--video-episodes ({self.video_episodes}) must be >= 1 when --video is given")
-        if self.video is not None:
-            check_output_file(self.video, self.overwrite, "--video", (".mp4", ".gif"))
 
 
 def json_safe(value: Any) -> Any:
@@ -126,6 +124,8 @@ def report(summary: dict[str, Any], policy: str) -> str:
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    if cfg.video is not None:  # before the evaluation, not after it
+        check_output_file(cfg.video, cfg.overwrite, "--video", (".mp4", ".gif"))
     policy = load_policy(cfg.policy, resolve_device(cfg.device))
     task = cfg.task or getattr(getattr(policy, "config", None), "task", None)
     if not task:

@@ -61,7 +61,8 @@ def policy_chunk_fn(
 
     ``zero_noise`` feeds all-zero initial noise (the policy's deterministic mode).
     ``return_noise`` also returns the initial noise of each chunk as the extra ``"noise"``
-    (``[N, *noise_shape]``), so ``policy.predict_chunk(obs, noise)`` reproduces the chunk. The
+    (``[N, *noise_shape]``), so ``policy.predict_chunk(obs, noise)`` reproduces the chunk (for a
+    stateless policy). The
     noise is what a base policy draws itself from ``generator``, so its chunks do not change;
     a policy that picks its own noise when given none (a steered policy) is fed N(0, I) instead.
     """
@@ -77,7 +78,8 @@ def policy_chunk_fn(
         chunks = policy.predict_chunk(x, noise, generator=generator).cpu().numpy()
         return (chunks, {"noise": noise.cpu().numpy()}) if return_noise else chunks
 
-    fn.reset = lambda done: policy.reset(None if done is None else torch.as_tensor(done))
+    if policy.stateful:  # stateless policies need no per-step bookkeeping in the rollout loop
+        fn.reset = lambda done: policy.reset(None if done is None else torch.as_tensor(done))
     return fn
 
 

@@ -139,6 +139,7 @@ CASES = [
     Case("eval-video-exists", "eval --policy {A}/policy --episodes 1 --video {T}/v.mp4", ("already exists",), _write("v.mp4", "x")),
     Case("eval-video-extension", "eval --policy {A}/policy --episodes 1 --video {T}/v.avi", ("unknown file type",)),
     Case("train-bc-out-is-a-file", "train-bc --dataset {A}/demos.hdf5 --out {A}/afile", ("is a file",)),
+    Case("overwrite-with-bad-input-loses-nothing", "train-bc --dataset {T}/none.hdf5 --out {A}/run --overwrite", ("none.hdf5",)),
     Case("train-bc-out-holds-a-run", "train-bc --dataset {A}/demos.hdf5 --out {A}/run", ("already holds a run", "--resume")),
     Case("dsrl-out-holds-a-run", "finetune dsrl --base {A}/policy --out {A}/run", ("already holds a run",)),
     Case("residual-out-under-a-file", "finetune residual --base {A}/policy --out {A}/afile/r", ("is a file, not a folder",)),
@@ -251,6 +252,8 @@ def test_bad_input(case: Case, assets: Path, tmp_path: Path, capsys, monkeypatch
     after = snapshot(assets, tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before, "a file that was there changed"
     assert set(before) <= set(after), "a file that was there is gone"
+    new = {Path(k).name for k in set(after) - set(before)}
+    assert new <= {".lock"}, f"files written by a command that failed: {new}"
 
 
 def test_the_battery_is_large_enough():
@@ -279,3 +282,13 @@ def test_overwrite_replaces_a_run_only_when_asked(assets: Path, tmp_path: Path):
     assert cli.main(argv) == 2  # the run is there: refused
     assert cli.main([*argv, "--overwrite"]) == 0
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 2
+
+
+def test_overwrite_from_a_config_file_and_a_flag(tmp_path: Path):
+    """The output check runs after the flags apply: a config file naming an existing --out plus
+    --overwrite on the command line replaces it."""
+    (tmp_path / "demos.hdf5").write_text("old")
+    (tmp_path / "c.yaml").write_text(f"task: metaworld:push-v3\nepisodes: 1\nout: {tmp_path / 'demos.hdf5'}\n")
+    assert cli.main(["collect", "--config", str(tmp_path / "c.yaml"), "--no-progress"]) == 2
+    assert cli.main(["collect", "--config", str(tmp_path / "c.yaml"), "--overwrite", "--no-progress"]) == 0
+    assert (tmp_path / "demos.hdf5").read_bytes()[:4] == b"\x89HDF"

@@ -124,3 +124,20 @@ def test_two_processes_cannot_train_into_one_run_folder(tmp_path, dataset):
     finally:
         first.communicate("")
     assert train_bc(dataset, out).returncode == 0  # the lock went with the process
+
+
+def test_readers_find_a_copy_moved_aside_without_changing_anything(tmp_path, dataset):
+    """``dpft eval`` of a run whose policy a kill left moved aside reads that copy and leaves the
+    folder alone (only the process that owns the run repairs it); another name's temporaries are
+    never taken for this one's."""
+    from dpft.base_policies import load_policy
+
+    out = tmp_path / "run"
+    assert train_bc(dataset, out).returncode == 0
+    (out / "policy").rename(out / ".policy.old")
+    (out / ".policy_v2.abcdefgh.tmp").mkdir()  # a sibling's temporary
+    before = sorted(p.name for p in out.iterdir())
+    assert load_policy(out).config.task == "toy_envs:Obstacle-v0"
+    assert sorted(p.name for p in out.iterdir()) == before
+    recover_dir(out / "policy")
+    assert (out / "policy" / "config.json").exists() and (out / ".policy_v2.abcdefgh.tmp").exists()

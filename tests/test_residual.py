@@ -279,6 +279,17 @@ def test_residual_on_top_of_a_steered_policy(tmp_path, base_dir):
     assert torch.equal(first, steered.predict_chunk(x)[:, 0])
     summary = evaluate(policy, EnvConfig(task=TASK, envs=4, seed=0), 8)
     assert summary["episodes"] == 8
+    # the training env, too, leaves the noise to the steered policy
+    inner = DummyVecEnv([lambda: ReplayableEpisodes(ChunkedEnv(make(TASK), 1, 1, 1))] * 2)
+    inner.seed(3)
+    lo, hi = torch.full((2,), -1.0), torch.full((2,), 1.0)
+    venv = ResidualVecEnv(inner, steered, "step", 0.3, Features.for_base(steered, lo, hi), seed=0)
+    obs = venv.reset()
+    start = np.stack([e.unwrapped.pos for e in inner.envs])
+    venv.step(np.zeros((2, 2), np.float32))
+    expected = steered.predict_chunk(torch.as_tensor(start)[:, None])[:, 0].numpy()
+    assert np.allclose(np.stack([e._actions[0][0] for e in inner.envs]), expected, atol=1e-6)
+    assert obs.shape == (2, 2 + 2)
 
 
 # ----- bad input --------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ class Job:
         return self.bench.runs / self.rel
 
     def command(self) -> list[str]:
-        return self.bench.command(self, self.bench.config(self.task), (self.out / "checkpoint").exists())
+        saved = (self.out / "checkpoint").exists() or (self.out / ".checkpoint.old").exists()  # see recover_dir
+        return self.bench.command(self, self.bench.config(self.task), saved)
 
 
 def scratch_command(job: Job, cfg_path: Path, resume: bool) -> list[str]:

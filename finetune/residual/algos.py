@@ -5,12 +5,13 @@
 * **Critic warm-up** (``critic_warmup``): for that many gradient steps after learning starts only
   the critic learns; the actor (and SAC's temperature) waits until the critic has a sensible
   value for the base's behaviour (their learning rate is held at 0).
-* **Progressive exploration** (``explore_ramp``): after the warm-up, each env's action is the
-  residual's sampled action with a probability that ramps linearly from 0 to 1 over that many
-  transitions, else ``r = 0`` (the base). The buffer stores the action that actually ran.
+* **Progressive exploration** (``explore_ramp``): after both warm-ups (``explore_after``
+  transitions), each env's action is the residual's sampled action with a probability that ramps
+  linearly from 0 to 1 over ``explore_ramp`` transitions, else ``r = 0`` (the base). Until then
+  every action is ``r = 0``. The buffer stores the action that actually ran.
 
-Both the zero warm-up actions and the ramp draw from NumPy's global generator, which the
-checkpoint saves, so a resumed run makes the same choices.
+The ramp's coin flips draw from NumPy's global generator, which the checkpoint saves, so a
+resumed run makes the same choices.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ class BaseFirst:
     """Mixin for an SB3 off-policy algorithm (see the module docstring)."""
 
     critic_warmup: int = 0
+    explore_after: int = 0
     explore_ramp: int = 0
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
-        if self.num_timesteps < learning_starts:
+        if self.num_timesteps < max(learning_starts, self.explore_after):
             zeros = np.zeros((n_envs, *self.action_space.shape), np.float32)
             return zeros, self.policy.scale_action(zeros)
         action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
         if self.explore_ramp > 0:
-            share = min(1.0, (self.num_timesteps - learning_starts) / self.explore_ramp)
+            share = min(1.0, (self.num_timesteps - self.explore_after) / self.explore_ramp)
             base_only = np.random.random(n_envs) >= share
             action[base_only] = 0.0
             buffer_action[base_only] = self.policy.scale_action(np.zeros_like(action[base_only]))

@@ -59,8 +59,6 @@ class ResidualVecEnv(VecEnvWrapper):
         self._term_rngs = [noise_rng(seed, i, 1) for i in range(self.num_envs)]
         self._chunks = np.zeros((self.num_envs, self.k, self.d), np.float32)
         self._pos = np.zeros(self.num_envs, np.int64)
-        self._obs: np.ndarray | None = None
-        self._actions: np.ndarray | None = None
         self.reset_stats()
 
     # ----- the base ----------------------------------------------------------------------
@@ -89,7 +87,6 @@ class ResidualVecEnv(VecEnvWrapper):
     # ----- VecEnv --------------------------------------------------------------------------
     def reset(self) -> np.ndarray:
         obs = self.venv.reset()
-        self._obs = obs
         self._chunks[:] = self._base_chunks(obs, self._rngs)
         self._pos[:] = 0
         return self._observe(obs, self._current())
@@ -110,23 +107,26 @@ class ResidualVecEnv(VecEnvWrapper):
         self._pos += self.h
         need = dones | (self._pos >= self.k)
         # A truncated episode's last observation is bootstrapped from, so it needs its own base
-        # action: the rest of the running chunk, or (chunk finished) a new chunk for it.
+        # action: the rest of the running chunk, or (chunk finished) a new chunk for it. After a
+        # termination SB3 never looks at it (no bootstrap), so no base call is spent there.
         ended = np.flatnonzero(dones)
-        term_new = [i for i in ended if self.form == "chunk" or self._pos[i] >= self.k]
+        truncated = {i for i in ended if infos[i].get("TimeLimit.truncated", False)}
+        term_new = [i for i in truncated if self.form == "chunk" or self._pos[i] >= self.k]
         term_obs = {i: infos[i]["terminal_observation"] for i in ended}
         rngs = [self._rngs[i] for i in np.flatnonzero(need)] + [self._term_rngs[i] for i in term_new]
         rows = np.concatenate([obs[need], np.stack([term_obs[i] for i in term_new])]) if term_new else obs[need]
         chunks = self._base_chunks(rows, rngs) if rngs else np.zeros((0, self.k, self.d), np.float32)
         fresh, for_term = chunks[: need.sum()], dict(zip(term_new, chunks[need.sum() :]))
         for i in ended:
-            if self.form == "chunk":
-                a = for_term[i]
+            if i in for_term:
+                a = for_term[i] if self.form == "chunk" else for_term[i][:1]
+            elif i not in truncated:
+                a = np.zeros((self.h, self.d), np.float32)  # terminated: a placeholder SB3 ignores
             else:
-                a = for_term[i][:1] if i in for_term else self._chunks[i, self._pos[i]][None]
+                a = self._chunks[i, self._pos[i]][None]
             infos[i]["terminal_observation"] = self._observe(term_obs[i][None], a[None])[0]
         self._chunks[need] = fresh
         self._pos[need] = 0
-        self._obs = obs
         return self._observe(obs, self._current()), rewards, dones, infos
 
     # ----- statistics for TensorBoard ------------------------------------------------------------
@@ -162,5 +162,4 @@ class ResidualVecEnv(VecEnvWrapper):
         self._pos = np.asarray(state["pos"], np.int64).copy()
         for g, s in zip(self._rngs + self._term_rngs, state["rngs"] + state["term_rngs"]):
             g.bit_generator.state = s
-        self._obs = obs
         return self._observe(obs, self._current())

@@ -149,6 +149,10 @@ class ResidualPolicy(ComposedPolicy):
     def stateful(self) -> bool:
         return self.form == "step"
 
+    @property
+    def chooses_noise(self) -> bool:  # a residual on a steered base keeps the base's steering
+        return self.base.chooses_noise
+
     def reset(self, done: torch.Tensor | None = None) -> None:
         if done is None or self._fresh is None or len(done) != len(self._fresh):
             self._chunks = self._pos = self._fresh = None

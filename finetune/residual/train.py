@@ -67,7 +67,8 @@ class ResidualConfig(FinetuneConfig):
     warmup_steps: int = 5000
     """sac/td3: env steps collected with the base alone (r = 0) before learning starts."""
     critic_warmup_steps: int = 5000
-    """sac/td3: env steps after the warm-up during which only the critic learns."""
+    """sac/td3: env steps after the warm-up during which only the critic learns (on the base's own
+    actions, r = 0; SAC's critic targets still sample its initial, wide policy)."""
     explore_ramp_steps: int = 10_000
     """sac/td3: env steps over which the share of actions that use the residual ramps from 0 to 1
     (after the critic warm-up); 0 uses the residual from the start."""
@@ -206,7 +207,11 @@ class Residual(SB3Method):
         if cfg.algo == "ppo":
             return {}
         k = self.env_steps_per_transition(cfg, base)
-        return {"critic_warmup": cfg.critic_warmup_steps // k * cfg.utd, "explore_ramp": cfg.explore_ramp_steps // k}
+        return {
+            "critic_warmup": cfg.critic_warmup_steps // k * cfg.utd,
+            "explore_after": (cfg.warmup_steps + cfg.critic_warmup_steps) // k,
+            "explore_ramp": cfg.explore_ramp_steps // k,
+        }
 
     def load_kwargs(self, cfg: ResidualConfig, base: Policy) -> dict[str, Any]:
         return self.schedules(cfg, base)  # the run config decides, whatever the zip holds
