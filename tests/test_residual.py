@@ -338,3 +338,37 @@ def test_a_reward_function_that_raises_loses_nothing(tmp_path, base_dir, capsys,
     assert "reward function flaky_reward:reward raised ValueError: sensor offline" in err and len(err.splitlines()) == 1
     state = json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())
     assert 0 < state["num_timesteps"] <= 700  # the last checkpoint before the failure is intact
+
+
+def test_a_truncated_episode_s_last_observation_carries_the_next_base_action(base_dir):
+    """SB3 bootstraps from a truncated episode's last observation, so its features must hold the
+    base action that would run next there: the running chunk's next row, or (chunk finished) the
+    first row of a chunk drawn from the env's second noise stream. Terminations get no base call."""
+    import copy
+
+    base = load_policy(base_dir)
+    lo, hi = torch.full((2,), -1.0), torch.full((2,), 1.0)
+    inner = DummyVecEnv([lambda: ReplayableEpisodes(ChunkedEnv(make(TASK), 1, 1, 1))] * 3)
+    inner.seed(5)
+    feats = Features.for_base(base, lo, hi)
+    venv = ResidualVecEnv(inner, base, "step", 0.3, feats, seed=1)
+    venv.reset()
+    k, checked = base.action_horizon, {"mid-chunk": 0, "new chunk": 0}
+    for _ in range(80):
+        chunks, pos, term_rngs = venv._chunks.copy(), venv._pos.copy(), copy.deepcopy(venv._term_rngs)
+        _, _, dones, infos = venv.step(np.zeros((3, 2), np.float32))
+        for i in np.flatnonzero(dones):
+            if not infos[i].get("TimeLimit.truncated"):
+                continue
+            term = infos[i]["terminal_observation"]
+            if pos[i] + 1 < k:
+                expected, kind = chunks[i, pos[i] + 1], "mid-chunk"
+            else:
+                noise = torch.as_tensor(term_rngs[i].standard_normal(base.noise_shape, dtype=np.float32))[None]
+                obs = term[:2] * feats.obs_std.numpy() + feats.obs_mean.numpy()  # undo the normalisation
+                expected = base.predict_chunk(torch.as_tensor(obs)[None], noise)[0, 0].numpy()
+                kind = "new chunk"
+            got = term[2:] * feats.half_range.numpy() + feats.center.numpy()
+            assert np.allclose(got, expected, atol=1e-4), kind
+            checked[kind] += 1
+    assert checked["mid-chunk"] > 0 and checked["new chunk"] > 0, checked
