@@ -106,7 +106,10 @@ def load_sb3_checkpoint(
     state = load_state(folder)
     exact = state.get("envs") is not None and _replayable(env)
     try:
-        with pre_namespace_names():
+        with pre_namespace_names(), warnings.catch_warnings():
+            # SB3 warns that n_steps is "ignored" on every load of an n-step model: the saved
+            # replay_buffer_kwargs (n_steps, gamma) and the unpickled NStepReplayBuffer keep it.
+            warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored because a custom")
             model = cls.load(zip_file, env=env, force_reset=not exact, **kwargs)
             if isinstance(model, OffPolicyAlgorithm):
                 model.load_replay_buffer(folder / "replay.pkl")
