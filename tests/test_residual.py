@@ -372,3 +372,23 @@ def test_a_truncated_episode_s_last_observation_carries_the_next_base_action(bas
             assert np.allclose(got, expected, atol=1e-4), kind
             checked[kind] += 1
     assert checked["mid-chunk"] > 0 and checked["new chunk"] > 0, checked
+
+
+def test_diverged_fine_tuning_stops_and_keeps_the_last_good_checkpoint(tmp_path, base_dir, capsys):
+    """Non-finite weights are caught before a checkpoint is written over the last good one."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Poison(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 450:
+                with torch.no_grad():
+                    next(self.model.policy.parameters()).fill_(float("nan"))
+            return True
+
+    cfg = quick(tmp_path, base_dir, algo="td3", steps=900, checkpoint_every=300)
+    method = Residual()
+    method.callbacks = lambda c, m, b, k, orig=method.callbacks: [*orig(c, m, b, k), Poison()]
+    with pytest.raises(Exception, match="fine-tuning diverged at env step"):
+        run_sb3(cfg, method)
+    state = json.loads((tmp_path / "res" / "checkpoint" / "state.json").read_text())
+    assert state["num_timesteps"] == 300

@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from dpft.base_policies.checkpoint import load_policy
 from dpft.base_policies.device import resolve_device
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.errors import ConfigError, TrainingError
 from dpft.base_policies.policy import Policy
 from dpft.base_policies.run_folder import open_run
 from dpft.base_policies.state_io import atomic_write_text
@@ -130,6 +130,18 @@ def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig) -> dict[str,
     return evaluate(policy, eval_cfg, cfg.eval_episodes)
 
 
+def check_finite(model: BaseAlgorithm, cfg: FinetuneConfig, checkpoint_dir: Path, k: int) -> None:
+    """Stop with a clear message when training diverged (a non-finite weight anywhere in the
+    policy: actor, critics, targets), before anything is saved over the last good checkpoint."""
+    bad = [name for name, p in model.policy.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingError(
+            f"fine-tuning diverged at env step {model.num_timesteps * k}: non-finite weights in {bad[0]}"
+            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}; {checkpoint_dir} keeps the last good "
+            f"checkpoint. Train again in a new --out with a lower --lr (now {getattr(cfg, 'lr', '?')})"
+        )
+
+
 def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     """Train (or resume) ``method``; returns the folder of the fine-tuned policy."""
     cfg, run = open_run(cfg, method.config_cls, method.before_key_existed)
@@ -155,6 +167,7 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     model.set_logger(EnvStepLogger(run.tb_dir, k))
 
     def save() -> None:
+        check_finite(model, cfg, run.checkpoint_dir, k)  # never overwrite a good checkpoint with NaN weights
         save_sb3_checkpoint(model, run.checkpoint_dir, {"wall_s": clock.seconds})
 
     def evaluate_now() -> dict[str, Any]:
