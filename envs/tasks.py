@@ -121,13 +121,18 @@ def make(task_id: str, max_episode_steps: int | None = None, render_mode: str | 
     """Build a task with the uniform contract: flat float32 Box obs, ``info["success"]``
     where defined, ``terminated`` distinct from ``truncated``."""
     tid = parse_task_id(task_id)
-    if tid.family:
-        steps = max_episode_steps or DEFAULT_EPISODE_STEPS.get(tid.family)
-        env = FAMILIES[tid.family](tid.name, max_episode_steps=steps, render_mode=render_mode)
-    else:
-        if ":" in tid.name:
-            import_from_working_dir()  # 'my_tasks:MyEnv-v0' imports my_tasks, as --reward does
-        env = _gym_make(tid.name, max_episode_steps, render_mode, HINT)
+    try:
+        if tid.family:
+            steps = max_episode_steps or DEFAULT_EPISODE_STEPS.get(tid.family)
+            env = FAMILIES[tid.family](tid.name, max_episode_steps=steps, render_mode=render_mode)
+        else:
+            if ":" in tid.name:
+                import_from_working_dir()  # 'my_tasks:MyEnv-v0' imports my_tasks, as --reward does
+            env = _gym_make(tid.name, max_episode_steps, render_mode, HINT)
+    except RuntimeError as e:  # MuJoCo refuses a MUJOCO_GL it does not know when it is first imported
+        if "MUJOCO_GL" not in str(e):
+            raise
+        raise TaskError(f"{e}; unset MUJOCO_GL or set it to egl, osmesa or glfw") from None
     if not isinstance(env.action_space, gym.spaces.Box):
         env.close()
         raise TaskError(f"task {task_id!r} has a {type(env.action_space).__name__} action space; dpft needs a Box")

@@ -292,3 +292,15 @@ def test_overwrite_from_a_config_file_and_a_flag(tmp_path: Path):
     assert cli.main(["collect", "--config", str(tmp_path / "c.yaml"), "--no-progress"]) == 2
     assert cli.main(["collect", "--config", str(tmp_path / "c.yaml"), "--overwrite", "--no-progress"]) == 0
     assert (tmp_path / "demos.hdf5").read_bytes()[:4] == b"\x89HDF"
+
+
+def test_an_unknown_mujoco_gl_is_one_line(assets: Path):
+    """MuJoCo reads MUJOCO_GL once, when first imported, so this runs in a fresh process."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "MUJOCO_GL": "broken", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "dpft.finetune.cli", "eval", "--policy", "shipped:metaworld-push-v3"]
+    res = subprocess.run([*argv, "--episodes", "1", "--no-progress"], env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
+    assert "MUJOCO_GL" in res.stderr and "Traceback" not in res.stderr
