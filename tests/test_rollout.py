@@ -117,3 +117,31 @@ def test_video_reports_a_missing_renderer_but_not_a_policy_bug(tmp_path, monkeyp
     monkeypatch.setattr(policy, "predict_chunk", buggy)
     with pytest.raises(AttributeError, match="a bug in the policy"):
         record_video(policy, EnvConfig(task="RolloutTick-v0"), tmp_path / "b.gif")
+
+
+@pytest.mark.parametrize("backends, works", [("glfw,egl", True), ("glfw,nope", False)])
+def test_video_falls_back_to_the_next_gl_backend(tmp_path, backends, works):
+    """When the first GL back end cannot render (glfw has no display here), the next one is tried
+    in a fresh process; when none works, one line names each back end and its error."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import tiny_policy
+
+    policy = tiny_policy(obs_dim=4, action_dim=1, obs_horizon=1, pred_horizon=4, action_horizon=4)
+    policy.config.task = "gym:InvertedPendulum-v5"
+    policy.save(tmp_path / "p")
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
+    env |= {"DPFT_VIDEO_BACKENDS": backends, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "dpft.finetune.cli", "eval", "--policy", str(tmp_path / "p"), "--episodes", "1"]
+    argv += ["--envs", "1", "--video", str(tmp_path / "v.gif"), "--no-progress"]
+    res = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if works:
+        assert res.returncode == 0, res.stderr
+        assert len(imageio.mimread(tmp_path / "v.gif")) >= 2
+    else:
+        assert res.returncode == 2
+        error = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and "glfw:" in error[0] and "nope:" in error[0], res.stderr
+        assert not (tmp_path / "v.gif").exists()
