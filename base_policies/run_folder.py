@@ -22,7 +22,7 @@ import yaml
 from dpft.base_policies.config import from_dict, to_dict
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.paths import check_writable_folder
-from dpft.base_policies.state_io import atomic_write_text, recover_dir
+from dpft.base_policies.state_io import atomic_write_text, readable_copy, recover_dir
 
 
 @dataclass
@@ -46,8 +46,8 @@ class RunFolder:
         return self.root / "policy"
 
     def has_checkpoint(self) -> bool:
-        recover_dir(self.checkpoint_dir)  # a kill mid-write may have left it moved aside
-        return (self.checkpoint_dir / "state.json").exists()
+        """A complete checkpoint is there (:func:`open_run` has put back a copy a kill moved aside)."""
+        return (readable_copy(self.checkpoint_dir) / "state.json").exists()
 
     def lock(self) -> None:
         """Hold an exclusive lock on the folder for the rest of this process (released when it
@@ -155,16 +155,19 @@ def resumed_config(given: Any, stored: Any, path: Path) -> Any:
     return replace(stored, resume=True, progress=given.progress, **updates)
 
 
-def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None) -> tuple[Any, RunFolder]:
+def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None, main: bool = True) -> tuple[Any, RunFolder]:
     """The run folder of ``cfg.out`` for every training command. With ``cfg.resume`` the config is
     the run's own ``config.yaml`` (only ``progress`` is taken from the command line); without it, a
-    folder that already holds a run is refused rather than overwritten."""
+    folder that already holds a run is refused rather than overwritten. Only the ``main`` process
+    of a multi-process run locks and repairs the folder (the others only read it)."""
     run = RunFolder(cfg.out)
     if run.root.exists() and not run.root.is_dir():
         raise ConfigError(f"--out {run.root} is a file; a run needs a folder")
     check_writable_folder(run.root, "--out", run.root)
-    run.lock()
-    recover_dir(run.policy_dir)
+    if main:
+        run.lock()
+        recover_dir(run.checkpoint_dir)  # a kill mid-write may have left them moved aside
+        recover_dir(run.policy_dir)
     if not cfg.resume and getattr(cfg, "overwrite", False) and run.holds_run():
         run.clear_before_writing = True
     if cfg.resume:

@@ -188,7 +188,7 @@ def train_bc(cfg: TrainBCConfig) -> Path:
     rank, world = accelerator.process_index, accelerator.num_processes
     if world > 1 and not torch.cuda.is_available():
         torch.set_num_threads(max(1, (torch.get_num_threads()) // world))
-    cfg, run = open_run(cfg, TrainBCConfig)
+    cfg, run = open_run(cfg, TrainBCConfig, main=main)
     if cfg.dataset is None:
         raise ConfigError("--dataset is required (a .hdf5, .npz or Minari dataset)")
     torch.manual_seed(cfg.seed + rank)

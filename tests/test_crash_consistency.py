@@ -90,8 +90,8 @@ def test_a_run_killed_between_the_renames_of_a_checkpoint_resumes_from_the_last_
     res = train_bc(dataset, out, kill_at="moved-aside:1")  # during the second checkpoint write
     assert res.returncode == 137
     assert not (out / "checkpoint").exists() and (out / ".checkpoint.old").exists()
-    assert RunFolder(out).has_checkpoint()
-    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 20
+    assert RunFolder(out).has_checkpoint()  # it sees the copy moved aside (and changes nothing)
+    assert json.loads((out / ".checkpoint.old" / "state.json").read_text())["step"] == 20
     res = train_bc(dataset, out, "--resume")
     assert res.returncode == 0, res.stderr
     assert "step 20 -> 60" in res.stdout + res.stderr
