@@ -52,6 +52,8 @@ class Bench:
     success_target: float = 0.9
     target_method: str = ""
     footer: list[str] = field(default_factory=list)
+    only_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Methods run on some tasks only (method -> tasks), e.g. variants tried on one task."""
 
     @property
     def runs(self) -> Path:
@@ -69,7 +71,7 @@ class Bench:
         """Seed 0 of every method on every task first, then the other seeds: a partial run of the
         plan leaves a whole (n = 1) table rather than a few complete rows."""
         jobs = [Job(self, t, m, s) for t in self.tasks for m, seeds in self.methods.items() for s in seeds]
-        return sorted(jobs, key=lambda j: j.seed)
+        return sorted((j for j in jobs if j.task in self.only_on.get(j.method, self.tasks)), key=lambda j: j.seed)
 
 
 @dataclass
