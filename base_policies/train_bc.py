@@ -147,9 +147,9 @@ def validation_loss(policy: DenoisingPolicy, windows: Windows, max_windows: int 
     gen = torch.Generator().manual_seed(1234)
     n = min(len(windows), max_windows)
     idx = torch.randperm(len(windows), generator=gen)[:n]
-    obs, act = windows.obs[idx], windows.actions[idx]
+    obs, act = windows.obs[idx].to(policy.device), windows.actions[idx].to(policy.device)
     t = policy.sample_times(n, generator=gen)
-    noise = torch.randn(act.shape, generator=gen)
+    noise = torch.randn(act.shape, generator=gen).to(policy.device)
     return policy.denoising_loss(obs, act, t, noise).mean().item()
 
 
@@ -204,6 +204,7 @@ def train_bc(cfg: TrainBCConfig) -> Path:
         torch.from_numpy(np.concatenate([e.obs for e in train_eps])),
         torch.from_numpy(np.concatenate([e.actions for e in train_eps])),
     )
+    policy.to(accelerator.device)  # before the EMA copy and the optimizer, so all three share a device
     ema = EMA(policy, cfg.ema_decay)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
