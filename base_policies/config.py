@@ -77,8 +77,11 @@ class PolicyConfig:
     obs_keys: tuple[str, ...] | None = None
     """Observation keys concatenated, in this order, into the flat observation (from a dataset
     whose ``obs`` is a group); None: not recorded (a flat dataset, or an older policy)."""
+    provenance: dict[str, Any] | None = None
+    """Where fine-tuned weights came from (``dpft finetune dpo``: base, loss, beta, rounds, data
+    files); None for a policy trained by BC."""
 
-    added_later: ClassVar[frozenset[str]] = frozenset({"obs_keys"})
+    added_later: ClassVar[frozenset[str]] = frozenset({"obs_keys", "provenance"})
     """Keys a ``config.json`` may lack (see :func:`check_record`): ``obs_keys`` came after format 1
     was fixed, and its absence means "not recorded", which is exactly what older policies are.
     Every other key has been written by every dpft since format 1, so a missing one is an error."""

@@ -1,0 +1,290 @@
+"""Rollouts for preference pairs: K noise streams per start state, and chunk-level branches.
+
+Every rollout of a group starts from the same reset seed, so the members differ only by the
+policy's noise. All envs of a batch step together and the policy is called once per decision
+for all of them. With the deterministic sampler (the policy as it is evaluated) each chunk's
+initial noise is drawn from one seeded generator; with the stochastic sampler (what D3PO needs)
+the members of a group share each decision's initial noise and differ by the sampler's
+per-step noise, as in D3PO, and the chain is kept.
+
+Chunk-level pairs branch from a saved state: a rollout is replayed to decision ``t`` from its
+reset seed and executed chunks (every task here is deterministic given those, see
+:mod:`dpft.envs.replay`), and each branch then draws its own chunk at ``t`` and lets the policy
+finish the episode (or ``horizon`` more decisions).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.base_policies.policy import DenoisingPolicy, Policy
+from dpft.envs.chunking import ChunkedEnv
+from dpft.envs.config import EnvConfig
+from dpft.finetune.dpo.prefs import Pair, Rollout
+
+SAMPLERS = ("ddim", "stochastic")
+RANKS = ("success-return", "success", "return")
+
+
+@dataclass
+class _Slot:
+    """One env being driven, and what it has recorded so far."""
+
+    env: ChunkedEnv
+    obs: np.ndarray
+    group: int
+    reset_seed: int
+    noise: RolloutNoise
+    start_decision: int = 0
+    stop_after: int | None = None  # decisions after the start; None: to the episode's end
+    obs_hist: list[np.ndarray] = field(default_factory=list)
+    chunks: list[np.ndarray] = field(default_factory=list)
+    chains: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    ret: float = 0.0
+    length: int = 0
+    success: bool = False
+    done: bool = False
+
+
+def check_sampler(policy: Policy, sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {sampler!r}: choose one of {SAMPLERS}")
+    if sampler == "stochastic" and not isinstance(policy, DenoisingPolicy):
+        raise ConfigError(
+            f"--sampler stochastic needs a diffusion or flow policy (it keeps the sampler's chain); "
+            f"this policy is of type {policy.type_name!r}"
+        )
+
+
+class RolloutNoise:
+    """The noise of one rollout, from (seed, group, stream) alone, so a collection gives the same
+    rollouts with any number of envs. ``shared`` is the group's: with the stochastic sampler
+    the members draw each decision's initial noise from it (the same tensor at the same decision
+    index) and their per-step noise from their own generator."""
+
+    def __init__(self, seed: int, group: int, stream: int, shared: RolloutNoise | None = None) -> None:
+        key = int(np.random.SeedSequence([seed, group, stream]).generate_state(1)[0])
+        self.gen = torch.Generator().manual_seed(key)
+        self.shared = shared
+        self.draws: list[torch.Tensor] = []
+
+    def initial(self, policy: Policy, decision: int) -> torch.Tensor:
+        """Initial noise number ``decision`` of this stream (drawn on demand, then cached)."""
+        while len(self.draws) <= decision:
+            self.draws.append(policy.initial_noise(1, self.gen)[0])
+        return self.draws[decision]
+
+
+def group_noise(seed: int, group: int, streams: int) -> list[RolloutNoise]:
+    shared = RolloutNoise(seed, group, 1_000_003)
+    return [RolloutNoise(seed, group, k, shared) for k in range(streams)]
+
+
+@torch.no_grad()
+def _drive(policy: Policy, slots: list[_Slot], sampler: str, noise_level: float | None) -> None:
+    """Step every slot to its end, one batched policy call per decision."""
+    while active := [s for s in slots if not s.done]:
+        obs = torch.from_numpy(np.stack([s.obs for s in active])).to(policy.device)
+        if sampler == "stochastic":
+            noise = torch.stack([s.noise.shared.initial(policy, len(s.chunks)) for s in active])
+            k = len(policy.timesteps)
+            steps = torch.stack([torch.randn((k, *policy.noise_shape), generator=s.noise.gen) for s in active])
+            chunks, chains, _ = policy.sample_chain(obs, noise, steps.to(policy.device), noise_level)
+            chains = chains.cpu().numpy()
+        else:
+            noise = torch.stack([s.noise.initial(policy, len(s.chunks)) for s in active])
+            chunks, chains = policy.predict_chunk(obs, noise), None
+        chunks = chunks.cpu().numpy()
+        for i, s in enumerate(active):
+            s.obs_hist.append(s.obs)
+            s.chunks.append(chunks[i])
+            if chains is not None:
+                s.chains.append(chains[i])
+            s.obs, reward, terminated, truncated, info = s.env.step(chunks[i])
+            s.actions.append(info["step_data"].actions)
+            s.length += info["steps"]
+            s.success |= bool(info["success"])
+            s.ret += float(info["step_data"].rewards.sum())
+            own = len(s.chunks) - s.start_decision
+            s.done = terminated or truncated or (s.stop_after is not None and own >= s.stop_after)
+
+
+def _rollout(s: _Slot, round_: int) -> Rollout:
+    return Rollout(
+        obs=np.stack(s.obs_hist),
+        chunks=np.stack(s.chunks),
+        actions=np.concatenate(s.actions),
+        episode_return=s.ret,
+        success=s.success,
+        length=s.length,
+        reset_seed=s.reset_seed,
+        group=s.group,
+        start_decision=s.start_decision,
+        round=round_,
+        chains=np.stack(s.chains) if s.chains else None,
+    )
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _make_env(env_cfg: EnvConfig, policy: Policy) -> ChunkedEnv:
+    return env_cfg.make_chunked(policy, record_steps=True)
+
+
+def rollout_groups(
+    policy: Policy,
+    env_cfg: EnvConfig,
+    reset_seeds: list[int],
+    streams: int,
+    sampler: str = "ddim",
+    noise_level: float | None = None,
+    seed: int = 0,
+    round_: int = 0,
+    batch_envs: int = 32,
+) -> list[Rollout]:
+    """``streams`` rollouts from each reset seed (group ``j`` = ``reset_seeds[j]``)."""
+    check_sampler(policy, sampler)
+    work = [(j, s, noise) for j, s in enumerate(reset_seeds) for noise in group_noise(seed, j, streams)]
+    out: list[Rollout] = []
+    envs = [_make_env(env_cfg, policy) for _ in range(min(batch_envs, len(work)))]
+    try:
+        for batch in _batches(work, len(envs)):
+            slots = []
+            for env, (group, reset_seed, noise) in zip(envs, batch):
+                obs, _ = env.reset(seed=reset_seed)
+                slots.append(_Slot(env, obs, group, reset_seed, noise))
+            _drive(policy, slots, sampler, noise_level)
+            out += [_rollout(s, round_) for s in slots]
+    finally:
+        for env in envs:
+            env.close()
+    return out
+
+
+def branch_groups(
+    policy: Policy,
+    env_cfg: EnvConfig,
+    sources: list[Rollout],
+    states: int,
+    streams: int,
+    horizon: int | None,
+    sampler: str = "ddim",
+    noise_level: float | None = None,
+    seed: int = 0,
+    round_: int = 0,
+    batch_envs: int = 32,
+    first_group: int = 0,
+) -> list[Rollout]:
+    """``states`` saved mid-episode states, picked at random from ``sources`` (a rollout and a
+    decision before its last), each continued ``streams`` times; group ids start at ``first_group``."""
+    check_sampler(policy, sampler)
+    rng = np.random.default_rng(seed)
+    usable = [r for r in sources if len(r.chunks) >= 2]
+    if not usable:
+        raise DpftError("chunk-level pairs need rollouts of at least two decisions")
+    picks = []
+    for g in range(states):
+        r = usable[rng.integers(len(usable))]
+        picks.append((first_group + g, r, int(rng.integers(1, len(r.chunks)))))
+    work = [(g, r, t, noise) for g, r, t in picks for noise in group_noise(seed, g, streams)]
+    out: list[Rollout] = []
+    envs = [_make_env(env_cfg, policy) for _ in range(min(batch_envs, len(work)))]
+    try:
+        for batch in _batches(work, len(envs)):
+            slots = [_restore(env, g, r, t, horizon, noise) for env, (g, r, t, noise) in zip(envs, batch)]
+            _drive(policy, slots, sampler, noise_level)
+            out += [_rollout(s, round_) for s in slots]
+    finally:
+        for env in envs:
+            env.close()
+    return out
+
+
+def _restore(env: ChunkedEnv, group: int, r: Rollout, t: int, horizon: int | None, noise: RolloutNoise) -> _Slot:
+    """Replay rollout ``r`` to decision ``t`` and check that the observation matches."""
+    obs, _ = env.reset(seed=r.reset_seed)
+    s = _Slot(env, obs, group, r.reset_seed, noise, start_decision=t, stop_after=horizon)
+    for k in range(t):
+        s.obs_hist.append(s.obs)
+        s.chunks.append(r.chunks[k])
+        if r.chains is not None:
+            s.chains.append(r.chains[k])
+        s.obs, reward, terminated, truncated, info = env.step(r.chunks[k])
+        s.actions.append(info["step_data"].actions)
+        s.length += info["steps"]
+        s.success |= bool(info["success"])
+        s.ret += float(info["step_data"].rewards.sum())
+    if not np.allclose(s.obs, r.obs[t], atol=1e-5):
+        raise DpftError(
+            f"replaying rollout (reset seed {r.reset_seed}) to decision {t} did not reach the recorded state; "
+            "chunk-level pairs need a task that is deterministic given its reset seed and actions"
+        )
+    return s
+
+
+def score_key(r: Rollout, rank: str) -> tuple[float, ...]:
+    if rank == "success":
+        return (float(r.success),)
+    if rank == "return":
+        return (r.episode_return,)
+    return (float(r.success), r.episode_return)
+
+
+def make_pairs(
+    rollouts: dict[str, Rollout],
+    kind: str,
+    rank: str = "success-return",
+    min_margin: float = 0.0,
+    max_pairs_per_group: int = 0,
+    labelled: bool = True,
+    policy: str = "",
+    seed: int = 0,
+    first_id: int = 0,
+) -> list[Pair]:
+    """Pairs within each (round, group). Ranked: every pair whose scores differ by more than
+    ``min_margin`` (a success difference always counts, margin 1), ties dropped, at most
+    ``max_pairs_per_group`` per group (random ones; 0 = all). Unlabelled (for a person):
+    disjoint pairs of members in stored order."""
+    if rank not in RANKS:
+        raise ConfigError(f"--rank {rank!r}: choose one of {RANKS}")
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[int, int], list[str]] = {}
+    for rid, r in rollouts.items():
+        groups.setdefault((r.round, r.group), []).append(rid)
+    pairs: list[Pair] = []
+    for key in sorted(groups):
+        ids = groups[key]
+        if labelled:
+            found = []
+            for a, b in itertools.combinations(ids, 2):
+                ra, rb = rollouts[a], rollouts[b]
+                if rank != "return" and ra.success != rb.success:
+                    found.append((a, b, 1.0, "success") if ra.success else (b, a, 1.0, "success"))
+                    continue
+                if rank == "success":
+                    continue
+                d = ra.episode_return - rb.episode_return
+                if abs(d) > min_margin:
+                    found.append((a, b, abs(d), "reward") if d > 0 else (b, a, abs(d), "reward"))
+            if max_pairs_per_group and len(found) > max_pairs_per_group:
+                found = [found[i] for i in sorted(rng.choice(len(found), max_pairs_per_group, replace=False))]
+            for w, lo, margin, source in found:
+                pairs.append(_pair(len(pairs) + first_id, kind, w, lo, "chosen", margin, source, rollouts[w], policy))
+        else:
+            for a, b in zip(ids[0::2], ids[1::2]):
+                pairs.append(_pair(len(pairs) + first_id, kind, a, b, None, 0.0, None, rollouts[a], policy))
+    return pairs
+
+
+def _pair(n: int, kind, chosen, rejected, label, margin, source, r: Rollout, policy: str) -> Pair:
+    return Pair(f"p{n:06d}", kind, chosen, rejected, label, float(margin), source, r.reset_seed, policy, r.round)

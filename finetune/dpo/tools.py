@@ -1,0 +1,55 @@
+"""``dpft prefs stats`` and ``dpft prefs merge``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.paths import check_output_file
+from dpft.finetune.dpo.collect import format_stats
+from dpft.finetune.dpo.prefs import Prefs, merge, read_prefs, write_prefs
+
+
+@dataclass
+class PrefsStatsConfig:
+    """Print what a preference file holds: pairs, labels, sources, rollouts, env steps."""
+
+    files: tuple[Path, ...] = field(default_factory=tuple)
+    """Preference files (.hdf5, with their .jsonl index beside them)."""
+    json: bool = False
+    """One JSON object per file."""
+
+
+def prefs_stats(cfg: PrefsStatsConfig) -> list[dict]:
+    if not cfg.files:
+        raise ConfigError("name at least one preference file: dpft prefs stats --files prefs.hdf5")
+    out = []
+    for path in cfg.files:
+        s = read_prefs(path).stats()
+        out.append(s)
+        print(json.dumps({"file": str(path), **s}) if cfg.json else format_stats(path, s))
+    return out
+
+
+@dataclass
+class PrefsMergeConfig:
+    """Merge preference files (same task and shapes) into one; ids get a per-file prefix."""
+
+    files: tuple[Path, ...] = field(default_factory=tuple)
+    """Preference files to merge (a person's labels beside each are applied first)."""
+    out: Path = Path("merged.hdf5")
+    """Output file."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+
+
+def prefs_merge(cfg: PrefsMergeConfig) -> Prefs:
+    if len(cfg.files) < 2:
+        raise ConfigError("name at least two files: dpft prefs merge --files a.hdf5 b.hdf5 --out merged.hdf5")
+    check_output_file(cfg.out, cfg.overwrite, "--out", (".hdf5", ".h5"))
+    merged = merge([(Path(p), read_prefs(p)) for p in cfg.files])
+    write_prefs(cfg.out, merged)
+    print(format_stats(cfg.out, merged.stats()))
+    return merged

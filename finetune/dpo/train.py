@@ -1,0 +1,424 @@
+"""``dpft finetune dpo``: update the denoiser itself from preference pairs, in rounds.
+
+Each round: (collect pairs with the current policy, unless the round's data was given or is
+already on disk) -> ``steps_per_round`` gradient steps on the pairs of every round so far ->
+evaluation on fixed episodes, with the win rate against the base on the same start states. The
+reference is the base and stays frozen (``--resync-reference`` copies the policy into it after
+each round instead). The artifact is an ordinary diffusion/flow policy folder with new weights
+whose ``config.json`` records where they came from.
+
+Run folder: ``config.yaml``, ``tb/``, ``checkpoint/`` (model, reference, optimiser, EMA, round
+and step, base evaluation), ``prefs/round_NNN.hdf5`` (+ ``.jsonl``: every round's data, kept),
+``rounds.jsonl`` (one evaluation per round), ``policy/``. A run killed at any point resumes
+from its last checkpoint (every ``checkpoint_every`` steps and the end of every round).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from dpft.base_policies.checkpoint import load_policy, load_weights
+from dpft.base_policies.device import check_device_spec, resolve_device
+from dpft.base_policies.errors import ConfigError, TrainingError
+from dpft.base_policies.policy import DenoisingPolicy
+from dpft.base_policies.run_folder import open_run
+from dpft.base_policies.state_io import atomic_dir, atomic_write_text, load_state, save_state
+from dpft.envs.chunking import check_policy_fits
+from dpft.envs.config import EnvConfig
+from dpft.envs.tasks import task_defines_success
+from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
+from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, PairBatch, get_loss
+from dpft.finetune.dpo.prefs import Prefs, PrefsError, check_compatible, merge, read_prefs, write_prefs
+from dpft.finetune.rollout import policy_chunk_fn, run_episodes
+
+
+@dataclass
+class DPOConfig(EnvConfig, PairsConfig):
+    """Preference fine-tuning of a diffusion/flow policy (Diffusion-DPO, D3PO, filtered BC), in rounds."""
+
+    base: str = "shipped:metaworld-push-v3"
+    """The policy to fine-tune (a diffusion or flow policy folder, run folder or shipped:<name>)."""
+    task: str | None = None  # type: ignore[assignment]
+    """Task id (default: the task the base was trained for)."""
+    envs: int = 32
+    """Envs stepped together when collecting and evaluating."""
+    prefs: tuple[Path, ...] = field(default_factory=tuple)
+    """Preference files for round 0 (with a person's labels beside them applied); none: collect them."""
+    out: Path = Path("runs/dpo")
+    """Run folder."""
+    loss: str = "diffusion-dpo"
+    """diffusion-dpo, d3po, filtered-bc, or a loss added with register_loss."""
+    beta: float = 2000.0
+    """Inverse temperature of the preference loss (denoising errors are means over the chunk)."""
+    bc_weight: float = 1.0
+    """Weight of a BC term on the preferred chunks (without it both likelihoods can fall together:
+    on the bimodal test task, lr 1e-4 without it lost its gain in the second round)."""
+    clip: float = 0.2
+    """D3PO: the ratio of model to reference likelihood is clamped to [1 - clip, 1 + clip]."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    batch_pairs: int = 32
+    """Pairs per gradient step."""
+    chunks_per_pair: int = 8
+    """Chunks compared per pair and step (random decisions of a trajectory pair)."""
+    steps_per_round: int = 500
+    """Gradient steps per round."""
+    rounds: int = 1
+    """Rounds of collect -> update -> evaluate."""
+    resync_reference: bool = False
+    """Copy the policy into the reference after each round (default: the reference stays the base)."""
+    ema_decay: float = 0.0
+    """EMA of the weights for the saved and evaluated policy (0: off)."""
+    eval_episodes: int = 50
+    """Evaluation episodes after each round (and of the base before the first)."""
+    eval_seed: int | None = None
+    """Seed of the evaluation episodes (default 1,000,000 + seed: never a training start state)."""
+    checkpoint_every: int = 500
+    """Gradient steps between checkpoints (and one at the end of every round)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    overwrite: bool = False
+    """Replace the run in --out."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        EnvConfig.__post_init__(self)
+        self.check()
+        check_device_spec(self.device)
+        get_loss(self.loss)
+        positive = {"beta": self.beta, "lr": self.lr, "batch_pairs": self.batch_pairs}
+        positive |= {
+            "chunks_per_pair": self.chunks_per_pair,
+            "rounds": self.rounds,
+            "eval_episodes": self.eval_episodes,
+        }
+        bad = [k for k, v in positive.items() if not v > 0]
+        if bad:
+            raise ConfigError(f"--{bad[0].replace('_', '-')} must be > 0")
+        if self.steps_per_round < 0 or self.bc_weight < 0 or not 0 < self.clip < 1 or not 0 <= self.ema_decay < 1:
+            raise ConfigError("--steps-per-round and --bc-weight must be >= 0, --clip in (0, 1), --ema-decay in [0, 1)")
+        if self.checkpoint_every < 1:
+            raise ConfigError("--checkpoint-every must be >= 1")
+
+
+class PairData:
+    """Every decision of every rollout as one tensor, and the labelled pairs as index arrays, so a
+    batch is a few gathers."""
+
+    def __init__(self, prefs: Prefs, device: torch.device, needs_chains: bool) -> None:
+        ids = list(prefs.rollouts)
+        pos = {rid: i for i, rid in enumerate(ids)}
+        rs = [prefs.rollouts[rid] for rid in ids]
+        lengths = torch.tensor([len(r.chunks) for r in rs])
+        self.offset = torch.cumsum(lengths, 0) - lengths
+        self.length = lengths
+        self.start = torch.tensor([r.start_decision for r in rs])
+        self.obs = torch.from_numpy(np.concatenate([r.obs for r in rs])).float().to(device)
+        self.chunks = torch.from_numpy(np.concatenate([r.chunks for r in rs])).float().to(device)
+        self.chains = None
+        if needs_chains:
+            if any(r.chains is None for r in rs):
+                raise PrefsError("--loss d3po needs the sampler chains: collect the pairs with --sampler stochastic")
+            self.chains = torch.from_numpy(np.concatenate([r.chains for r in rs])).float().to(device)
+        usable = [(p, p.preferred()) for p in prefs.pairs]
+        usable = [(p, wl) for p, wl in usable if wl is not None]
+        if not usable:
+            raise PrefsError(
+                "the preference data holds no usable pair (all ties or unlabelled): collect more start states or "
+                "streams, "
+                "or label the pairs with `dpft prefs label`"
+            )
+        self.w = torch.tensor([pos[wl[0]] for _, wl in usable])
+        self.l = torch.tensor([pos[wl[1]] for _, wl in usable])
+        self.chunk_kind = torch.tensor([p.kind == "chunk" for p, _ in usable])
+        self.pairs = len(usable)
+
+    def sample(self, pairs: int, per_pair: int, gen: torch.Generator, shared_index: bool) -> PairBatch:
+        """``pairs`` random pairs, ``per_pair`` matched decisions each: a chunk pair's branch
+        decision, a trajectory pair's random decisions (the same index in both members when
+        ``shared_index``: D3PO's members share each decision's initial noise)."""
+        p = torch.randint(0, self.pairs, (pairs,), generator=gen).repeat_interleave(per_pair)
+        w, lo, chunk = self.w[p], self.l[p], self.chunk_kind[p]
+        u_w, u_l = torch.rand(len(p), generator=gen), torch.rand(len(p), generator=gen)
+        if shared_index:
+            n = torch.minimum(self.length[w], self.length[lo])
+            i_w = i_l = (u_w * n).long()
+        else:
+            i_w, i_l = (u_w * self.length[w]).long(), (u_l * self.length[lo]).long()
+        i_w = torch.where(chunk, self.start[w], i_w)
+        i_l = torch.where(chunk, self.start[lo], i_l)
+        rows_w, rows_l = self.offset[w] + i_w, self.offset[lo] + i_l
+        dev = self.obs.device
+        rows_w, rows_l = rows_w.to(dev), rows_l.to(dev)
+        return PairBatch(
+            obs_w=self.obs[rows_w],
+            chunk_w=self.chunks[rows_w],
+            obs_l=self.obs[rows_l],
+            chunk_l=self.chunks[rows_l],
+            pair=torch.arange(pairs).repeat_interleave(per_pair).to(dev),
+            pairs=pairs,
+            chain_w=None if self.chains is None else self.chains[rows_w],
+            chain_l=None if self.chains is None else self.chains[rows_l],
+        )
+
+
+def _base_policy(cfg: DPOConfig, device: torch.device) -> DenoisingPolicy:
+    base = load_policy(cfg.base, device)
+    if not isinstance(base, DenoisingPolicy):
+        raise ConfigError(
+            f"{cfg.base} is a {base.type_name!r} policy; preference fine-tuning updates a denoiser's own weights, "
+            "so --base must be a diffusion or flow policy (for a steered or residual artifact, fine-tune its base)"
+        )
+    return base
+
+
+def evaluate_episodes(
+    policy: DenoisingPolicy, env_cfg: EnvConfig, episodes: int, seed: int
+) -> list[tuple[bool, float]]:
+    """(success, return) of each of ``episodes`` fixed episodes (start states and noise from ``seed``)."""
+    venv = replace(env_cfg, seed=seed).make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+    try:
+        fn = policy_chunk_fn(policy, torch.Generator().manual_seed(seed))
+        results = run_episodes(fn, venv, episodes, seed=seed)
+    finally:
+        venv.close()
+    return [(r.success, r.episode_return) for r in results]
+
+
+def win_rate(new: list[tuple[bool, float]], base: list[tuple[bool, float]], by_success: bool) -> float:
+    """Share of episodes where ``new`` beats ``base`` on the same start state (ties count half)."""
+    key = (lambda x: (x[0], x[1])) if by_success else (lambda x: (x[1],))
+    score = [1.0 if key(a) > key(b) else 0.5 if key(a) == key(b) else 0.0 for a, b in zip(new, base)]
+    return float(np.mean(score))
+
+
+def summary(outcomes: list[tuple[bool, float]]) -> dict[str, float]:
+    return {
+        "success_rate": float(np.mean([s for s, _ in outcomes])),
+        "return_mean": float(np.mean([r for _, r in outcomes])),
+    }
+
+
+def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
+    cfg, run = open_run(cfg, DPOConfig)
+    device = resolve_device(cfg.device)
+    model = _base_policy(cfg, device)
+    task = cfg.task or model.config.task
+    if not task:
+        raise ConfigError(f"{cfg.base} does not record its task; pass --task")
+    cfg = replace(cfg, task=task)
+    probe = cfg.make_env()
+    try:
+        check_policy_fits(model, probe, task)
+    finally:
+        probe.close()
+    given = [(Path(p), read_prefs(p)) for p in cfg.prefs]
+    if given:
+        check_compatible(given, model)
+        for path, prefs in given:
+            if prefs.meta["task"] != task:
+                raise PrefsError(
+                    f"{path} was collected on task {prefs.meta['task']!r}, but this run fine-tunes on {task!r}; "
+                    "pass --task to match it, or collect pairs on this task"
+                )
+    loss_fn = get_loss(cfg.loss)
+    needs_chains = cfg.loss in NEEDS_CHAINS
+    if needs_chains and not given and cfg.sampler != "stochastic":
+        raise ConfigError("--loss d3po needs the sampler chains: add --sampler stochastic")
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loss_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    eval_seed = 1_000_000 + cfg.seed if cfg.eval_seed is None else cfg.eval_seed
+    state: dict[str, Any] = {"round": 0, "step": 0, "total_steps": 0, "base_eval": None, "env_steps": 0}
+    if cfg.resume:
+        state = _load_checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen)
+    run.write_config(cfg)
+    writer = run.writer(cfg)
+    by_success = task_defines_success(task)
+    prefs_dir = run.root / "prefs"
+    print(
+        f"dpo: {cfg.loss} on {cfg.base} ({task}), rounds {state['round']} -> {cfg.rounds}, run folder {cfg.out}",
+        flush=True,
+    )
+    at_step_start = None
+    try:
+        if state["base_eval"] is None:
+            state["base_eval"] = evaluate_episodes(ref, cfg, cfg.eval_episodes, eval_seed)
+            _log_eval(writer, summary(state["base_eval"]), None, 0)
+        while state["round"] < cfg.rounds:
+            r = state["round"]
+            data = PairData(_round_data(cfg, run.root, given, r, model, state), device, needs_chains)
+            writer.add_scalar("data/pairs", data.pairs, state["total_steps"])
+            writer.add_scalar("data/env_steps", state["env_steps"], state["total_steps"])
+            lcfg = LossConfig(cfg.beta, cfg.bc_weight, cfg.clip, cfg.noise_level, loss_gen)
+            bar = tqdm(total=cfg.steps_per_round, initial=state["step"], disable=not cfg.progress, desc=f"round {r}")
+            while state["step"] < cfg.steps_per_round:
+                at_step_start = (gen.get_state(), loss_gen.get_state())  # an interrupted step is redone exactly
+                batch = data.sample(cfg.batch_pairs, cfg.chunks_per_pair, gen, shared_index=needs_chains)
+                model.train()
+                loss, info = loss_fn(model, ref, batch, lcfg)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the {cfg.loss} loss became {loss.item()} at step {state['total_steps']}; "
+                        "lower --lr or --beta "
+                        f"(the last checkpoint in {run.checkpoint_dir} is kept)"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                if ema is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
+                state["step"] += 1
+                state["total_steps"] += 1
+                bar.update(1)
+                if state["total_steps"] % 20 == 0:
+                    for k, v in info.items():
+                        writer.add_scalar(f"train/{k}", v, state["total_steps"])
+                if state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps_per_round:
+                    _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+            bar.close()
+            policy = ema if ema is not None else model
+            policy.eval()
+            outcomes = evaluate_episodes(policy, cfg, cfg.eval_episodes, eval_seed)
+            row = {"round": r, "env_steps": state["env_steps"], "pairs": data.pairs, **summary(outcomes)}
+            row["win_rate_vs_base"] = win_rate(outcomes, state["base_eval"], by_success)
+            row["base"] = summary(state["base_eval"])
+            _log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
+            _append_round(run.root / "rounds.jsonl", row)
+            print(
+                f"round {r}: success {row['success_rate']:.3f} (base {row['base']['success_rate']:.3f}), "
+                f"return {row['return_mean']:.1f}, win rate vs base {row['win_rate_vs_base']:.2f}, "
+                f"{data.pairs} pairs, {state['env_steps']} env steps of rollouts",
+                flush=True,
+            )
+            if cfg.resync_reference:
+                ref.load_state_dict(policy.state_dict())
+            state["round"], state["step"] = r + 1, 0
+            _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+    except KeyboardInterrupt:
+        if at_step_start is not None:
+            gen.set_state(at_step_start[0])
+            loss_gen.set_state(at_step_start[1])
+        _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+        raise KeyboardInterrupt(
+            f"interrupted in round {state['round']} at step {state['step']}; continue with: "
+            f"dpft finetune dpo --out {cfg.out} --resume"
+        ) from None
+    finally:
+        writer.close()
+    policy = ema if ema is not None else model
+    if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
+        raise TrainingError(
+            f"the fine-tuned weights are not finite; lower --lr or --beta ({run.checkpoint_dir} is kept)"
+        )
+    data_files = [str(p) for p in cfg.prefs] + [
+        str(prefs_dir / f"round_{r:03d}.hdf5") for r in range(cfg.rounds) if r or not given
+    ]
+    provenance = {
+        "method": "dpo",
+        "base": cfg.base,
+        "base_provenance": policy.config.provenance,
+        "loss": cfg.loss,
+        "beta": cfg.beta,
+        "bc_weight": cfg.bc_weight,
+        "rounds": cfg.rounds,
+        "steps_per_round": cfg.steps_per_round,
+        "resync_reference": cfg.resync_reference,
+        "data": data_files,
+        "env_steps": state["env_steps"],
+        "run": str(cfg.out),
+    }
+    policy.config = replace(policy.config, provenance=provenance)
+    policy.save(run.policy_dir)
+    print(f"policy saved to {run.policy_dir}", flush=True)
+    return policy
+
+
+def _round_data(cfg: DPOConfig, root: Path, given: list, r: int, model: DenoisingPolicy, state: dict) -> Prefs:
+    """The pairs of rounds 0..r: given files for round 0 (when any), the rest collected with the
+    policy of that round and written before training on them (a resumed run reads them back)."""
+    files: list[tuple[Path, Prefs]] = list(given)
+    for k in range(r + 1):
+        if k == 0 and given:
+            continue
+        path = root / "prefs" / f"round_{k:03d}.hdf5"
+        if not path.exists():
+            model.eval()
+            t0 = time.perf_counter()
+            prefs = collect_prefs(
+                model, f"{cfg.base} (dpo round {k})", cfg, cfg, seed=cfg.seed * 100_003 + k * 10_007, round_=k
+            )
+            write_prefs(path, prefs)
+            state["env_steps"] += prefs.stats()["env_steps"]
+            s = prefs.stats()
+            print(
+                f"round {k}: collected {s['pairs']} pairs from {s['rollouts']} rollouts ({s['env_steps']} env steps, "
+                f"rollout success {s['rollout_success']:.2f}) in {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+        files.append((path, read_prefs(path)))
+    return merge(files) if len(files) > 1 else files[0][1]
+
+
+def _log_eval(writer, row: dict, win: float | None, step: int) -> None:
+    writer.add_scalar("eval/success_rate", row["success_rate"], step)
+    writer.add_scalar("eval/return_mean", row["return_mean"], step)
+    if win is not None:
+        writer.add_scalar("eval/win_rate_vs_base", win, step)
+
+
+def _append_round(path: Path, row: dict) -> None:
+    """Rewrite rounds.jsonl atomically with this round's line (a resumed run may redo a round)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [x for x in lines if x.strip() and json.loads(x)["round"] != row["round"]] + [json.dumps(row)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _checkpoint(folder: Path, model, ref, ema, opt, gen, loss_gen, state: dict) -> None:
+    with atomic_dir(folder) as tmp:
+        for name, m in (("model", model), ("ref", ref), ("ema", ema)):
+            if m is not None:
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()},
+                    str(tmp / f"{name}.safetensors"),
+                )
+        save_state(
+            tmp,
+            {
+                **state,
+                "base_eval": [list(x) for x in state["base_eval"] or []] or None,
+                "optimizer": opt.state_dict(),
+                "gen": gen.get_state(),
+                "loss_gen": loss_gen.get_state().cpu(),
+            },
+        )
+
+
+def _load_checkpoint(folder: Path, model, ref, ema, opt, gen, loss_gen) -> dict:
+    load_weights(model, folder, "model.safetensors")
+    load_weights(ref, folder, "ref.safetensors")
+    if ema is not None:
+        load_weights(ema, folder, "ema.safetensors")
+    s = load_state(folder)
+    opt.load_state_dict(s.pop("optimizer"))
+    gen.set_state(s.pop("gen"))
+    loss_gen.set_state(s.pop("loss_gen"))
+    s["base_eval"] = [(bool(a), float(b)) for a, b in s["base_eval"]] if s.get("base_eval") else None
+    return s

@@ -1,0 +1,313 @@
+"""Preference fine-tuning: the losses, the pair data, and a run that must move a mode."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_policy
+from synthetic import bimodal_episodes, obstacle_x
+
+from dpft.base_policies import ArchConfig, ConfigError, load_policy
+from dpft.base_policies.checkpoint import load_weights
+from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.train_bc import TrainBCConfig, train_bc
+from dpft.envs.config import EnvConfig
+from dpft.finetune import cli
+from dpft.finetune.dpo import train as dpo_train
+from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
+from dpft.finetune.dpo.losses import LossConfig, PairBatch, d3po, diffusion_dpo, get_loss
+from dpft.finetune.dpo.prefs import (
+    PrefsError,
+    append_label,
+    labels_path,
+    merge,
+    read_labels,
+    read_prefs,
+    write_prefs,
+)
+from dpft.finetune.dpo.train import DPOConfig, PairData, train_dpo
+
+TASK = "toy_envs:Obstacle-v0"
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A diffusion policy that passes the obstacle on either side about equally often."""
+    d = tmp_path_factory.mktemp("base")
+    write_robomimic_hdf5(d / "demos.hdf5", bimodal_episodes(300, left_fraction=0.5), {"task": TASK})
+    arch = ArchConfig(obs_horizon=1, pred_horizon=8, action_horizon=8, hidden_dim=128, num_blocks=2)
+    cfg = TrainBCConfig(
+        dataset=d / "demos.hdf5", out=d / "bc", arch=arch, steps=1500, lr=1e-3, warmup_steps=50,
+        checkpoint_every=10**9, progress=False,
+    )  # fmt: skip
+    train_bc(cfg)
+    return d / "bc"
+
+
+def right_share(policy, n: int = 400) -> float:
+    """Share of chunks that pass the obstacle on the right (the side that succeeds)."""
+    g = torch.Generator().manual_seed(5)
+    return float((obstacle_x(policy.predict_chunk(torch.zeros(n, 1, 2), generator=g).numpy()) > 0).mean())
+
+
+def quick(tmp_path, base_dir, **kw) -> DPOConfig:
+    args = dict(base=str(base_dir), task=TASK, out=tmp_path / "dpo", rounds=2, states=32, streams=4)
+    args |= dict(steps_per_round=200, eval_episodes=50, progress=False)
+    return DPOConfig(**{**args, **kw})
+
+
+def test_dpo_moves_the_mode_and_keeps_the_reference(tmp_path, base_dir):
+    base = load_policy(base_dir)
+    before = right_share(base)
+    assert 0.35 <= before <= 0.65
+    policy = train_dpo(quick(tmp_path, base_dir))
+    assert right_share(policy) >= 0.9
+    # the reference is the base, bit for bit: its weights and its chunks
+    ref = load_policy(base_dir)
+    load_weights(ref, tmp_path / "dpo" / "checkpoint", "ref.safetensors")
+    obs, noise = torch.randn(64, 1, 2), torch.randn(64, 8, 2)
+    assert torch.equal(ref.predict_chunk(obs, noise), base.predict_chunk(obs, noise))
+    # the artifact is an ordinary policy folder that says where it came from
+    saved = load_policy(tmp_path / "dpo")
+    assert saved.type_name == "diffusion" and right_share(saved) >= 0.9
+    prov = json.loads((tmp_path / "dpo" / "policy" / "config.json").read_text())["provenance"]
+    assert prov["loss"] == "diffusion-dpo" and prov["rounds"] == 2 and len(prov["data"]) == 2
+    rounds = [json.loads(x) for x in (tmp_path / "dpo" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[-1]["win_rate_vs_base"] > 0.5
+    assert len(list((tmp_path / "dpo" / "tb").iterdir())) > 0
+
+
+def test_d3po_moves_the_mode(tmp_path, base_dir):
+    policy = train_dpo(quick(tmp_path, base_dir, loss="d3po", sampler="stochastic", beta=10.0))
+    assert right_share(policy) >= 0.75
+
+
+def batch_from(obs_w, chunk_w, obs_l, chunk_l) -> PairBatch:
+    n = len(obs_w)
+    return PairBatch(obs_w, chunk_w, obs_l, chunk_l, torch.arange(n), n)
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "flow"])
+def test_diffusion_dpo_is_log2_at_start_and_its_gradient_prefers_the_chosen(kind):
+    model = tiny_policy(kind, obs_dim=3, action_dim=2)
+    model.fit_normalizers(torch.randn(100, 3), torch.rand(100, 2) * 2 - 1)
+    ref = tiny_policy(kind, obs_dim=3, action_dim=2)
+    ref.load_state_dict(model.state_dict())
+    b = batch_from(torch.randn(16, 3), torch.rand(16, 8, 2) * 2 - 1, torch.randn(16, 3), torch.rand(16, 8, 2) * 2 - 1)
+    cfg = LossConfig(beta=100.0, bc_weight=0.0, clip=0.2, noise_level=None, generator=torch.Generator().manual_seed(0))
+    loss, info = diffusion_dpo(model, ref, b, cfg)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+
+    def gap() -> float:  # chosen minus rejected denoising error, on fixed times and noise
+        g = torch.Generator().manual_seed(1)
+        t, noise = model.sample_times(16, g), torch.randn(16, 8, 2, generator=g)
+        with torch.no_grad():
+            e_w = model.denoising_loss(b.obs_w, b.chunk_w, t, noise)
+            return (e_w - model.denoising_loss(b.obs_l, b.chunk_l, t, noise)).mean().item()
+
+    before = gap()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for _ in range(5):
+        cfg.generator = torch.Generator().manual_seed(1)  # the times and noise gap() measures on
+        opt.zero_grad()
+        diffusion_dpo(model, ref, b, cfg)[0].backward()
+        opt.step()
+    assert gap() < before
+
+
+def test_d3po_log_probs_match_a_direct_gaussian_computation():
+    model = tiny_policy("diffusion", obs_dim=3, action_dim=2)
+    obs = torch.randn(4, 3)
+    g = torch.Generator().manual_seed(0)
+    noise, steps = torch.randn(4, 8, 2, generator=g), torch.randn(4, len(model.timesteps), 8, 2, generator=g)
+    _, chain, _ = model.sample_chain(obs, noise, steps)
+    lp = model.chain_log_prob(obs, chain)
+    cond = model.condition(obs)
+    for k, t in enumerate(model.timesteps):
+        mean, std = model.step_mean_std(cond, chain[:, k], t.expand(4), model.default_noise_level)
+        direct = torch.distributions.Normal(mean, std.expand_as(mean)).log_prob(chain[:, k + 1]).sum((1, 2))
+        assert torch.allclose(lp[:, k], direct, atol=1e-3)
+    ref = tiny_policy("diffusion", obs_dim=3, action_dim=2)
+    ref.load_state_dict(model.state_dict())
+    b = batch_from(obs, chain[:, -1], obs, chain[:, -1])
+    b.chain_w, b.chain_l = chain, chain.flip(0)
+    loss, _ = d3po(model, ref, b, LossConfig(beta=10.0, bc_weight=0.0, clip=0.2, noise_level=None))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)  # model = reference: every ratio is 1
+
+
+@pytest.fixture(scope="module")
+def prefs_file(tmp_path_factory, base_dir):
+    d = tmp_path_factory.mktemp("prefs")
+    policy = load_policy(base_dir)
+    cfg = PairsConfig(states=6, streams=4, chunk_states=0, sampler="stochastic")
+    prefs = collect_prefs(policy, str(base_dir), EnvConfig(task=TASK, envs=8), cfg, seed=3)
+    write_prefs(d / "p.hdf5", prefs)
+    return d / "p.hdf5", prefs
+
+
+def test_pair_collection_is_reproducible_and_the_file_round_trips(prefs_file, base_dir):
+    path, prefs = prefs_file
+    again = collect_prefs(
+        load_policy(base_dir), str(base_dir), EnvConfig(task=TASK, envs=5),
+        PairsConfig(states=6, streams=4, sampler="stochastic"), seed=3,
+    )  # fmt: skip
+    assert [(p.chosen, p.rejected, p.margin) for p in again.pairs] == [
+        (p.chosen, p.rejected, p.margin) for p in prefs.pairs
+    ]
+    back = read_prefs(path)
+    assert back.pairs == prefs.pairs and back.meta["task"] == TASK and back.meta["sampler"] == "stochastic"
+    for rid, r in prefs.rollouts.items():
+        assert np.array_equal(back.rollouts[rid].chunks, r.chunks)
+        assert np.array_equal(back.rollouts[rid].chains, r.chains)
+    # the members of a group share each decision's initial noise (the chain's first state) in D3PO mode
+    group0 = [r for r in back.rollouts.values() if r.group == 0]
+    assert all(np.array_equal(r.chains[0, 0], group0[0].chains[0, 0]) for r in group0)
+    assert not np.array_equal(group0[0].chunks, group0[1].chunks)
+    s = back.stats()
+    assert s["pairs"] == len(prefs.pairs) > 0 and s["start_states"] == 6 and s["rollouts"] == 24
+    merged = merge([(path, back), (path, back)])
+    assert len(merged.pairs) == 2 * len(back.pairs) and len(merged.rollouts) == 48
+
+
+def test_chunk_pairs_branch_from_a_replayed_state(tmp_path):
+    """On a task with several decisions per episode, each branch shares its prefix with the
+    rollout it came from and differs from the branch point on."""
+    policy = tiny_policy("diffusion", obs_dim=2, action_dim=2, obs_horizon=1, pred_horizon=4, action_horizon=2)
+    cfg = PairsConfig(states=3, streams=2, chunk_states=4, chunk_streams=3, rank="return")
+    prefs = collect_prefs(policy, "tiny", EnvConfig(task="toy_envs:Reach-v0", envs=4), cfg, seed=0)
+    chunk_pairs = [p for p in prefs.pairs if p.kind == "chunk"]
+    branches = [r for r in prefs.rollouts.values() if r.start_decision > 0]
+    assert len(branches) == 12 and chunk_pairs
+    for p in chunk_pairs:
+        a, b = prefs.rollouts[p.chosen], prefs.rollouts[p.rejected]
+        t = a.start_decision
+        assert t == b.start_decision and np.array_equal(a.chunks[:t], b.chunks[:t])
+        assert not np.array_equal(a.chunks[t], b.chunks[t])
+
+
+def test_labels_from_a_person_are_read_back_and_override(prefs_file, tmp_path):
+    path, prefs = prefs_file
+    copy = tmp_path / "p.hdf5"
+    write_prefs(copy, prefs)
+    first, second = prefs.pairs[0].id, prefs.pairs[1].id
+    append_label(labels_path(copy), first, "right")
+    append_label(labels_path(copy), second, "tie")
+    append_label(labels_path(copy), second, "left")  # the last answer wins
+    with open(labels_path(copy), "a") as f:
+        f.write('{"pair": "p0000')  # a torn last line from a closed tab
+    assert read_labels(labels_path(copy)) == {first: "right", second: "left"}
+    back = read_prefs(copy)
+    by_id = {p.id: p for p in back.pairs}
+    assert by_id[first].label == "rejected" and by_id[first].source == "person"
+    assert by_id[first].preferred() == (prefs.pairs[0].rejected, prefs.pairs[0].chosen)
+    assert by_id[second].label == "chosen" and by_id[second].source == "person"
+
+
+def test_pair_batches_match_their_members(prefs_file):
+    _, prefs = prefs_file
+    data = PairData(prefs, torch.device("cpu"), needs_chains=True)
+    b = data.sample(5, 3, torch.Generator().manual_seed(0), shared_index=True)
+    assert b.obs_w.shape == (15, 1, 2) and b.chunk_w.shape == (15, 8, 2) and b.chain_w.shape[0] == 15
+    chosen = {p.chosen for p in prefs.pairs}
+    wins = {tuple(r.chunks[0].ravel()) for rid, r in prefs.rollouts.items() if rid in chosen}
+    assert all(tuple(c.ravel().tolist()) in {tuple(np.float32(x) for x in w) for w in wins} for c in b.chunk_w.numpy())
+
+
+# ----- bad input: one clear message each ---------------------------------------------
+def test_preference_file_from_another_task_is_refused(tmp_path, prefs_file):
+    path, _ = prefs_file
+    other = tiny_policy("diffusion", obs_dim=2, action_dim=2, pred_horizon=4, action_horizon=2)
+    other.config.task = "toy_envs:Reach-v0"
+    other.save(tmp_path / "other")
+    with pytest.raises(PrefsError, match="was collected for .*pred_horizon=8 but the policy has .*pred_horizon=4"):
+        train_dpo(DPOConfig(base=str(tmp_path / "other"), prefs=(path,), out=tmp_path / "r", progress=False))
+    other = tiny_policy("diffusion", obs_dim=2, action_dim=2, obs_horizon=1, pred_horizon=8, action_horizon=8)
+    other.config.task = "toy_envs:Reach-v0"  # same sizes, another task
+    other.save(tmp_path / "other2")
+    with pytest.raises(PrefsError, match="collected on task 'toy_envs:Obstacle-v0'"):
+        train_dpo(DPOConfig(base=str(tmp_path / "other2"), prefs=(path,), out=tmp_path / "r2", progress=False))
+
+
+def test_all_tie_or_unlabelled_file_is_refused(tmp_path, prefs_file, base_dir):
+    _, prefs = prefs_file
+    for p in prefs.pairs:
+        p.label = "tie"
+    write_prefs(tmp_path / "ties.hdf5", prefs)
+    with pytest.raises(PrefsError, match="no usable pair"):
+        train_dpo(quick(tmp_path, base_dir, prefs=(tmp_path / "ties.hdf5",), rounds=1))
+    for p in prefs.pairs:
+        p.label = "chosen"
+
+
+def test_labels_naming_unknown_pairs_are_refused(tmp_path, prefs_file):
+    _, prefs = prefs_file
+    write_prefs(tmp_path / "p.hdf5", prefs)
+    append_label(labels_path(tmp_path / "p.hdf5"), "p999999", "left")
+    with pytest.raises(PrefsError, match="lacks"):
+        read_prefs(tmp_path / "p.hdf5")
+
+
+def test_bad_preference_files(tmp_path, prefs_file):
+    path, prefs = prefs_file
+    with pytest.raises(PrefsError, match="does not exist"):
+        read_prefs(tmp_path / "none.hdf5")
+    (tmp_path / "junk.hdf5").write_bytes(b"not hdf5")
+    (tmp_path / "junk.jsonl").write_text("")
+    with pytest.raises(PrefsError, match="not a readable HDF5"):
+        read_prefs(tmp_path / "junk.hdf5")
+    write_prefs(tmp_path / "nan.hdf5", prefs)
+    import h5py
+
+    with h5py.File(tmp_path / "nan.hdf5", "a") as f:
+        rid = next(iter(f["rollouts"]))
+        f["rollouts"][rid]["chunks"][0, 0, 0] = np.nan
+    with pytest.raises(PrefsError, match="NaN"):
+        read_prefs(tmp_path / "nan.hdf5")
+
+
+def test_a_policy_without_the_sampler_is_refused(tmp_path, base_dir, prefs_file):
+    from dpft.finetune.dsrl.steered import SteeredPolicy  # noqa: F401  (registers the type)
+
+    with pytest.raises(ConfigError, match="unknown --loss"):
+        get_loss("ppo")
+    path, prefs = prefs_file
+    ddim = [(p, r) for p, r in [(path, prefs)]]
+    write_prefs(tmp_path / "ddim.hdf5", prefs)
+    import h5py
+
+    with h5py.File(tmp_path / "ddim.hdf5", "a") as f:
+        for g in f["rollouts"].values():
+            del g["chains"]
+    with pytest.raises(PrefsError, match="--sampler stochastic"):
+        train_dpo(quick(tmp_path, base_dir, loss="d3po", prefs=(tmp_path / "ddim.hdf5",), rounds=1))
+    assert ddim
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, base_dir):
+    assert cli.main(["finetune", "dpo", "--base", str(base_dir), "--loss", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown --loss 'nope'" in capsys.readouterr().err
+    assert cli.main(["prefs", "stats", "--files", str(tmp_path / "missing.hdf5")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, base_dir, monkeypatch):
+    full = train_dpo(quick(tmp_path / "a", base_dir, steps_per_round=60, checkpoint_every=25))
+    calls = {"n": 0}
+    real = dpo_train.get_loss("diffusion-dpo")
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 90:  # round 1, step 30
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(dpo_train, "get_loss", lambda name: flaky)
+    cfg = quick(tmp_path / "b", base_dir, steps_per_round=60, checkpoint_every=25)
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
+        train_dpo(cfg)
+    monkeypatch.setattr(dpo_train, "get_loss", lambda name: real)
+    resumed = train_dpo(quick(tmp_path / "b", base_dir, steps_per_round=60, checkpoint_every=25, resume=True))
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
