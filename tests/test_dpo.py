@@ -74,8 +74,9 @@ def test_dpo_moves_the_mode_and_keeps_the_reference(tmp_path, base_dir):
     assert saved.type_name == "diffusion" and right_share(saved) >= 0.9
     prov = json.loads((tmp_path / "dpo" / "policy" / "config.json").read_text())["provenance"]
     assert prov["loss"] == "diffusion-dpo" and prov["rounds"] == 2 and len(prov["data"]) == 2
-    rounds = [json.loads(x) for x in (tmp_path / "dpo" / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [0, 1] and rounds[-1]["win_rate_vs_base"] > 0.5
+    rounds = [json.loads(x) for x in (tmp_path / "dpo" / "evals.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [-1, 0, 1] and rounds[-1]["win_rate_vs_base"] > 0.5
+    assert rounds[-1]["env_steps"] == 2 * 32 * 4 * 8  # two rounds of 32 start states x 4 streams x 8 steps
     assert len(list((tmp_path / "dpo" / "tb").iterdir())) > 0
 
 

@@ -13,7 +13,7 @@ from dpft.base_policies.paths import check_output_file
 from dpft.base_policies.policy import Policy
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
-from dpft.finetune.dpo.prefs import Prefs, write_prefs
+from dpft.finetune.dpo.prefs import Prefs, labels_path, write_prefs
 from dpft.finetune.dpo.sampling import RANKS, SAMPLERS, branch_groups, make_pairs, rollout_groups
 
 
@@ -142,6 +142,11 @@ def collect_prefs(
 
 def prefs_collect(cfg: PrefsCollectConfig) -> Prefs:
     check_output_file(cfg.out, cfg.overwrite, "--out", (".hdf5", ".h5"))
+    if labels_path(cfg.out).exists():  # its answers name the old file's pair ids, which the new file reuses
+        raise ConfigError(
+            f"{labels_path(cfg.out)} holds a person's answers for the pairs of the existing {cfg.out}; "
+            "move it (and the file) away, or choose another --out"
+        )
     policy = load_policy(cfg.policy, resolve_device(cfg.device))
     task = cfg.task or getattr(getattr(policy, "config", None), "task", None)
     if not task:

@@ -264,7 +264,7 @@ def read_labels(path: Path) -> dict[str, str]:
             d = json.loads(line)
             pair, answer = d["pair"], d["answer"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            if n == len(lines):
+            if not line.rstrip().endswith("}"):  # a line torn by a crash mid-write (later ones start afresh)
                 continue
             raise PrefsError(f"{path} line {n} is not a label record ({line[:80]!r})") from None
         if answer not in ANSWERS:
@@ -295,8 +295,9 @@ def append_label(path: Path, pair: str, answer: str) -> None:
     """Append one answer and flush it to disk at once (closing the page loses nothing)."""
     if answer not in ANSWERS:
         raise PrefsError(f"answer {answer!r} is not one of {sorted(ANSWERS)}")
+    torn = Path(path).exists() and Path(path).stat().st_size > 0 and not Path(path).read_bytes().endswith(b"\n")
     with open(path, "a") as f:
-        f.write(json.dumps({"pair": pair, "answer": answer}) + "\n")
+        f.write(("\n" if torn else "") + json.dumps({"pair": pair, "answer": answer}) + "\n")  # a torn line stays alone
         f.flush()
         os.fsync(f.fileno())
 

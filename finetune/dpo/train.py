@@ -9,7 +9,9 @@ whose ``config.json`` records where they came from.
 
 Run folder: ``config.yaml``, ``tb/``, ``checkpoint/`` (model, reference, optimiser, EMA, round
 and step, base evaluation), ``prefs/round_NNN.hdf5`` (+ ``.jsonl``: every round's data, kept),
-``rounds.jsonl`` (one evaluation per round), ``policy/``. A run killed at any point resumes
+``evals.jsonl`` (the base's evaluation as round -1 at 0 env steps, then one per round, with the
+env steps of rollouts used so far), ``final_eval.json`` (the last round's), ``policy/``. A run
+killed at any point resumes
 from its last checkpoint (every ``checkpoint_every`` steps and the end of every round).
 """
 
@@ -244,7 +246,7 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     gen = torch.Generator().manual_seed(cfg.seed)
     loss_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     eval_seed = 1_000_000 + cfg.seed if cfg.eval_seed is None else cfg.eval_seed
-    state: dict[str, Any] = {"round": 0, "step": 0, "total_steps": 0, "base_eval": None, "env_steps": 0}
+    state: dict[str, Any] = {"round": 0, "step": 0, "total_steps": 0, "base_eval": None, "env_steps": 0, "wall_s": 0.0}
     if cfg.resume:
         state = _load_checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen)
     run.write_config(cfg)
@@ -256,10 +258,13 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
         flush=True,
     )
     at_step_start = None
+    t_start, wall0 = time.perf_counter(), state.get("wall_s", 0.0)
     try:
         if state["base_eval"] is None:
             state["base_eval"] = evaluate_episodes(ref, cfg, cfg.eval_episodes, eval_seed)
             _log_eval(writer, summary(state["base_eval"]), None, 0)
+            base_row = {"round": -1, "env_steps": 0, "wall_s": 0.0, "pairs": 0, **summary(state["base_eval"])}
+            _append_round(run.root / "evals.jsonl", base_row)
         while state["round"] < cfg.rounds:
             r = state["round"]
             data = PairData(_round_data(cfg, run.root, given, r, model, state), device, needs_chains)
@@ -297,11 +302,13 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             policy = ema if ema is not None else model
             policy.eval()
             outcomes = evaluate_episodes(policy, cfg, cfg.eval_episodes, eval_seed)
-            row = {"round": r, "env_steps": state["env_steps"], "pairs": data.pairs, **summary(outcomes)}
+            state["wall_s"] = wall0 + time.perf_counter() - t_start
+            row = {"round": r, "env_steps": state["env_steps"], "wall_s": state["wall_s"], "pairs": data.pairs}
+            row |= summary(outcomes)
             row["win_rate_vs_base"] = win_rate(outcomes, state["base_eval"], by_success)
             row["base"] = summary(state["base_eval"])
             _log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
-            _append_round(run.root / "rounds.jsonl", row)
+            _append_round(run.root / "evals.jsonl", row)
             print(
                 f"round {r}: success {row['success_rate']:.3f} (base {row['base']['success_rate']:.3f}), "
                 f"return {row['return_mean']:.1f}, win rate vs base {row['win_rate_vs_base']:.2f}, "
@@ -347,6 +354,8 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     }
     policy.config = replace(policy.config, provenance=provenance)
     policy.save(run.policy_dir)
+    last = json.loads((run.root / "evals.jsonl").read_text().splitlines()[-1])
+    atomic_write_text(run.root / "final_eval.json", json.dumps(last, indent=2))
     print(f"policy saved to {run.policy_dir}", flush=True)
     return policy
 
@@ -385,7 +394,7 @@ def _log_eval(writer, row: dict, win: float | None, step: int) -> None:
 
 
 def _append_round(path: Path, row: dict) -> None:
-    """Rewrite rounds.jsonl atomically with this round's line (a resumed run may redo a round)."""
+    """Rewrite evals.jsonl atomically with this round's line (a resumed run may redo a round)."""
     lines = path.read_text().splitlines() if path.exists() else []
     lines = [x for x in lines if x.strip() and json.loads(x)["round"] != row["round"]] + [json.dumps(row)]
     atomic_write_text(path, "\n".join(lines) + "\n")
