@@ -19,7 +19,7 @@ import pytest
 
 from dpft.base_policies.errors import DpftError
 from dpft.envs.config import EnvConfig
-from dpft.finetune.dpo.label import LabelError, LabelSession, make_server, next_pair, url_of
+from dpft.finetune.dpo.label import LabelError, LabelSession, make_server, next_pair, shows_swapped, url_of
 from dpft.finetune.dpo.prefs import Pair, Prefs, PrefsError, Rollout, labels_path, read_labels, read_prefs, write_prefs
 
 TASK = "gym:InvertedPendulum-v5"  # the fastest MuJoCo task to render; 25 fps, 1 s = 25 steps
@@ -207,8 +207,9 @@ def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tm
         browser.open(server.url)
         _shows(browser, "p000000", "0 / 4 labelled")
         left, right = browser.eval("[...document.querySelectorAll('video')].map(v => v.currentSrc)")
-        assert "/video/r000000.webm" in left and "/video/r000001.webm" in right  # stored chosen left, rejected right
-        browser.click("#btn-left")
+        assert shows_swapped("p000000") and shows_swapped("p000001") and not shows_swapped("p000003")
+        assert "/video/r000001.webm" in left and "/video/r000000.webm" in right  # swapped: stored rejected on the left
+        browser.click("#btn-left")  # the rollout stored as rejected wins
         _shows(browser, "p000001", "1 / 4 labelled")
         # a chunk pair: playback starts 1 s before the branch (10 decisions of 4 steps, at 25 steps a second)
         assert browser.eval("state.pair.start") == pytest.approx(10 * K / 25 - 1.0)
@@ -219,7 +220,7 @@ def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tm
         browser.close()  # closing the browser loses nothing: each answer was on disk before the page moved on
         server.close()
     lines = [json.loads(line) for line in labels_path(prefs).read_text().splitlines()]
-    assert lines == [{"pair": "p000000", "answer": "left"}, {"pair": "p000001", "answer": "right"}]
+    assert lines == [{"pair": "p000000", "answer": "right"}, {"pair": "p000001", "answer": "left"}]  # stored order
     cached = {p.name.split("-")[0] for p in (tmp_path / "prefs.videos").glob("r*.webm")}
     assert {f"r{i:06d}" for i in range(6)} <= cached  # the videos of the pairs shown (and perhaps the next)
 
@@ -240,8 +241,8 @@ def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tm
         server.close()
     labelled = {p.id: (p.label, p.source) for p in read_prefs(prefs).pairs}
     assert labelled == {
-        "p000000": ("chosen", "person"),
-        "p000001": ("rejected", "person"),
+        "p000000": ("rejected", "person"),
+        "p000001": ("chosen", "person"),
         "p000002": (None, None),
         "p000003": ("tie", "person"),
     }
@@ -273,8 +274,9 @@ def test_answers_are_on_disk_at_once_and_a_new_session_resumes(prefs: Path):
         s.answer("p000002", "up")
     with pytest.raises(KeyError):
         s.answer("p999999", "left")
-    LabelSession(prefs).answer("p000002", "left")
-    assert read_labels(labels_path(prefs)) == {"p000000": "skip", "p000001": "tie", "p000002": "left"}
+    LabelSession(prefs).answer("p000002", "left")  # the page shows p000002 swapped: its left is the stored rejected
+    assert read_labels(labels_path(prefs)) == {"p000000": "skip", "p000001": "tie", "p000002": "right"}
+    assert LabelSession(prefs).state("p000002")["pair"]["answer"] == "left"  # shown back on the page's sides
 
 
 def test_a_labels_file_for_another_preference_file_is_one_clear_error(prefs: Path):

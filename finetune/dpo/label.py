@@ -1,8 +1,10 @@
 """``dpft prefs label``: a local page where a person labels preference pairs by watching them.
 
-The page (``label_page.html``) shows a pair's two rollouts side by side, the pair's stored
-``chosen`` member on the left and ``rejected`` on the right (see :data:`prefs.ANSWERS`), and
-takes left / right / tie / skip by click or key. Each answer is appended to
+The page (``label_page.html``) shows a pair's two rollouts side by side and takes left / right /
+tie / skip by click or key. For half the pairs (fixed per pair id, :func:`shows_swapped`) the
+stored ``rejected`` member is on the left, so the side never tells the person which rollout the
+ranking preferred; answers are written in the stored order whatever the page showed (``left`` =
+the stored ``chosen`` won, see :data:`prefs.ANSWERS`). Each answer is appended to
 ``<stem>.labels.jsonl`` and flushed to disk before the page moves on, so closing the tab or
 stopping the server loses nothing, and :func:`prefs.read_prefs` applies the answers (source
 ``person``).
@@ -315,9 +317,11 @@ class LabelSession:
         self._lock = threading.Lock()
 
     def answer(self, pair_id: str, answer: str) -> dict[str, Any]:
-        """Record an answer on disk (then in memory) and return the state with the next pair."""
+        """Record an answer given on the page's sides (stored in the file's order, on disk, then
+        in memory) and return the state with the next pair."""
         if pair_id not in self.by_id:
             raise KeyError(pair_id)
+        answer = on_screen(pair_id, answer)  # the same swap both ways
         with self._lock:
             append_label(self.labels, pair_id, answer)  # checks the answer
             self.answers.pop(pair_id, None)  # keep the dict in the order of the last answers
@@ -347,15 +351,28 @@ class LabelSession:
         if pair.kind == "chunk":  # both members share the steps before the branch: start just before it
             steps = self.prefs.rollouts[pair.chosen].start_decision * int(self.prefs.meta["action_horizon"])
             start = max(0.0, steps / self.videos.every / (self.videos.fps or self.videos.probe()) - 1.0)
+        left, right = (pair.rejected, pair.chosen) if shows_swapped(pair.id) else (pair.chosen, pair.rejected)
+        given = answers.get(pair.id)
         return {
             "id": pair.id,
             "kind": pair.kind,
             "number": self.prefs.pairs.index(pair) + 1,
-            "answer": answers.get(pair.id),
+            "answer": on_screen(pair.id, given) if given else None,
             "start": round(start, 3),
-            "left": {"rollout": pair.chosen, "video": f"/video/{pair.chosen}.webm"},
-            "right": {"rollout": pair.rejected, "video": f"/video/{pair.rejected}.webm"},
+            "left": {"rollout": left, "video": f"/video/{left}.webm"},
+            "right": {"rollout": right, "video": f"/video/{right}.webm"},
         }
+
+
+def shows_swapped(pair_id: str) -> bool:
+    """Whether the page shows the pair's stored ``rejected`` member on the left: half the pairs,
+    fixed per id (a reload shows the same sides)."""
+    return hashlib.sha256(pair_id.encode()).digest()[0] & 1 == 1
+
+
+def on_screen(pair_id: str, answer: str) -> str:
+    """Translate an answer between the page's sides and the file's order (its own inverse)."""
+    return {"left": "right", "right": "left"}.get(answer, answer) if shows_swapped(pair_id) else answer
 
 
 # ----- the server --------------------------------------------------------------------------

@@ -248,8 +248,9 @@ def _read_index(path: Path, rollouts: dict[str, Rollout]) -> list[Pair]:
 
 # ----- a person's labels --------------------------------------------------------------
 ANSWERS = {"left": "chosen", "right": "rejected", "tie": "tie", "skip": None}
-"""The page shows the pair's ``chosen`` member on the left and ``rejected`` on the right, so a
-click on the left video means the stored order was right."""
+"""Answers are in the stored order: ``left`` means the pair's stored ``chosen`` member won,
+``right`` that the ``rejected`` one did (the labelling page swaps the sides it shows for half the
+pairs and translates the click back)."""
 
 
 def read_labels(path: Path) -> dict[str, str]:
