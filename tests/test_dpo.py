@@ -206,6 +206,16 @@ def test_labels_from_a_person_are_read_back_and_override(prefs_file, tmp_path):
     assert by_id[second].label == "chosen" and by_id[second].source == "person"
 
 
+def test_flipped_labels_swap_a_fixed_share_of_pairs(prefs_file):
+    _, prefs = prefs_file
+    clean = PairData(prefs, torch.device("cpu"), needs_chains=False)
+    noisy = PairData(prefs, torch.device("cpu"), needs_chains=False, flip=0.5, seed=1)
+    flipped = (clean.w != noisy.w).float()
+    assert torch.equal(clean.w[flipped == 1], noisy.l[flipped == 1]) and 0.2 < flipped.mean() < 0.8
+    again = PairData(prefs, torch.device("cpu"), needs_chains=False, flip=0.5, seed=1)
+    assert torch.equal(again.w, noisy.w)
+
+
 def test_pair_batches_match_their_members(prefs_file):
     _, prefs = prefs_file
     data = PairData(prefs, torch.device("cpu"), needs_chains=True)

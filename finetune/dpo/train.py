@@ -77,6 +77,8 @@ class DPOConfig(EnvConfig, PairsConfig):
     """Gradient steps per round."""
     rounds: int = 1
     """Rounds of collect -> update -> evaluate."""
+    flip_labels: float = 0.0
+    """Robustness check: train on labels flipped for this share of the pairs (random, fixed per pair)."""
     resync_reference: bool = False
     """Copy the policy into the reference after each round (default: the reference stays the base)."""
     ema_decay: float = 0.0
@@ -110,6 +112,8 @@ class DPOConfig(EnvConfig, PairsConfig):
         bad = [k for k, v in positive.items() if not v > 0]
         if bad:
             raise ConfigError(f"--{bad[0].replace('_', '-')} must be > 0")
+        if not 0 <= self.flip_labels < 1:
+            raise ConfigError(f"--flip-labels ({self.flip_labels}) must be in [0, 1)")
         if self.steps_per_round < 0 or self.bc_weight < 0 or not 0 < self.clip < 1 or not 0 <= self.ema_decay < 1:
             raise ConfigError("--steps-per-round and --bc-weight must be >= 0, --clip in (0, 1), --ema-decay in [0, 1)")
         if self.checkpoint_every < 1:
@@ -120,7 +124,9 @@ class PairData:
     """Every decision of every rollout as one tensor, and the labelled pairs as index arrays, so a
     batch is a few gathers."""
 
-    def __init__(self, prefs: Prefs, device: torch.device, needs_chains: bool) -> None:
+    def __init__(
+        self, prefs: Prefs, device: torch.device, needs_chains: bool, flip: float = 0.0, seed: int = 0
+    ) -> None:
         ids = list(prefs.rollouts)
         pos = {rid: i for i, rid in enumerate(ids)}
         rs = [prefs.rollouts[rid] for rid in ids]
@@ -143,6 +149,9 @@ class PairData:
                 "streams, "
                 "or label the pairs with `dpft prefs label`"
             )
+        if flip:  # one draw per pair in file order: a pair keeps its flip as later rounds add pairs
+            flips = np.random.default_rng(seed).random(len(usable)) < flip
+            usable = [(p, (wl[1], wl[0]) if f else wl) for (p, wl), f in zip(usable, flips)]
         self.w = torch.tensor([pos[wl[0]] for _, wl in usable])
         self.l = torch.tensor([pos[wl[1]] for _, wl in usable])
         self.chunk_kind = torch.tensor([p.kind == "chunk" for p, _ in usable])
@@ -267,7 +276,8 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             _append_round(run.root / "evals.jsonl", base_row)
         while state["round"] < cfg.rounds:
             r = state["round"]
-            data = PairData(_round_data(cfg, run.root, given, r, model, state), device, needs_chains)
+            prefs = _round_data(cfg, run.root, given, r, model, state)
+            data = PairData(prefs, device, needs_chains, cfg.flip_labels, cfg.seed)
             writer.add_scalar("data/pairs", data.pairs, state["total_steps"])
             writer.add_scalar("data/env_steps", state["env_steps"], state["total_steps"])
             lcfg = LossConfig(cfg.beta, cfg.bc_weight, cfg.clip, cfg.noise_level, loss_gen)
