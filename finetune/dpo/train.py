@@ -256,6 +256,7 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     loss_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     eval_seed = 1_000_000 + cfg.seed if cfg.eval_seed is None else cfg.eval_seed
     state: dict[str, Any] = {"round": 0, "step": 0, "total_steps": 0, "base_eval": None, "env_steps": 0, "wall_s": 0.0}
+    state["env_steps"] = sum(p.stats()["env_steps"] for _, p in given)  # the rollouts behind the given pairs
     if cfg.resume:
         state = _load_checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen)
     run.write_config(cfg)
