@@ -54,7 +54,7 @@ def right_share(policy, n: int = 400) -> float:
 
 def quick(tmp_path, base_dir, **kw) -> DPOConfig:
     args = dict(base=str(base_dir), task=TASK, out=tmp_path / "dpo", rounds=2, states=32, streams=4)
-    args |= dict(steps_per_round=200, eval_episodes=50, progress=False)
+    args |= dict(steps_per_round=200, eval_episodes=50, progress=False, beta=2000.0, lr=1e-4)  # a small, clean task
     return DPOConfig(**{**args, **kw})
 
 

@@ -60,15 +60,16 @@ class DPOConfig(EnvConfig, PairsConfig):
     """Run folder."""
     loss: str = "diffusion-dpo"
     """diffusion-dpo, d3po, filtered-bc, or a loss added with register_loss."""
-    beta: float = 2000.0
-    """Inverse temperature of the preference loss (denoising errors are means over the chunk)."""
+    beta: float = 100.0
+    """Inverse temperature of the preference loss (denoising errors are means over the chunk; on
+    push 100 did better than 20 or 500, experiments/results/dpo_pilots)."""
     bc_weight: float = 1.0
     """Weight of a BC term on the preferred chunks (without it both likelihoods can fall together:
     on the bimodal test task, lr 1e-4 without it lost its gain in the second round)."""
     clip: float = 0.2
     """D3PO: the ratio of model to reference likelihood is clamped to [1 - clip, 1 + clip]."""
-    lr: float = 1e-4
-    """Adam learning rate."""
+    lr: float = 1e-5
+    """Adam learning rate (1e-4 made the push base worse within one round)."""
     batch_pairs: int = 32
     """Pairs per gradient step."""
     chunks_per_pair: int = 8
