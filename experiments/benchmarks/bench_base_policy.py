@@ -136,9 +136,13 @@ def main() -> None:
         for backbone in ("mlp", "unet"):
             for k in (5, 10, 20):
                 arch = ArchConfig(obs_horizon=2, pred_horizon=8, action_horizon=4, num_inference_steps=k)
-                p = policy_type(policy)(
-                    PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4, arch=arch)
-                ).eval().to(args.device)
+                p = (
+                    policy_type(policy)(
+                        PolicyConfig(type=policy, backbone=backbone, obs_dim=39, action_dim=4, arch=arch)
+                    )
+                    .eval()
+                    .to(args.device)
+                )
                 cells = [sampling_latency_ms(p, b, args.repeats) for b in args.batches]
                 lines.append(
                     f"| {policy} | {backbone} | {k} | " + " | ".join(f"{m:.1f} / {q:.1f}" for m, q in cells) + " |"

@@ -12,6 +12,7 @@ stochastic sampler's chains, so its rollouts are its own. Shared parts: :mod:`be
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,8 @@ def report() -> None:
     lines = [
         *DPO.header,
         "",
-        "| task | method | base, these episodes | round 0 | round 1 | round 2 | env steps | final, 100 ep. (base) | wall (min) |",
+        "| task | method | base, these episodes | round 0 | round 1 | round 2 | env steps | final, 100 ep. (base) "
+        "| wall (min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
@@ -74,7 +76,7 @@ def report() -> None:
             for s in seeds:
                 f = DPO.raw / task / method / f"seed{s}" / "evals.jsonl"
                 if f.exists():
-                    runs[s] = [__import__("json").loads(x) for x in f.read_text().splitlines() if x.strip()]
+                    runs[s] = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
             if not runs:
                 continue
             base = fmt([score(r[0]) for r in runs.values() if r and r[0]["round"] == -1], success)
@@ -85,7 +87,8 @@ def report() -> None:
             finals = [load_json(DPO.raw / task / method / f"seed{s}" / "final_seed2000.json") for s in runs]
             finals = [score(f) for f in finals if f]
             finals_by_method[method] = finals
-            walls = [r[-1]["wall_s"] / 60 for s, r in runs.items() if (DPO.raw / task / method / f"seed{s}" / "final_eval.json").exists()]
+            finished = [s for s in runs if (DPO.raw / task / method / f"seed{s}" / "final_eval.json").exists()]
+            walls = [runs[s][-1]["wall_s"] / 60 for s in finished]
             row = [task, f"{method} (n={len(runs)})", base, *cells, f"{int(np.mean(steps))}" if steps else "–",
                    f"{fmt(finals, success)} ({ref})", fmt(walls, False)]  # fmt: skip
             lines.append("| " + " | ".join(row) + " |")
