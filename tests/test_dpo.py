@@ -322,3 +322,18 @@ def test_interrupted_run_resumes_exactly(tmp_path, base_dir, monkeypatch):
     resumed = train_dpo(quick(tmp_path / "b", base_dir, steps_per_round=60, checkpoint_every=25, resume=True))
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_prefs_collect_command_and_labels_of_an_old_file(tmp_path, capsys, base_dir):
+    out = tmp_path / "p.hdf5"
+    args = ["prefs", "collect", "--policy", str(base_dir), "--states", "3", "--streams", "3", "--out", str(out)]
+    assert cli.main([*args, "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["rollouts"] == 9 and stats["task"] == TASK and out.with_suffix(".jsonl").exists()
+    assert cli.main(["prefs", "stats", "--files", str(out)]) == 0
+    assert "9 rollouts from 3 start states" in capsys.readouterr().out
+    append_label(labels_path(out), read_prefs(out).pairs[0].id, "left")
+    assert cli.main([*args, "--overwrite"]) == 2  # the answers name the old file's pairs: never silently reused
+    assert "holds a person's answers" in capsys.readouterr().err
+    assert cli.main(["prefs", "merge", "--files", str(out), str(out), "--out", str(tmp_path / "m.hdf5")]) == 0
+    assert len(read_prefs(tmp_path / "m.hdf5").rollouts) == 18
