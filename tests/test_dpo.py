@@ -337,3 +337,17 @@ def test_prefs_collect_command_and_labels_of_an_old_file(tmp_path, capsys, base_
     assert "holds a person's answers" in capsys.readouterr().err
     assert cli.main(["prefs", "merge", "--files", str(out), str(out), "--out", str(tmp_path / "m.hdf5")]) == 0
     assert len(read_prefs(tmp_path / "m.hdf5").rollouts) == 18
+
+
+def test_a_policy_type_without_a_denoiser_is_refused(tmp_path, monkeypatch, base_dir):
+    """A steered, residual or actor policy has no denoiser of its own to update or to sample a chain from."""
+    from dpft.finetune.dpo.sampling import check_sampler
+
+    class Steered:  # stands for any Policy that is not a diffusion/flow policy
+        type_name = "dsrl"
+
+    monkeypatch.setattr(dpo_train, "load_policy", lambda *a, **k: Steered())
+    with pytest.raises(ConfigError, match="'dsrl' policy.*must be a diffusion or flow policy"):
+        train_dpo(quick(tmp_path, base_dir))
+    with pytest.raises(ConfigError, match="--sampler stochastic needs a diffusion or flow policy"):
+        check_sampler(Steered(), "stochastic")
