@@ -16,7 +16,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-from benchlib import RESULTS, Bench, Job, cmd_evals, cmd_run, dpft_command, fmt, load_json, score, sync
+from benchlib import (
+    BASE_EVAL,
+    RESULTS,
+    ROOT,
+    Bench,
+    Job,
+    dpft_command,
+    dpft_eval,
+    final_evals,
+    fmt,
+    load_json,
+    run_job,
+    score,
+    sync,
+)
 
 FLAGS = {
     "diffusion-dpo": ["--loss", "diffusion-dpo"],
@@ -54,6 +68,42 @@ DPO = Bench(
     command=command,
     header=HEADER,
 )
+
+
+def base_evals(task: str) -> None:
+    """The base on the 100 final-evaluation episodes (N(0, I) and zero noise). The residual and DSRL
+    benchmarks evaluated the same bases on the same episodes; their files are reused (success is the
+    same whatever the reward; on Hopper the reward is the task's own in both). The base on each run's
+    own evaluation episodes is the run's round -1 (evals.jsonl), so nothing else is needed."""
+    import shutil
+
+    for name, flags in (("base_normal", []), ("base_zero", ["--zero-noise"])):
+        out = DPO.runs / task / f"{name}.json"
+        other = ROOT / "runs" / "bench_residual" / task / f"{name}.json"
+        if not out.exists() and other.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(other, out)
+        base = f"shipped:{'gym-Hopper-v5' if task == 'hopper' else f'metaworld-{task}-v3'}"
+        dpft_eval(DPO, base, out, BASE_EVAL["episodes"], BASE_EVAL["seed"], flags, None)
+
+
+def run(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    tasks = [t for t in DPO.tasks if not args.only or t in args.only]
+    for t in tasks:
+        base_evals(t)
+    jobs = [j for j in DPO.plan() if j.task in tasks and j.method in (args.methods or DPO.methods)]
+    with ThreadPoolExecutor(args.workers) as pool:
+        for msg in pool.map(run_job, jobs):
+            print(msg, flush=True)
+    evals(args)
+
+
+def evals(args) -> None:
+    for t in [t for t in DPO.tasks if not args.only or t in args.only]:
+        base_evals(t)
+        final_evals(DPO, t)
 
 
 def report() -> None:
@@ -128,4 +178,4 @@ if __name__ == "__main__":
     if args.cmd == "report":
         report()
     else:
-        {"run": cmd_run, "evals": cmd_evals}[args.cmd](DPO, args)
+        {"run": run, "evals": evals}[args.cmd](args)
