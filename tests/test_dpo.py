@@ -1,5 +1,6 @@
 """Preference fine-tuning: the losses, the pair data, and a run that must move a mode."""
 
+import copy
 import json
 import math
 
@@ -242,14 +243,24 @@ def test_preference_file_from_another_task_is_refused(tmp_path, prefs_file):
 
 
 def test_all_tie_or_unlabelled_file_is_refused(tmp_path, prefs_file, base_dir):
-    _, prefs = prefs_file
+    prefs = copy.deepcopy(prefs_file[1])
     for p in prefs.pairs:
         p.label = "tie"
     write_prefs(tmp_path / "ties.hdf5", prefs)
     with pytest.raises(PrefsError, match="no usable pair"):
         train_dpo(quick(tmp_path, base_dir, prefs=(tmp_path / "ties.hdf5",), rounds=1))
-    for p in prefs.pairs:
-        p.label = "chosen"
+    with pytest.raises(ConfigError, match="--unlabelled pairs cannot train"):
+        quick(tmp_path, base_dir, unlabelled=True)
+
+
+def test_garbage_in_a_labels_file_is_one_clear_error(tmp_path, prefs_file):
+    write_prefs(tmp_path / "p.hdf5", prefs_file[1])
+    labels_path(tmp_path / "p.hdf5").write_text('{"pair": "p000000", "answer": "left"}\nhello world\n')
+    with pytest.raises(PrefsError, match="line 2 is not a label record"):
+        read_prefs(tmp_path / "p.hdf5")
+    labels_path(tmp_path / "p.hdf5").write_text('{"pair": ["p000000"], "answer": "left"}\n')
+    with pytest.raises(PrefsError, match="line 1 is not a label record"):
+        read_prefs(tmp_path / "p.hdf5")
 
 
 def test_labels_naming_unknown_pairs_are_refused(tmp_path, prefs_file):
@@ -284,7 +295,6 @@ def test_a_policy_without_the_sampler_is_refused(tmp_path, base_dir, prefs_file)
     with pytest.raises(ConfigError, match="unknown --loss"):
         get_loss("ppo")
     path, prefs = prefs_file
-    ddim = [(p, r) for p, r in [(path, prefs)]]
     write_prefs(tmp_path / "ddim.hdf5", prefs)
     import h5py
 
@@ -293,7 +303,10 @@ def test_a_policy_without_the_sampler_is_refused(tmp_path, base_dir, prefs_file)
             del g["chains"]
     with pytest.raises(PrefsError, match="--sampler stochastic"):
         train_dpo(quick(tmp_path, base_dir, loss="d3po", prefs=(tmp_path / "ddim.hdf5",), rounds=1))
-    assert ddim
+    with pytest.raises(ConfigError, match="add --sampler stochastic"):  # later rounds would collect without chains
+        train_dpo(quick(tmp_path / "r", base_dir, loss="d3po", prefs=(path,), rounds=2))
+    with pytest.raises(PrefsError, match="noise level 1.0 but d3po would score it at 0.5"):
+        train_dpo(quick(tmp_path / "n", base_dir, loss="d3po", prefs=(path,), rounds=1, noise_level=0.5))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys, base_dir):

@@ -53,6 +53,12 @@ class PairsConfig:
             raise ConfigError(f"--sampler {self.sampler!r}: choose one of {SAMPLERS}")
         if self.rank not in RANKS:
             raise ConfigError(f"--rank {self.rank!r}: choose one of {RANKS}")
+        if (
+            self.min_margin < 0
+            or self.max_pairs_per_state < 0
+            or (self.noise_level is not None and self.noise_level < 0)
+        ):
+            raise ConfigError("--min-margin, --max-pairs-per-state and --noise-level must be >= 0")
 
 
 @dataclass
@@ -133,6 +139,11 @@ def collect_prefs(
         "action_horizon": policy.action_horizon,
         "denoising_steps": len(getattr(policy, "timesteps", ())),
         "sampler": cfg.sampler,
+        "noise_level": (
+            ""
+            if cfg.sampler != "stochastic"
+            else float(policy.default_noise_level if cfg.noise_level is None else cfg.noise_level)
+        ),
         "policy": source,
         "reward": env_cfg.reward or "",
         "max_episode_steps": env_cfg.max_episode_steps or 0,

@@ -132,7 +132,7 @@ def write_prefs(path: Path, prefs: Prefs) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_h5, tmp_idx = path.with_name(f".{path.name}.tmp"), path.with_name(f".{index_path(path).name}.tmp")
-    with h5py.File(tmp_h5, "w") as f:
+    with h5py.File(tmp_h5, "w") as f:  # closed (and flushed) before the fsync below
         f.attrs["format"], f.attrs["format_version"] = FORMAT, FORMAT_VERSION
         for k, v in prefs.meta.items():
             f.attrs[k] = "" if v is None else v
@@ -160,8 +160,11 @@ def write_prefs(path: Path, prefs: Prefs) -> None:
             f.write(json.dumps(asdict(p)) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp_h5, path)
+    with open(tmp_h5, "rb") as f:
+        os.fsync(f.fileno())
+    # the index first: the HDF5 file's presence is what marks a complete pair of files
     os.replace(tmp_idx, index_path(path))
+    os.replace(tmp_h5, path)
 
 
 def read_prefs(path: Path, labels: bool = True) -> Prefs:
@@ -185,6 +188,8 @@ def read_prefs(path: Path, labels: bool = True) -> Prefs:
             missing = [k for k in META_KEYS if k not in meta]
             if missing:
                 raise PrefsError(f"{path} lacks the attribute(s) {missing}")
+            if "rollouts" not in f:
+                raise PrefsError(f"{path} has no 'rollouts' group")
             rollouts = {rid: _read_rollout(path, rid, g) for rid, g in f["rollouts"].items()}
     except OSError as e:
         raise PrefsError(f"{path} is not a readable HDF5 file ({e})") from None
@@ -264,8 +269,10 @@ def read_labels(path: Path) -> dict[str, str]:
         try:
             d = json.loads(line)
             pair, answer = d["pair"], d["answer"]
+            if not isinstance(pair, str) or not isinstance(answer, str):
+                raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError):
-            if not line.rstrip().endswith("}"):  # a line torn by a crash mid-write (later ones start afresh)
+            if line.startswith("{") and not line.rstrip().endswith("}"):  # torn by a crash mid-write
                 continue
             raise PrefsError(f"{path} line {n} is not a label record ({line[:80]!r})") from None
         if answer not in ANSWERS:

@@ -87,7 +87,7 @@ class DPOConfig(EnvConfig, PairsConfig):
     eval_episodes: int = 50
     """Evaluation episodes after each round (and of the base before the first)."""
     eval_seed: int | None = None
-    """Seed of the evaluation episodes (default 1,000,000 + seed: never a training start state)."""
+    """Seed of the evaluation episodes (default 1,000,000 + seed: no training start state for seeds below 10)."""
     checkpoint_every: int = 500
     """Gradient steps between checkpoints (and one at the end of every round)."""
     device: str = "auto"
@@ -113,6 +113,10 @@ class DPOConfig(EnvConfig, PairsConfig):
         bad = [k for k, v in positive.items() if not v > 0]
         if bad:
             raise ConfigError(f"--{bad[0].replace('_', '-')} must be > 0")
+        if self.unlabelled:
+            raise ConfigError(
+                "--unlabelled pairs cannot train a round; collect them with `dpft prefs collect` and label them"
+            )
         if not 0 <= self.flip_labels < 1:
             raise ConfigError(f"--flip-labels ({self.flip_labels}) must be in [0, 1)")
         if self.steps_per_round < 0 or self.bc_weight < 0 or not 0 < self.clip < 1 or not 0 <= self.ema_decay < 1:
@@ -187,6 +191,20 @@ class PairData:
         )
 
 
+def check_chains(path: Path, prefs: Prefs, policy: DenoisingPolicy, noise_level: float | None) -> None:
+    """Chains are scored under the policy's own sampler: same number of steps, same noise level."""
+    steps, level = int(prefs.meta.get("denoising_steps", -1)), prefs.meta.get("noise_level", None)
+    want = policy.default_noise_level if noise_level is None else noise_level
+    if steps != len(policy.timesteps):
+        raise PrefsError(
+            f"{path} holds chains of {steps} denoising steps but the policy samples with {len(policy.timesteps)}"
+        )
+    if level is None or float(level) != float(want):
+        raise PrefsError(
+            f"{path} was sampled at noise level {level} but d3po would score it at {want}; pass --noise-level {level}"
+        )
+
+
 def _base_policy(cfg: DPOConfig, device: torch.device) -> DenoisingPolicy:
     base = load_policy(cfg.base, device)
     if not isinstance(base, DenoisingPolicy):
@@ -248,13 +266,16 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                 )
     loss_fn = get_loss(cfg.loss)
     needs_chains = cfg.loss in NEEDS_CHAINS
-    if needs_chains and not given and cfg.sampler != "stochastic":
-        raise ConfigError("--loss d3po needs the sampler chains: add --sampler stochastic")
+    if needs_chains and (not given or cfg.rounds > 1) and cfg.sampler != "stochastic":
+        raise ConfigError("--loss d3po needs the sampler chains: add --sampler stochastic (rounds collect with it)")
+    if needs_chains:
+        for path, prefs in given:
+            check_chains(path, prefs, model, cfg.noise_level)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loss_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    loss_gen = torch.Generator().manual_seed(cfg.seed + 1)  # on the CPU: a resume may change --device
     eval_seed = 1_000_000 + cfg.seed if cfg.eval_seed is None else cfg.eval_seed
     state: dict[str, Any] = {"round": 0, "step": 0, "total_steps": 0, "base_eval": None, "env_steps": 0, "wall_s": 0.0}
     state["env_steps"] = sum(p.stats()["env_steps"] for _, p in given)  # the rollouts behind the given pairs
@@ -304,6 +325,7 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
                 state["step"] += 1
                 state["total_steps"] += 1
+                at_step_start = None  # the step is done: an interrupt from here on keeps the generators as they are
                 bar.update(1)
                 if state["total_steps"] % 20 == 0:
                     for k, v in info.items():
@@ -387,7 +409,6 @@ def _round_data(cfg: DPOConfig, root: Path, given: list, r: int, model: Denoisin
                 model, f"{cfg.base} (dpo round {k})", cfg, cfg, seed=cfg.seed * 100_003 + k * 10_007, round_=k
             )
             write_prefs(path, prefs)
-            state["env_steps"] += prefs.stats()["env_steps"]
             s = prefs.stats()
             print(
                 f"round {k}: collected {s['pairs']} pairs from {s['rollouts']} rollouts ({s['env_steps']} env steps, "
@@ -395,6 +416,8 @@ def _round_data(cfg: DPOConfig, root: Path, given: list, r: int, model: Denoisin
                 flush=True,
             )
         files.append((path, read_prefs(path)))
+    # counted from the files, so a run killed after writing a round's file still counts it
+    state["env_steps"] = sum(p.stats()["env_steps"] for _, p in files)
     return merge(files) if len(files) > 1 else files[0][1]
 
 
