@@ -5,7 +5,8 @@
 
 Plan, per task (configs in ``experiments/configs/bench/dpo_<task>.yaml``): Diffusion-DPO, D3PO and
 filtered BC (BC on the preferred member of each pair, the comparator that needs no preferences),
-seeds 0-2, 3 rounds of on-policy collection. Round 0's pairs are the same rollouts for
+seeds 0-2, 3 rounds of on-policy collection; on push also Diffusion-DPO with 20% of the labels
+flipped (seed 0). Round 0's pairs are the same rollouts for
 Diffusion-DPO and filtered BC (same seed, the base's deterministic sampler); D3PO needs the
 stochastic sampler's chains, so its rollouts are its own. Shared parts: :mod:`benchlib`.
 """
@@ -36,6 +37,7 @@ FLAGS = {
     "diffusion-dpo": ["--loss", "diffusion-dpo"],
     "d3po": ["--loss", "d3po", "--sampler", "stochastic", "--beta", "10"],
     "filtered-bc": ["--loss", "filtered-bc"],
+    "diffusion-dpo-flip20": ["--loss", "diffusion-dpo", "--flip-labels", "0.2"],  # label-noise robustness
 }
 
 
@@ -64,9 +66,10 @@ HEADER = [
 DPO = Bench(
     name="dpo",
     tasks=("push", "drawer-open", "button-press", "pick-place", "hopper"),
-    methods={"diffusion-dpo": (0, 1, 2), "d3po": (0, 1, 2), "filtered-bc": (0, 1, 2)},
+    methods={"diffusion-dpo": (0, 1, 2), "d3po": (0, 1, 2), "filtered-bc": (0, 1, 2), "diffusion-dpo-flip20": (0,)},
     command=command,
     header=HEADER,
+    only_on={"diffusion-dpo-flip20": ("push",)},
 )
 
 
