@@ -153,6 +153,11 @@ def report() -> None:
                     fbc = finals_by_method.get("filtered-bc")
                     vs = f", filtered BC {np.mean(fbc) - b:+.2f}" if fbc else ""
                     verdicts.append(f"{task} {method}: {gain:+.2f} ({'met' if gain >= 0.30 else 'not met'}{vs})")
+            clean, noisy = finals_by_method.get("diffusion-dpo"), finals_by_method.get("diffusion-dpo-flip20")
+            if clean and noisy:
+                g_clean, g_noisy = float(np.mean(clean)) - b, float(np.mean(noisy)) - b
+                share = f"{g_noisy / g_clean:.0%} of the clean gain" if g_clean > 0 else "no clean gain to keep"
+                verdicts.append(f"{task} with 20% of labels flipped: {g_noisy:+.2f} ({share})")
     plan = DPO.plan()
     done = [j for j in plan if (DPO.raw / j.rel / "final_eval.json").exists()]
     lines += ["", f"Finished runs: {len(done)} of {len(plan)} in the plan."]
