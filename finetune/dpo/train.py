@@ -235,9 +235,10 @@ def win_rate(new: list[tuple[bool, float]], base: list[tuple[bool, float]], by_s
     return float(np.mean(score))
 
 
-def summary(outcomes: list[tuple[bool, float]]) -> dict[str, float]:
+def summary(outcomes: list[tuple[bool, float]], by_success: bool = True) -> dict[str, float | None]:
+    """Success rate (None for a task without a success signal) and mean return."""
     return {
-        "success_rate": float(np.mean([s for s, _ in outcomes])),
+        "success_rate": float(np.mean([s for s, _ in outcomes])) if by_success else None,
         "return_mean": float(np.mean([r for _, r in outcomes])),
     }
 
@@ -294,9 +295,9 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     try:
         if state["base_eval"] is None:
             state["base_eval"] = evaluate_episodes(ref, cfg, cfg.eval_episodes, eval_seed)
-            _log_eval(writer, summary(state["base_eval"]), None, 0)
-            base_row = {"round": -1, "env_steps": 0, "wall_s": 0.0, "pairs": 0, **summary(state["base_eval"])}
-            _append_round(run.root / "evals.jsonl", base_row)
+            _log_eval(writer, summary(state["base_eval"], by_success), None, 0)
+            base_row = {"round": -1, "env_steps": 0, "wall_s": 0.0, "pairs": 0}
+            _append_round(run.root / "evals.jsonl", base_row | summary(state["base_eval"], by_success))
         while state["round"] < cfg.rounds:
             r = state["round"]
             prefs = _round_data(cfg, run.root, given, r, model, state)
@@ -338,13 +339,14 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             outcomes = evaluate_episodes(policy, cfg, cfg.eval_episodes, eval_seed)
             state["wall_s"] = wall0 + time.perf_counter() - t_start
             row = {"round": r, "env_steps": state["env_steps"], "wall_s": state["wall_s"], "pairs": data.pairs}
-            row |= summary(outcomes)
+            row |= summary(outcomes, by_success)
             row["win_rate_vs_base"] = win_rate(outcomes, state["base_eval"], by_success)
-            row["base"] = summary(state["base_eval"])
+            row["base"] = summary(state["base_eval"], by_success)
             _log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
             _append_round(run.root / "evals.jsonl", row)
+            key = "success_rate" if by_success else "return_mean"
             print(
-                f"round {r}: success {row['success_rate']:.3f} (base {row['base']['success_rate']:.3f}), "
+                f"round {r}: {key} {row[key]:.3f} (base {row['base'][key]:.3f}), "
                 f"return {row['return_mean']:.1f}, win rate vs base {row['win_rate_vs_base']:.2f}, "
                 f"{data.pairs} pairs, {state['env_steps']} env steps of rollouts",
                 flush=True,
@@ -422,7 +424,8 @@ def _round_data(cfg: DPOConfig, root: Path, given: list, r: int, model: Denoisin
 
 
 def _log_eval(writer, row: dict, win: float | None, step: int) -> None:
-    writer.add_scalar("eval/success_rate", row["success_rate"], step)
+    if row["success_rate"] is not None:
+        writer.add_scalar("eval/success_rate", row["success_rate"], step)
     writer.add_scalar("eval/return_mean", row["return_mean"], step)
     if win is not None:
         writer.add_scalar("eval/win_rate_vs_base", win, step)
