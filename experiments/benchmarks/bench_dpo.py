@@ -20,7 +20,6 @@ import numpy as np
 from benchlib import (
     BASE_EVAL,
     RESULTS,
-    ROOT,
     Bench,
     Job,
     dpft_command,
@@ -60,7 +59,8 @@ HEADER = [
     "± sd over seeds; 'env steps' are the rollouts used for pairs (evaluations not counted). 'final, 100",
     "ep.': the policy after the last round on the residual and DSRL tables' 100 episodes (seed 2000),",
     "with the base on those episodes (N(0, I) / zero noise). Wall-clock: one run at a time beside one",
-    "other job on this 2-core machine.",
+    "other job on this 2-core machine. The fine-tuned policies are not kept here (each is a full 2 MB",
+    "copy of the weights); each run's `config.yaml` beside its results remakes it.",
 ]
 
 DPO = Bench(
@@ -70,24 +70,18 @@ DPO = Bench(
     command=command,
     header=HEADER,
     only_on={"diffusion-dpo-flip20": ("push",)},
+    keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
 )
 
 
 def base_evals(task: str) -> None:
-    """The base on the 100 final-evaluation episodes (N(0, I) and zero noise). The residual and DSRL
-    benchmarks evaluated the same bases on the same episodes; their files are reused (success is the
-    same whatever the reward; on Hopper the reward is the task's own in both). The base on each run's
-    own evaluation episodes is the run's round -1 (evals.jsonl), so nothing else is needed."""
-    import shutil
-
+    """The base on the 100 final-evaluation episodes (N(0, I) and zero noise), with this benchmark's
+    reward: the residual and DSRL tables end episodes at success, which changes which noise each
+    later episode draws, so their base numbers are not reused. The base on each run's own
+    evaluation episodes is the run's round -1 (evals.jsonl)."""
     for name, flags in (("base_normal", []), ("base_zero", ["--zero-noise"])):
-        out = DPO.runs / task / f"{name}.json"
-        other = ROOT / "runs" / "bench_residual" / task / f"{name}.json"
-        if not out.exists() and other.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(other, out)
         base = f"shipped:{'gym-Hopper-v5' if task == 'hopper' else f'metaworld-{task}-v3'}"
-        dpft_eval(DPO, base, out, BASE_EVAL["episodes"], BASE_EVAL["seed"], flags, None)
+        dpft_eval(DPO, base, DPO.runs / task / f"{name}.json", BASE_EVAL["episodes"], BASE_EVAL["seed"], flags, None)
 
 
 def run(args) -> None:

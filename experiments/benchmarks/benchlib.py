@@ -53,6 +53,9 @@ class Bench:
     target_method: str = ""
     footer: list[str] = field(default_factory=list)
     only_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    keep_policies: bool = True
+    """Copy each finished run's policy folder into the results (only when it is small: a policy on a
+    shipped base that names the base; a preference-fine-tuned policy is a full copy of the weights)."""
     """Methods run on some tasks only (method -> tasks), e.g. variants tried on one task."""
 
     @property
@@ -221,7 +224,7 @@ def sync(bench: Bench) -> None:
     # The final policy artifact of every finished run, when it is small: a policy on a shipped base
     # names the base instead of copying it (a few hundred kB), so any table row can be re-evaluated
     # with `dpft eval --policy experiments/results/<bench>_bench/TASK/METHOD/seedS/policy`.
-    for policy in bench.runs.glob("*/*/seed*/policy"):
+    for policy in bench.runs.glob("*/*/seed*/policy") if bench.keep_policies else ():
         if (policy / "config.json").exists() and not (policy / "base").exists():
             shutil.copytree(policy, bench.raw / policy.relative_to(bench.runs), dirs_exist_ok=True)
 
