@@ -181,7 +181,7 @@ CASES = [
     Case("finetune-steps-zero", "finetune residual --base {A}/policy --out {T}/r --steps 0", ("--steps",)),
     Case("device-unknown", "eval --policy {A}/policy --device tpu", ("tpu",)),
     Case("vectorization-unknown", "eval --policy {A}/policy --vectorization threads", ("--vectorization",)),
-    Case("unknown-command", "finetune dpo --base {A}/policy", ("unknown command",)),
+    Case("unknown-command", "finetune nope --base {A}/policy", ("unknown command",)),
     # ----- config files -----
     Case("config-missing", "eval --config {T}/nope.yaml", ("does not exist",)),
     Case("config-not-yaml", "eval --config {T}/c.yaml", ("is not valid",), _write("c.yaml", "a: [1, 2\n")),
