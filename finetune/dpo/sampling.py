@@ -52,6 +52,19 @@ class _Slot:
     success: bool = False
     done: bool = False
 
+    def step(self, chunk: np.ndarray, chain: np.ndarray | None) -> bool:
+        """Execute ``chunk`` from the current decision and record it; True when the episode ended."""
+        self.obs_hist.append(self.obs)
+        self.chunks.append(chunk)
+        if chain is not None:
+            self.chains.append(chain)
+        self.obs, _, terminated, truncated, info = self.env.step(chunk)
+        self.actions.append(info["step_data"].actions)
+        self.length += info["steps"]
+        self.success |= bool(info["success"])
+        self.ret += float(info["step_data"].rewards.sum())
+        return bool(terminated or truncated)
+
 
 def check_sampler(policy: Policy, sampler: str) -> None:
     if sampler not in SAMPLERS:
@@ -103,17 +116,9 @@ def _drive(policy: Policy, slots: list[_Slot], sampler: str, noise_level: float 
             chunks, chains = policy.predict_chunk(obs, noise), None
         chunks = chunks.cpu().numpy()
         for i, s in enumerate(active):
-            s.obs_hist.append(s.obs)
-            s.chunks.append(chunks[i])
-            if chains is not None:
-                s.chains.append(chains[i])
-            s.obs, reward, terminated, truncated, info = s.env.step(chunks[i])
-            s.actions.append(info["step_data"].actions)
-            s.length += info["steps"]
-            s.success |= bool(info["success"])
-            s.ret += float(info["step_data"].rewards.sum())
+            ended = s.step(chunks[i], None if chains is None else chains[i])
             own = len(s.chunks) - s.start_decision
-            s.done = terminated or truncated or (s.stop_after is not None and own >= s.stop_after)
+            s.done = ended or (s.stop_after is not None and own >= s.stop_after)
 
 
 def _rollout(s: _Slot, round_: int) -> Rollout:
@@ -215,15 +220,7 @@ def _restore(env: ChunkedEnv, group: int, r: Rollout, t: int, horizon: int | Non
     obs, _ = env.reset(seed=r.reset_seed)
     s = _Slot(env, obs, group, r.reset_seed, noise, start_decision=t, stop_after=horizon)
     for k in range(t):
-        s.obs_hist.append(s.obs)
-        s.chunks.append(r.chunks[k])
-        if r.chains is not None:
-            s.chains.append(r.chains[k])
-        s.obs, reward, terminated, truncated, info = env.step(r.chunks[k])
-        s.actions.append(info["step_data"].actions)
-        s.length += info["steps"]
-        s.success |= bool(info["success"])
-        s.ret += float(info["step_data"].rewards.sum())
+        s.step(r.chunks[k], None if r.chains is None else r.chains[k])
     if not np.allclose(s.obs, r.obs[t], atol=1e-5):
         raise DpftError(
             f"replaying rollout (reset seed {r.reset_seed}) to decision {t} did not reach the recorded state; "
