@@ -14,6 +14,7 @@ import math
 import torch
 
 from dpft.base_policies.config import PolicyConfig
+from dpft.base_policies.fast_sampling import SamplerPlan
 from dpft.base_policies.policy import DenoisingPolicy, register_policy
 
 
@@ -54,6 +55,18 @@ class DiffusionPolicy(DenoisingPolicy):
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         eps = self.denoiser(xt, t.float(), self.condition(obs))
         return ((eps - noise) ** 2).mean(dim=(1, 2))
+
+    def sampler_plan(self) -> SamplerPlan:
+        """DDIM (eta = 0) over ``timesteps``, coefficients in float32 as :meth:`step_mean_std` has them."""
+        coefs = []
+        for t in self.timesteps.cpu():
+            ab = self.alphas_cumprod.cpu()[t]
+            prev = int(t) - self.stride
+            ab_prev = self.alphas_cumprod.cpu()[prev] if prev >= 0 else torch.tensor(1.0)
+            values = ((1 - ab).sqrt(), ab.sqrt(), ab_prev.sqrt(), (1 - ab_prev).clamp(min=0).sqrt())
+            coefs.append(tuple(float(v) for v in values))
+        times = tuple(float(t) for t in self.timesteps.float().cpu())
+        return SamplerPlan("ddim", times, coefs=tuple(coefs), clip_x0=self.config.arch.clip_sample)
 
     # ----- DDIM step ----------------------------------------------------------------
     def step_mean_std(self, cond, x, t, noise_level):

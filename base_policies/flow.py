@@ -13,6 +13,7 @@ import math
 import torch
 
 from dpft.base_policies.config import PolicyConfig
+from dpft.base_policies.fast_sampling import SamplerPlan
 from dpft.base_policies.policy import DenoisingPolicy, register_policy
 
 TIME_SCALE = 100.0  # flow time in [0, 1] is scaled to the range the time embedding expects
@@ -45,6 +46,14 @@ class FlowPolicy(DenoisingPolicy):
         xt = (1 - tt) * noise + tt * x1
         v = self.velocity(self.condition(obs), xt, t)
         return ((v - (x1 - noise)) ** 2).mean(dim=(1, 2))
+
+    def sampler_plan(self) -> SamplerPlan:
+        """Euler or midpoint over ``timesteps``; the time inputs as :meth:`velocity` computes them."""
+        t = self.timesteps.cpu()
+        if self.config.arch.integrator == "midpoint":
+            t = torch.stack([t, t + 0.5 * self.dt], 1).flatten()
+        times = tuple(float(v) for v in t * TIME_SCALE)
+        return SamplerPlan(self.config.arch.integrator, times, dt=self.dt)
 
     # ----- ODE / SDE steps ----------------------------------------------------------
     def step(self, cond, x, t):

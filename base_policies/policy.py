@@ -20,6 +20,7 @@ from dpft.base_policies.backbones import BACKBONES
 from dpft.base_policies.config import PolicyConfig, to_dict
 from dpft.base_policies.device import module_device
 from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.fast_sampling import SamplerPlan, fast_sampler
 from dpft.base_policies.normalizer import Normalizer
 from dpft.base_policies.registry import entry_point_names, load_entry_point
 from dpft.base_policies.state_io import atomic_dir
@@ -194,8 +195,19 @@ class DenoisingPolicy(Policy):
         """The normalised chunk for the sampler's last state (a subclass may clip it)."""
         return x
 
+    def sampler_plan(self) -> SamplerPlan:
+        """The deterministic sampler in numbers, for the captured fast path (:mod:`fast_sampling`)."""
+        raise NotImplementedError
+
     def sample(self, cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Deterministically map initial noise ``x`` to a normalised chunk given ``cond``."""
+        """Deterministically map initial noise ``x`` to a normalised chunk given ``cond``.
+
+        Without autograd on the CPU an MLP denoiser runs the captured fast path (the same
+        chunk to float32 rounding, several times faster at small batches); this loop is the
+        reference it is tested against, and what runs everywhere else."""
+        fast = fast_sampler(self)
+        if fast is not None:
+            return self.finish(fast(cond, x))
         for t in self.timesteps:
             x = self.step(cond, x, t.expand(x.shape[0]))
         return self.finish(x)
