@@ -41,3 +41,10 @@ def import_from_working_dir() -> None:
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+
+
+def multi_process(run: Any) -> Any:
+    """Mark a command's run function as one that runs under ``accelerate launch`` with several
+    processes (``dpft <command> --processes N``); the CLI refuses the others there with a message."""
+    run.multi_process = True
+    return run

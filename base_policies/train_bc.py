@@ -27,6 +27,7 @@ from dpft.base_policies.divergence import DivergenceGuard
 from dpft.base_policies.ema import EMA
 from dpft.base_policies.errors import ConfigError, TrainingError
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
+from dpft.base_policies.registry import multi_process
 from dpft.base_policies.run_folder import RunFolder, open_run
 from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
 
@@ -179,6 +180,7 @@ def diverged(cfg: TrainBCConfig, run: RunFolder, bad_step: int, saved_step: int 
     )
 
 
+@multi_process
 def train_bc(cfg: TrainBCConfig) -> Path:
     """Run BC training; returns the final policy folder."""
     from accelerate import Accelerator
@@ -186,8 +188,6 @@ def train_bc(cfg: TrainBCConfig) -> Path:
     accelerator = Accelerator(cpu=resolve_device(cfg.device).type == "cpu")
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
-    if world > 1 and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (torch.get_num_threads()) // world))
     cfg, run = open_run(cfg, TrainBCConfig, main=main)
     if cfg.dataset is None:
         raise ConfigError("--dataset is required (a .hdf5, .npz or Minari dataset)")

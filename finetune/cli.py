@@ -30,6 +30,8 @@ except ModuleNotFoundError:  # Python 3.10
 from dpft.base_policies.config import from_dict
 from dpft.base_policies.errors import ConfigError, DpftError
 from dpft.base_policies.registry import entry_point_names, load_entry_point
+from dpft.base_policies.threads import apply_threads, prepare_threads
+from dpft.finetune.launch import check_multi_process, launch, launched_world, parse_processes
 
 
 @dataclass
@@ -89,7 +91,9 @@ def _usage(prefix: str = "") -> str:
 
 CONFIG_HELP = (
     "--config FILE.yaml|FILE.toml supplies any of the settings below (keys as the flag names, with - or _); "
-    "flags given on the command line override the file."
+    "flags given on the command line override the file. Every command also takes --threads N (torch CPU "
+    "threads; default: the cores divided among the processes on this machine); eval, collect and train-bc "
+    "take --processes N (run under accelerate launch with N processes)."
 )
 
 
@@ -115,17 +119,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def _split_config_flag(args: list[str]) -> tuple[Path | None, list[str]]:
-    rest, path = [], None
+def _split_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """``(value, the other args)`` for ``flag VALUE`` / ``flag=VALUE`` (the last one wins)."""
+    rest, value = [], None
     it = iter(args)
     for a in it:
-        if a == "--config":
-            path = Path(next(it, ""))
-        elif a.startswith("--config="):
-            path = Path(a.split("=", 1)[1])
+        if a == flag:
+            value = next(it, "")
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
         else:
             rest.append(a)
-    return path, rest
+    return value, rest
+
+
+def _split_config_flag(args: list[str]) -> tuple[Path | None, list[str]]:
+    path, rest = _split_flag(args, "--config")
+    return (Path(path) if path is not None else None), rest
 
 
 def parse(name: str, args: list[str]) -> Any:
@@ -194,8 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _sigterm)
     try:
+        threads, args = _split_flag(args, "--threads")
+        processes, args = _split_flag(args, "--processes")
+        n_threads = prepare_threads(threads)  # before torch starts its thread pool, where it has not yet
+        cmd = find_command(name)
+        n_processes = parse_processes(processes)
+        if n_processes > 1 or launched_world() > 1:
+            check_multi_process(name, cmd.run, n_processes)
+        if n_processes > 1 and launched_world() == 1:
+            cfg = parse(name, args)  # flag errors here, in one process, not N times
+            return launch(name, args, n_processes, threads)
+        apply_threads(n_threads)
         cfg = parse(name, args)
-        find_command(name).run(cfg)
+        cmd.run(cfg)
     except DpftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

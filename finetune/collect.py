@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +10,11 @@ import numpy as np
 from dpft.base_policies.data import write_robomimic_hdf5
 from dpft.base_policies.errors import ConfigError, DpftError
 from dpft.base_policies.paths import check_output_file
+from dpft.base_policies.registry import multi_process
 from dpft.envs.config import EnvConfig
 from dpft.envs.experts import get_expert
-from dpft.finetune.rollout import EpisodeResult, run_episodes
+from dpft.finetune.distributed import current_shard
+from dpft.finetune.rollout import EnvSlots, EpisodeResult, run_episodes
 
 
 @dataclass
@@ -38,25 +40,39 @@ class CollectConfig(EnvConfig):
             raise ConfigError("--episodes must be >= 1 and --action-noise >= 0")
 
 
+@multi_process
 def collect(cfg: CollectConfig) -> list[EpisodeResult]:
-    check_output_file(cfg.out, cfg.overwrite, "--out", (".hdf5", ".h5"))  # before any rollout
+    """``dpft collect``. Under ``accelerate launch`` (or ``--processes N``) each process runs its
+    env slots; every process sees all episodes, the main one writes the file, which is the
+    same file one process writes (:mod:`dpft.finetune.distributed`)."""
+    shard = current_shard()
+    shard.check_slots(cfg.envs, cfg.episodes)
+    if shard.is_main:
+        check_output_file(cfg.out, cfg.overwrite, "--out", (".hdf5", ".h5"))  # before any rollout
     expert = get_expert(cfg.task)
-    rng = np.random.default_rng(cfg.seed)
-    venv = cfg.make_vector(1, 1, 1, record_steps=True)
+    rng = np.random.default_rng(cfg.seed)  # each round below starts its own stream
+    slots = EnvSlots(tuple(shard.slots(cfg.envs)), cfg.envs)
+    venv = replace(cfg, envs=len(slots.indices)).make_vector(1, 1, 1, record_steps=True)
     low, high = venv.single_action_space.low[0], venv.single_action_space.high[0]
 
     def chunk_fn(obs: np.ndarray) -> np.ndarray:
         actions = expert(obs[:, 0])
-        if cfg.action_noise > 0:
-            actions = actions + rng.normal(0, cfg.action_noise, actions.shape)
+        if cfg.action_noise > 0:  # one draw for all envs of the run; this process's rows of it
+            actions = actions + rng.normal(0, cfg.action_noise, (slots.total, actions.shape[1]))[list(slots.indices)]
         return np.clip(actions, low, high).astype(np.float32)[:, None]
 
     kept: list[EpisodeResult] = []
     attempts, round_seed = 0, cfg.seed
+    progress = cfg.progress and shard.is_main
     try:
         while len(kept) < cfg.episodes:
             want = cfg.episodes - len(kept)
-            results = run_episodes(chunk_fn, venv, want, seed=round_seed, progress=cfg.progress, record_steps=True)
+            if attempts:  # a later round: a fresh stream, so no process depends on how long another ran
+                rng = np.random.default_rng([cfg.seed, round_seed])
+            results = run_episodes(
+                chunk_fn, venv, want, seed=round_seed, progress=progress, record_steps=True, slots=slots
+            )
+            results = sorted(shard.gather(results), key=lambda r: r.env_index)
             attempts += len(results)
             round_seed += 100_003  # next round: fresh start states
             kept += [r for r in results if r.success or not cfg.success_only][:want]
@@ -67,6 +83,8 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
                 )
     finally:
         venv.close()
+    if not shard.is_main:
+        return kept
     env_args = {
         "task": cfg.task,
         "max_episode_steps": cfg.max_episode_steps,

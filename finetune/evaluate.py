@@ -16,10 +16,12 @@ from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.paths import check_output_file
 from dpft.base_policies.policy import Policy
+from dpft.base_policies.registry import multi_process
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
-from dpft.finetune.rollout import EpisodeResult, policy_chunk_fn, run_episodes
+from dpft.finetune.distributed import Shard, current_shard, local_device_spec
+from dpft.finetune.rollout import EnvSlots, EpisodeResult, policy_chunk_fn, run_episodes
 from dpft.finetune.stats import mean_ci, wilson_interval
 
 
@@ -73,19 +75,34 @@ def json_safe(value: Any) -> Any:
 
 
 def evaluate(
-    policy: Policy, cfg: EnvConfig, episodes: int, progress: bool = False, zero_noise: bool = False
+    policy: Policy,
+    cfg: EnvConfig,
+    episodes: int,
+    progress: bool = False,
+    zero_noise: bool = False,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Roll out ``policy`` for ``episodes`` episodes and summarise (used by eval and training)."""
-    venv = cfg.make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+    """Roll out ``policy`` for ``episodes`` episodes and summarise (used by eval and training).
+
+    With a ``shard`` of several processes, this process runs its env slots of the ``cfg.envs``
+    and the episodes of all processes are summarised together, on every process: the same
+    numbers as one process (:mod:`dpft.finetune.distributed`)."""
+    shard = shard or Shard()
+    shard.check_slots(cfg.envs, episodes)
+    slots = EnvSlots(tuple(shard.slots(cfg.envs)), cfg.envs)
+    local = replace(cfg, envs=len(slots.indices))
+    venv = local.make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
     try:
         check_policy_fits(policy, venv, cfg.task)
         gen = torch.Generator().manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        fn = policy_chunk_fn(policy, gen, zero_noise=zero_noise)
-        results = run_episodes(fn, venv, episodes, seed=cfg.seed, progress=progress)
+        fn = policy_chunk_fn(policy, gen, zero_noise=zero_noise, rows=slots)
+        results = run_episodes(fn, venv, episodes, seed=cfg.seed, progress=progress, slots=slots)
+        results = shard.gather(results)
         elapsed = time.perf_counter() - t0
     finally:
         venv.close()
+    results.sort(key=lambda r: r.env_index)  # stable: each env's episodes stay in order
     return summarise(results, cfg, elapsed)
 
 
@@ -123,16 +140,25 @@ def report(summary: dict[str, Any], policy: str) -> str:
     return "\n".join(lines)
 
 
+@multi_process
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """``dpft eval``; under ``accelerate launch`` (or ``--processes N``) the episodes are split
+    across the processes by env slot and the numbers are those of one process."""
     if cfg.video is not None:  # before the evaluation, not after it
         check_output_file(cfg.video, cfg.overwrite, "--video", (".mp4", ".gif"))
-    policy = load_policy(cfg.policy, resolve_device(cfg.device))
+    shard = current_shard()
+    shard.check_slots(cfg.envs, cfg.episodes)  # before loading anything
+    policy = load_policy(cfg.policy, resolve_device(local_device_spec(cfg.device)))
     task = cfg.task or getattr(getattr(policy, "config", None), "task", None)
     if not task:
         raise ConfigError(f"{cfg.policy} does not record its task; pass --task")
     cfg = replace(cfg, task=task)
-    summary = evaluate(policy, cfg, cfg.episodes, progress=cfg.progress and not cfg.json, zero_noise=cfg.zero_noise)
+    progress = cfg.progress and not cfg.json and shard.is_main
+    summary = evaluate(policy, cfg, cfg.episodes, progress=progress, zero_noise=cfg.zero_noise, shard=shard)
     summary["noise"] = "zero" if cfg.zero_noise else "gaussian"
+    summary["processes"] = shard.world
+    if not shard.is_main:
+        return summary  # the main process reports, writes TensorBoard and the video
     if cfg.logdir is not None:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -55,7 +55,11 @@ class EpisodeResult:
 
 
 def policy_chunk_fn(
-    policy: Policy, generator: torch.Generator | None = None, zero_noise: bool = False, return_noise: bool = False
+    policy: Policy,
+    generator: torch.Generator | None = None,
+    zero_noise: bool = False,
+    return_noise: bool = False,
+    rows: EnvSlots | None = None,
 ) -> ChunkFn:
     """Adapt a :class:`Policy` to ``obs history [N, To, D] -> chunks [N, H, A]`` (numpy).
 
@@ -65,22 +69,57 @@ def policy_chunk_fn(
     stateless policy). The
     noise is what a base policy draws itself from ``generator``, so its chunks do not change;
     a policy that picks its own noise when given none (a steered policy) is fed N(0, I) instead.
+
+    The noise of a call is one ``[E, *noise_shape]`` draw for all E envs of the run, of which
+    this process takes the rows of its env slots (``rows``; all of them in one process), so an
+    env's noise does not depend on which process runs it (:mod:`dpft.finetune.distributed`).
+    With ``rows`` a part of the run, the policy is still called on all E rows (this process's
+    rows in their places, zeros elsewhere): MKL picks its kernels by batch size, and a batch of
+    2 gives chunks that differ from a batch of 4 in the last bits, which a contact-rich task
+    turns into another episode. At these batch sizes a call costs about the same for 2 or 8 rows.
     """
+    part = rows is not None and len(rows.indices) != rows.total
+    index = list(rows.indices) if rows is not None else None
 
     def fn(obs: np.ndarray) -> np.ndarray | tuple[np.ndarray, Extras]:
         x = torch.from_numpy(obs).to(policy.device)
+        if part:
+            x = torch.zeros((rows.total, *x.shape[1:]), dtype=x.dtype, device=x.device).index_copy_(
+                0, torch.tensor(index, device=x.device), x
+            )
         if zero_noise:
-            noise = torch.zeros(len(obs), *policy.noise_shape, device=policy.device)
-        elif return_noise:
-            noise = policy.initial_noise(len(obs), generator)
+            noise = torch.zeros(len(x), *policy.noise_shape, device=policy.device)
+        elif return_noise or not policy.chooses_noise:
+            noise = policy.initial_noise(len(x), generator)
         else:
             noise = None
         chunks = policy.predict_chunk(x, noise, generator=generator).cpu().numpy()
+        if part:
+            chunks, noise = chunks[index], None if noise is None else noise[index]
         return (chunks, {"noise": noise.cpu().numpy()}) if return_noise else chunks
 
+    def reset(done: np.ndarray | None) -> None:
+        if done is not None and part:
+            full = np.zeros(rows.total, bool)
+            full[index] = done
+            done = full
+        policy.reset(None if done is None else torch.as_tensor(done))
+
     if policy.stateful:  # stateless policies need no per-step bookkeeping in the rollout loop
-        fn.reset = lambda done: policy.reset(None if done is None else torch.as_tensor(done))
+        fn.reset = reset
     return fn
+
+
+@dataclass(frozen=True)
+class EnvSlots:
+    """The env slots (global indices, of ``total``) that this process's vector env runs."""
+
+    indices: tuple[int, ...]
+    total: int
+
+    @classmethod
+    def all(cls, n: int) -> EnvSlots:
+        return cls(tuple(range(n)), n)
 
 
 @dataclass
@@ -144,23 +183,32 @@ def run_episodes(
     seed: int | None = 0,
     progress: bool = False,
     record_steps: bool = False,
+    slots: EnvSlots | None = None,
 ) -> list[EpisodeResult]:
     """Run ``num_episodes`` episodes and return their statistics, ordered by (env index,
     episode index), with each episode's per-step data (``record_steps``; the envs must be
     built with ``record_steps=True``), the extras of its decisions (when ``chunk_fn`` returns
-    them) and its frames (when the envs were built with ``render_frames=True``)."""
+    them) and its frames (when the envs were built with ``render_frames=True``).
+
+    ``slots``: this process runs only these env slots of a larger run (its vector env has one
+    env per slot); each slot gets the seed and episode quota it has in the whole run, and
+    ``env_index`` is the slot. ``num_episodes`` counts the whole run's episodes."""
     n = venv.num_envs
-    quota = np.array([num_episodes // n + (i < num_episodes % n) for i in range(n)])
+    slots = slots or EnvSlots.all(n)
+    if len(slots.indices) != n:
+        raise ValueError(f"{len(slots.indices)} env slots for a vector env of {n} envs")
+    total = slots.total
+    quota = np.array([num_episodes // total + (i < num_episodes % total) for i in slots.indices])
     done = np.zeros(n, int)
     per_env: list[list[EpisodeResult]] = [[] for _ in range(n)]
     running = [_Running() for _ in range(n)]
     reset = getattr(chunk_fn, "reset", None) or (lambda done: None)
-    obs, infos = venv.reset(seed=seed)
+    obs, infos = venv.reset(seed=None if seed is None else [seed + i for i in slots.indices])
     reset(None)
     if "frame" in infos:
         for i in range(n):
             running[i].add(_index(infos, i), record_steps)  # the first frame
-    bar = tqdm(total=num_episodes, disable=not progress, desc="episodes", unit="ep")
+    bar = tqdm(total=int(quota.sum()), disable=not progress, desc="episodes", unit="ep")
     while (done < quota).any():
         chunks, extras = _split(chunk_fn(obs), n)
         active = np.flatnonzero(done < quota)
@@ -174,7 +222,8 @@ def run_episodes(
             if done[i] >= quota[i]:
                 continue
             running[i].add(info, record_steps)
-            per_env[i].append(running[i].result(i, info, f"env{i}_ep{done[i]}", record_steps))
+            slot = slots.indices[i]
+            per_env[i].append(running[i].result(slot, info, f"env{slot}_ep{done[i]}", record_steps))
             running[i] = _Running()
             done[i] += 1
             bar.update(1)

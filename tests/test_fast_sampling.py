@@ -30,7 +30,9 @@ def eager(policy, obs, noise, monkeypatch):
         return policy.predict_chunk(obs, noise)
 
 
-@pytest.mark.parametrize("kind,arch", MLP_VARIANTS, ids=[f"{k}{''.join(f'-{v}' for v in a.values())}" for k, a in MLP_VARIANTS])
+@pytest.mark.parametrize(
+    "kind,arch", MLP_VARIANTS, ids=[f"{k}{''.join(f'-{v}' for v in a.values())}" for k, a in MLP_VARIANTS]
+)
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_fast_path_matches_the_eager_sampler(kind, arch, batch, monkeypatch):
     policy = tiny_policy(kind, "mlp", hidden_dim=64, num_blocks=2, **arch)

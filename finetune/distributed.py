@@ -1,0 +1,117 @@
+"""Several processes (``accelerate launch`` or ``dpft ... --processes N``): who runs which envs.
+
+A rollout of ``E`` envs is split by *env slot*: process ``r`` of ``W`` runs the slots
+``r, r + W, r + 2W, ...``. A slot is what one env of the single-process run is: it is reset with
+``seed + slot``, runs the same quota of episodes, and its rows of every batched draw (the initial
+noise, an expert's action noise) are the rows that env would get from the full ``[E, ...]``
+draw. So each slot plays exactly the episodes it plays in one process, and after the results
+are gathered, 1 process and N processes report the same episodes and the same numbers
+(``tests/test_distributed.py``; it holds while the policy's chunk for one row does not depend on
+the other rows of its batch, which MKL keeps for batches of two or more rows here).
+
+Only the main process prints, writes files and TensorBoard. A process that dies takes the
+launch down: ``accelerate launch`` (torch's elastic agent) stops the other processes and names
+the failed rank, and every collective here has a timeout, so nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from dpft.base_policies.errors import ConfigError
+
+COLLECTIVE_TIMEOUT = timedelta(seconds=float(os.environ.get("DPFT_COLLECTIVE_TIMEOUT", "600")))
+"""How long a process waits for the others at a gather before it gives up with an error."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a multi-process run (rank 0 of 1 outside a launcher)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def slots(self, total: int) -> list[int]:
+        """The env slots (of ``total``) this process runs."""
+        return list(range(self.rank, total, self.world))
+
+    def check_slots(self, envs: int, episodes: int) -> None:
+        """Every process needs a slot with an episode to run."""
+        busy = min(envs, episodes)
+        if self.world > busy:
+            raise ConfigError(
+                f"{self.world} processes but only {busy} env slot(s) with episodes to run (--envs {envs}, "
+                f"--episodes {episodes}); use --processes {busy} or fewer, or raise --envs/--episodes"
+            )
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every process's ``items``, concatenated in rank order, on every process."""
+        if self.world == 1:
+            return list(items)
+        import torch.distributed as dist
+
+        _fault_hook(self.rank)
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, items)
+        return [x for part in out for x in part]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _fault_hook(rank: int) -> None:
+    """For tests: ``DPFT_KILL_RANK=R`` kills process R with SIGKILL at its first gather, while
+    the others wait for it there (how a crashed or OOM-killed rank looks to the rest)."""
+    if os.environ.get("DPFT_KILL_RANK") == str(rank):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def launched_world() -> int:
+    """The number of processes of the launch this process belongs to (1 outside a launcher)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+_SHARD: Shard | None = None
+
+
+def current_shard() -> Shard:
+    """This process's :class:`Shard`; joins the launch's process group on first use (gloo on
+    the CPU, NCCL on GPUs, as ``accelerate`` chooses)."""
+    global _SHARD
+    if _SHARD is None:
+        if launched_world() == 1:
+            _SHARD = Shard()
+        else:
+            import torch
+            from accelerate import PartialState
+
+            state = PartialState(cpu=not torch.cuda.is_available(), timeout=COLLECTIVE_TIMEOUT)
+            _SHARD = Shard(state.process_index, state.num_processes)
+    return _SHARD
+
+
+def local_device_spec(spec: str) -> str:
+    """``--device`` for this process: under a launch with GPUs, ``cuda``/``auto`` mean this
+    process's own GPU (``cuda:<local rank>``)."""
+    if launched_world() == 1 or spec not in ("auto", "cuda"):
+        return spec
+    import torch
+
+    if not torch.cuda.is_available():
+        return spec
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"

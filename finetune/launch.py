@@ -1,0 +1,154 @@
+"""``dpft <command> --processes N``: start the command under ``accelerate launch`` for the user.
+
+The line it runs is the one a user would write (printed first, so it can be copied to a cluster
+script with ``--num_machines`` / ``--machine_rank`` / ``--main_process_ip`` added)::
+
+    accelerate launch --multi_gpu --num_processes N --num_machines 1 -m dpft.finetune.cli <command> ...
+
+``--multi_gpu`` is accelerate's name for "several processes": on a machine without GPUs they
+talk over gloo. Each process gets ``--threads`` (default: the cores divided by N).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.finetune.distributed import launched_world
+
+__all__ = ["check_multi_process", "launch", "launched_world", "parse_processes"]
+
+
+def parse_processes(value: str | None) -> int:
+    if value is None:
+        return 1
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"--processes {value!r}: give a whole number of processes (>= 1)") from None
+    if n < 1:
+        raise ConfigError(f"--processes {n}: give at least 1 process")
+    return n
+
+
+def check_multi_process(name: str, run: Callable[..., Any], processes: int) -> None:
+    """Refuse a command that has no multi-process mode, before any process starts."""
+    if not getattr(run, "multi_process", False):
+        world = max(processes, launched_world())
+        raise ConfigError(
+            f"dpft {name} runs in one process only (asked for {world}); eval, collect and train-bc run on several. "
+            f"Drop --processes (or run it without accelerate launch)"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(name: str, args: list[str], processes: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "dpft.finetune.cli",
+        *name.split(),
+        *args,
+    ]
+
+
+def launch(name: str, args: list[str], processes: int, threads: str | None) -> int:
+    """Run the command with ``processes`` processes; returns the launch's exit status. When a
+    process fails, the launcher stops the others; this says which one failed."""
+    cmd = launch_command(name, args, processes)
+    per_process = threads or str(max(1, (os.cpu_count() or 1) // processes))
+    env = {**os.environ, "DPFT_THREADS": per_process, "OMP_NUM_THREADS": per_process}
+    shown = " ".join(["accelerate", *cmd[3:]])
+    print(f"running: {shown}  (threads per process: {per_process})", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    errors = _Tee(sys.stderr)
+    while chunk := os.read(proc.stderr.fileno(), 65536):
+        errors.feed(chunk.decode(errors="replace"))
+    errors.close()
+    code = proc.wait()
+    if code == 0:
+        return 0
+    if errors.dpft_errors:  # dpft's own one-line error, shown once above: nothing to add
+        return 2
+    failed = _failed_rank(errors.text)
+    where = f"process {failed[0]} ({failed[1]})" if failed else "a process"
+    raise DpftError(
+        f"{where} of {processes} failed; the launcher stopped the others. "
+        "Its output is above; what was already saved (checkpoints, written files) is kept"
+    )
+
+
+class _Tee:
+    """Pass the processes' stderr through as it comes (progress bars included), keep a copy,
+    and show each of dpft's ``error: ...`` lines once, not once per process."""
+
+    def __init__(self, out) -> None:
+        self.out, self.pending, self.text = out, "", ""
+        self.dpft_errors: set[str] = set()
+
+    def feed(self, data: str) -> None:
+        self.text += data
+        self.pending += data
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            if line.startswith("error: "):
+                if line in self.dpft_errors:
+                    continue
+                self.dpft_errors.add(line)
+            self.out.write(line + "\n")
+        if "\r" in self.pending:  # a progress bar redrawing its line
+            head, _, self.pending = self.pending.rpartition("\r")
+            self.out.write(head + "\r")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.feed("\n" if self.pending else "")
+
+
+def _failed_rank(stderr: str) -> tuple[int, str] | None:
+    """(rank, how it ended) of the root cause in torch elastic's failure report::
+
+        Root Cause (first observed failure):
+        [0]:
+          rank      : 1 (local_rank: 1)
+          exitcode  : -9 (pid: 4615)  (SIGKILL)
+    """
+    _, found, report = stderr.rpartition("Root Cause")
+    if not found:
+        return None
+    fields: dict[str, str] = {}
+    for line in report.splitlines():
+        key, _, value = line.strip().partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    try:
+        rank = int(fields.get("rank", "").split()[0])
+    except (ValueError, IndexError):
+        return None
+    code = fields.get("exitcode", "")
+    if "(SIG" in code:
+        return rank, code.rsplit("(", 1)[-1].rstrip(")")
+    return rank, f"exit code {code.split()[0]}" if code else "failed"
