@@ -55,10 +55,17 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
     venv = replace(cfg, envs=len(slots.indices)).make_vector(1, 1, 1, record_steps=True)
     low, high = venv.single_action_space.low[0], venv.single_action_space.high[0]
 
+    index = list(slots.indices)
+
     def chunk_fn(obs: np.ndarray) -> np.ndarray:
-        actions = expert(obs[:, 0])
+        if len(index) < slots.total:  # the expert on the full batch (see policy_chunk_fn): a torch
+            full = np.repeat(obs[:1], slots.total, 0)  # expert's rows depend on the batch size
+            full[index] = obs
+            actions = expert(full[:, 0])[index]
+        else:
+            actions = expert(obs[:, 0])
         if cfg.action_noise > 0:  # one draw for all envs of the run; this process's rows of it
-            actions = actions + rng.normal(0, cfg.action_noise, (slots.total, actions.shape[1]))[list(slots.indices)]
+            actions = actions + rng.normal(0, cfg.action_noise, (slots.total, actions.shape[1]))[index]
         return np.clip(actions, low, high).astype(np.float32)[:, None]
 
     kept: list[EpisodeResult] = []

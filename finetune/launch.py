@@ -132,10 +132,10 @@ class _Tee:
 def _failed_rank(stderr: str) -> tuple[int, str] | None:
     """(rank, how it ended) of the root cause in torch elastic's failure report::
 
-        Root Cause (first observed failure):
-        [0]:
-          rank      : 1 (local_rank: 1)
-          exitcode  : -9 (pid: 4615)  (SIGKILL)
+    Root Cause (first observed failure):
+    [0]:
+      rank      : 1 (local_rank: 1)
+      exitcode  : -9 (pid: 4615)  (SIGKILL)
     """
     _, found, report = stderr.rpartition("Root Cause")
     if not found:

@@ -74,7 +74,7 @@ def policy_chunk_fn(
     this process takes the rows of its env slots (``rows``; all of them in one process), so an
     env's noise does not depend on which process runs it (:mod:`dpft.finetune.distributed`).
     With ``rows`` a part of the run, the policy is still called on all E rows (this process's
-    rows in their places, zeros elsewhere): MKL picks its kernels by batch size, and a batch of
+    rows in their places, copies of its first row elsewhere): MKL picks its kernels by batch size, and a batch of
     2 gives chunks that differ from a batch of 4 in the last bits, which a contact-rich task
     turns into another episode. At these batch sizes a call costs about the same for 2 or 8 rows.
     """
@@ -84,9 +84,7 @@ def policy_chunk_fn(
     def fn(obs: np.ndarray) -> np.ndarray | tuple[np.ndarray, Extras]:
         x = torch.from_numpy(obs).to(policy.device)
         if part:
-            x = torch.zeros((rows.total, *x.shape[1:]), dtype=x.dtype, device=x.device).index_copy_(
-                0, torch.tensor(index, device=x.device), x
-            )
+            x = x[:1].repeat(rows.total, *([1] * (x.dim() - 1))).index_copy_(0, torch.tensor(index, device=x.device), x)
         if zero_noise:
             noise = torch.zeros(len(x), *policy.noise_shape, device=policy.device)
         elif return_noise or not policy.chooses_noise:

@@ -1,0 +1,120 @@
+"""Several processes: eval and collect split by env slot give what one process gives.
+
+The multi-process tests start real launches (``dpft ... --processes 2``, i.e. ``accelerate launch``
+with two gloo processes on this CPU) on short Hopper episodes; each takes 10-20 s here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from dpft.base_policies import load_policy
+from dpft.envs.config import EnvConfig
+from dpft.finetune.distributed import Shard
+from dpft.finetune.launch import free_port
+from dpft.finetune.rollout import EnvSlots, policy_chunk_fn, run_episodes
+
+HOPPER = ["--policy", "shipped:gym-Hopper-v5", "--task", "gym:Hopper-v5", "--max-episode-steps", "40"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DPFT_THREADS": "1"}
+
+
+def dpft(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "dpft.finetune.cli", *args]
+    return subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def same_numbers(a: dict, b: dict) -> bool:
+    drop = {"env_steps_per_s", "processes"}
+    return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_slots_split_the_envs_once():
+    parts = [Shard(r, 3).slots(8) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == list(range(8))
+    assert parts[1] == [1, 4, 7]
+
+
+@pytest.mark.parametrize("zero_noise", [False, True])
+def test_a_sharded_rollout_plays_the_episodes_of_one_process(zero_noise):
+    """In one process, the parts of two shards (run one after the other) are the episodes of
+    the whole run: the same start states, noise, chunks and returns, bit for bit."""
+    torch.set_num_threads(1)
+    policy = load_policy("shipped:gym-Hopper-v5")
+    cfg = EnvConfig(task="gym:Hopper-v5", envs=4, seed=3, max_episode_steps=40)
+
+    def run(shard: Shard):
+        slots = EnvSlots(tuple(shard.slots(4)), 4)
+        venv = replace(cfg, envs=len(slots.indices)).make_vector(
+            policy.obs_horizon, policy.pred_horizon, policy.action_horizon
+        )
+        fn = policy_chunk_fn(policy, torch.Generator().manual_seed(3), zero_noise, return_noise=True, rows=slots)
+        return run_episodes(fn, venv, 10, seed=3, slots=slots)
+
+    whole = run(Shard())
+    parts = sorted(run(Shard(0, 2)) + run(Shard(1, 2)), key=lambda r: r.env_index)
+    assert [r.env_index for r in whole] == [r.env_index for r in parts] == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    for a, b in zip(whole, parts):
+        assert (a.episode_return, a.length) == (b.episode_return, b.length)
+        np.testing.assert_array_equal(a.decisions["noise"], b.decisions["noise"])
+
+
+def test_two_process_eval_equals_one_process():
+    one = dpft("eval", *HOPPER, "--episodes", "6", "--envs", "4", "--json", "--no-progress")
+    two = dpft("eval", *HOPPER, "--episodes", "6", "--envs", "4", "--json", "--no-progress", "--processes", "2")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    a, b = json.loads(one.stdout.splitlines()[-1]), json.loads(two.stdout.splitlines()[-1])
+    assert b["processes"] == 2 and a["processes"] == 1
+    assert same_numbers(a, b), (a, b)
+    assert len(two.stdout.strip().splitlines()) == 1  # only the main process reports
+
+
+def test_two_process_collect_writes_the_same_demonstrations(tmp_path):
+    args = ["collect", "--task", "gym:Hopper-v5", "--episodes", "5", "--envs", "4", "--max-episode-steps", "30"]
+    args += ["--action-noise", "0.2", "--no-progress"]
+    assert dpft(*args, "--out", str(tmp_path / "one.hdf5")).returncode == 0
+    res = dpft(*args, "--out", str(tmp_path / "two.hdf5"), "--processes", "2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    with h5py.File(tmp_path / "one.hdf5") as a, h5py.File(tmp_path / "two.hdf5") as b:
+        assert sorted(a["data"]) == sorted(b["data"]) and len(a["data"]) == 5
+        for demo in a["data"]:
+            for key in ("obs", "actions", "rewards"):
+                np.testing.assert_array_equal(a["data"][demo][key][()], b["data"][demo][key][()])
+
+
+def test_a_killed_process_ends_the_run_with_its_rank():
+    """Process 1 is SIGKILLed while process 0 waits for it at the gather: the launch ends (no
+    hang) with one line naming the process."""
+    env = {**ENV, "DPFT_KILL_RANK": "1"}
+    res = dpft(
+        "eval", *HOPPER, "--episodes", "4", "--envs", "2", "--no-progress", "--processes", "2", env=env, timeout=120
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: process 1 (SIGKILL) of 2 failed")
+
+
+def test_two_machines_on_localhost():
+    """``--num_machines 2`` as a cluster is launched, each "machine" a launcher on 127.0.0.1."""
+    port = str(free_port())
+    base = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_machines", "2"]
+    base += ["--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", port]
+    base += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = ["-m", "dpft.finetune.cli", "eval", *HOPPER, "--episodes", "4", "--envs", "2", "--json", "--no-progress"]
+    machines = [
+        subprocess.Popen([*base, "--machine_rank", str(r), *cmd], env=ENV, stdout=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    outs = [m.communicate(timeout=240)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0]
+    one = dpft("eval", *HOPPER, "--episodes", "4", "--envs", "2", "--json", "--no-progress")
+    main = json.loads(outs[0].strip().splitlines()[-1])
+    assert main["processes"] == 2 and outs[1].strip() == ""
+    assert same_numbers(main, json.loads(one.stdout.splitlines()[-1]))
