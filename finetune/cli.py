@@ -31,6 +31,7 @@ from dpft.base_policies.config import from_dict
 from dpft.base_policies.errors import ConfigError, DpftError
 from dpft.base_policies.registry import entry_point_names, load_entry_point
 from dpft.base_policies.threads import apply_threads, prepare_threads
+from dpft.finetune.distributed import Shard
 from dpft.finetune.launch import check_multi_process, launch, launched_world, parse_processes
 
 
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             check_multi_process(name, cmd.run, n_processes)
         if n_processes > 1 and launched_world() == 1:
             cfg = parse(name, args)  # flag errors here, in one process, not N times
+            if hasattr(cfg, "envs") and hasattr(cfg, "episodes"):
+                Shard(0, n_processes).check_slots(cfg.envs, cfg.episodes)
             return launch(name, args, n_processes, threads)
         apply_threads(n_threads)
         cfg = parse(name, args)

@@ -104,7 +104,8 @@ def launch(name: str, args: list[str], processes: int, threads: str | None) -> i
 
 class _Tee:
     """Pass the processes' stderr through as it comes (progress bars included), keep a copy,
-    and show each of dpft's ``error: ...`` lines once, not once per process."""
+    and show each of dpft's ``error: ...`` lines once, not once per process. After such a line
+    the rest is the launcher's own report of a failed process, which says nothing more."""
 
     def __init__(self, out) -> None:
         self.out, self.pending, self.text = out, "", ""
@@ -115,12 +116,12 @@ class _Tee:
         self.pending += data
         while "\n" in self.pending:
             line, self.pending = self.pending.split("\n", 1)
-            if line.startswith("error: "):
-                if line in self.dpft_errors:
-                    continue
+            if line.startswith("error: ") and line not in self.dpft_errors:
                 self.dpft_errors.add(line)
+            elif self.dpft_errors:
+                continue
             self.out.write(line + "\n")
-        if "\r" in self.pending:  # a progress bar redrawing its line
+        if "\r" in self.pending and not self.dpft_errors:  # a progress bar redrawing its line
             head, _, self.pending = self.pending.rpartition("\r")
             self.out.write(head + "\r")
         self.out.flush()
