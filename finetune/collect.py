@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
         return np.clip(actions, low, high).astype(np.float32)[:, None]
 
     kept: list[EpisodeResult] = []
-    attempts, round_seed = 0, cfg.seed
+    attempts, round_seed, t0, steps = 0, cfg.seed, time.perf_counter(), 0
     progress = cfg.progress and shard.is_main
     try:
         while len(kept) < cfg.episodes:
@@ -80,6 +81,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
                 chunk_fn, venv, want, seed=round_seed, progress=progress, record_steps=True, slots=slots
             )
             results = sorted(shard.gather(results), key=lambda r: r.env_index)
+            steps += sum(r.length for r in results)
             attempts += len(results)
             round_seed += 100_003  # next round: fresh start states
             kept += [r for r in results if r.success or not cfg.success_only][:want]
@@ -90,6 +92,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
                 )
     finally:
         venv.close()
+    steps_per_s = steps / max(time.perf_counter() - t0, 1e-9)
     if not shard.is_main:
         return kept
     env_args = {
@@ -110,6 +113,6 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
     rate = sum(r.success for r in kept) / len(kept)
     print(
         f"wrote {len(kept)} episodes ({sum(len(e) for e in episodes)} steps, success {rate:.2f}; "
-        f"{attempts} attempted) to {cfg.out}"
+        f"{attempts} attempted, {steps_per_s:.0f} env steps/s) to {cfg.out}"
     )
     return kept

@@ -118,3 +118,19 @@ def test_two_machines_on_localhost():
     main = json.loads(outs[0].strip().splitlines()[-1])
     assert main["processes"] == 2 and outs[1].strip() == ""
     assert same_numbers(main, json.loads(one.stdout.splitlines()[-1]))
+
+
+def test_two_process_prefs_collect_writes_the_same_pairs(tmp_path):
+    args = ["prefs", "collect", *HOPPER, "--states", "3", "--streams", "2", "--chunk-states", "2", "--envs", "4"]
+    args += ["--rank", "return"]
+    assert dpft(*args, "--out", str(tmp_path / "one.hdf5")).returncode == 0
+    res = dpft(*args, "--out", str(tmp_path / "two.hdf5"), "--processes", "2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    one = (tmp_path / "one.jsonl").read_text().replace("one.hdf5", "")
+    assert one and one == (tmp_path / "two.jsonl").read_text().replace("two.hdf5", "")
+    with h5py.File(tmp_path / "one.hdf5") as a, h5py.File(tmp_path / "two.hdf5") as b:
+        names = []
+        a.visit(names.append)
+        for name in names:
+            if isinstance(a[name], h5py.Dataset):
+                np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)

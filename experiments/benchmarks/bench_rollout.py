@@ -1,6 +1,6 @@
 """Env steps/s of a rollout: random actions vs a base diffusion policy vs a DSRL-steered policy.
 
-    python experiments/benchmarks/bench_rollout.py --out experiments/results/rollout_bench.md
+    python experiments/benchmarks/bench_rollout.py --out experiments/results/rollout_bench.md [--threads 1]
 
 For each task and number of envs, steps the chunked vector env (obs_horizon 2, pred_horizon 8,
 action_horizon 4) for a fixed number of env steps, once with uniformly random chunks and once
@@ -41,10 +41,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path)
     ap.add_argument("--env-steps", type=int, default=4000)
+    ap.add_argument("--envs", type=int, nargs="*", default=[1, 4, 8, 16])
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     lines = [
-        "| task | envs | random actions (steps/s) | base diffusion policy (steps/s) | DSRL-steered policy (steps/s) |",
-        "|---|---|---|---|---|",
+        "| task | envs | random actions (steps/s) | base diffusion policy (steps/s) | base / random | "
+        "DSRL-steered policy (steps/s) |",
+        "|---|---|---|---|---|---|",
     ]
     for task in ("gym:Hopper-v5", "metaworld:push-v3"):
         probe = EnvConfig(task=task, envs=1).make_env()
@@ -55,7 +59,7 @@ def main() -> None:
         actor = SquashedMeanActor(policy.obs_horizon * obs_dim, [256, 256], int(np.prod(policy.noise_shape)))
         steered = SteeredPolicy(policy, actor, 1.5, {})
         rng = np.random.default_rng(0)
-        for n in (1, 8):
+        for n in args.envs:
             cfg = EnvConfig(task=task, envs=n)
 
             def random_fn(obs, rng=rng, low=low, high=high, act_dim=act_dim):
@@ -64,12 +68,13 @@ def main() -> None:
             r = steps_per_s(cfg, random_fn, args.env_steps)
             p = steps_per_s(cfg, policy_chunk_fn(policy, torch.Generator().manual_seed(0)), args.env_steps)
             s = steps_per_s(cfg, policy_chunk_fn(steered), args.env_steps)
-            lines.append(f"| {task} | {n} | {r:.0f} | {p:.0f} | {s:.0f} |")
+            lines.append(f"| {task} | {n} | {r:.0f} | {p:.0f} | {p / r:.2f} | {s:.0f} |")
             print(lines[-1], flush=True)
     text = (
-        f"Measured with `OMP_NUM_THREADS={torch.get_num_threads()} python experiments/benchmarks/bench_rollout.py` "
-        f"({args.env_steps} env steps per cell, "
-        f"torch threads {torch.get_num_threads()}).\n\n" + "\n".join(lines) + "\n"
+        f"Measured with `python experiments/benchmarks/bench_rollout.py --threads {args.threads} --env-steps "
+        f"{args.env_steps}` ({args.env_steps} env steps per cell, torch threads {torch.get_num_threads()}).\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
     if args.out:
         args.out.write_text(text)

@@ -11,8 +11,10 @@ from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.paths import check_output_file
 from dpft.base_policies.policy import Policy
+from dpft.base_policies.registry import multi_process
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
+from dpft.finetune.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.dpo.prefs import Prefs, labels_path, write_prefs
 from dpft.finetune.dpo.sampling import RANKS, SAMPLERS, branch_groups, make_pairs, rollout_groups
 
@@ -95,10 +97,12 @@ def collect_prefs(
     round_: int = 0,
     first_id: int = 0,
     prefix: str = "",
+    shard: Shard | None = None,
 ) -> Prefs:
-    """Rollouts and pairs of one collection; reset seeds ``seed .. seed + states - 1``."""
+    """Rollouts and pairs of one collection; reset seeds ``seed .. seed + states - 1``. With a
+    ``shard`` the rollouts are split across the processes and every process gets all pairs."""
     seeds = [seed + j for j in range(cfg.states)]
-    common = dict(sampler=cfg.sampler, noise_level=cfg.noise_level, round_=round_, batch_envs=env_cfg.envs)
+    common = dict(sampler=cfg.sampler, noise_level=cfg.noise_level, round_=round_, batch_envs=env_cfg.envs, shard=shard)
     traj = rollout_groups(policy, env_cfg, seeds, cfg.streams, seed=seed, **common)
     rollouts = {f"{prefix}r{i:06d}": r for i, r in enumerate(traj)}
     labelled = not cfg.unlabelled
@@ -151,14 +155,18 @@ def collect_prefs(
     return Prefs(meta, rollouts, pairs)
 
 
+@multi_process
 def prefs_collect(cfg: PrefsCollectConfig) -> Prefs:
+    """``dpft prefs collect``; under ``accelerate launch`` (``--processes N``) the rollouts are
+    split across the processes and the main one writes the file."""
+    shard = current_shard()
     check_output_file(cfg.out, cfg.overwrite, "--out", (".hdf5", ".h5"))
     if labels_path(cfg.out).exists():  # its answers name the old file's pair ids, which the new file reuses
         raise ConfigError(
             f"{labels_path(cfg.out)} holds a person's answers for the pairs of the existing {cfg.out}; "
             "move it (and the file) away, or choose another --out"
         )
-    policy = load_policy(cfg.policy, resolve_device(cfg.device))
+    policy = load_policy(cfg.policy, resolve_device(local_device_spec(cfg.device)))
     task = cfg.task or getattr(getattr(policy, "config", None), "task", None)
     if not task:
         raise ConfigError(f"{cfg.policy} does not record its task; pass --task")
@@ -168,7 +176,9 @@ def prefs_collect(cfg: PrefsCollectConfig) -> Prefs:
         check_policy_fits(policy, probe, task)
     finally:
         probe.close()
-    prefs = collect_prefs(policy, cfg.policy, cfg, cfg, cfg.seed)
+    prefs = collect_prefs(policy, cfg.policy, cfg, cfg, cfg.seed, shard=shard)
+    if not shard.is_main:
+        return prefs
     write_prefs(cfg.out, prefs)
     stats = prefs.stats()
     print(json.dumps(stats) if cfg.json else format_stats(cfg.out, stats))

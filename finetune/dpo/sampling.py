@@ -26,6 +26,7 @@ from dpft.base_policies.errors import ConfigError, DpftError
 from dpft.base_policies.policy import DenoisingPolicy, Policy
 from dpft.envs.chunking import ChunkedEnv
 from dpft.envs.config import EnvConfig
+from dpft.finetune.distributed import Shard
 from dpft.finetune.dpo.prefs import Pair, Rollout
 
 SAMPLERS = ("ddim", "stochastic")
@@ -100,20 +101,29 @@ def group_noise(seed: int, group: int, streams: int) -> list[RolloutNoise]:
     return [RolloutNoise(seed, group, k, shared) for k in range(streams)]
 
 
+def _padded(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    """``rows`` stacked, then padded to ``width`` rows with copies of the first."""
+    return torch.stack(rows + [rows[0]] * (width - len(rows)))
+
+
 @torch.no_grad()
-def _drive(policy: Policy, slots: list[_Slot], sampler: str, noise_level: float | None) -> None:
-    """Step every slot to its end, one batched policy call per decision."""
+def _drive(policy: Policy, slots: list[_Slot], sampler: str, noise_level: float | None, width: int = 0) -> None:
+    """Step every slot to its end, one batched policy call per decision. Every call has
+    ``width`` rows (the active slots, padded with copies): MKL picks its kernels by batch size,
+    so a rollout's chunks then do not depend on which other rollouts share its batch, or on how
+    many processes split the work."""
     while active := [s for s in slots if not s.done]:
-        obs = torch.from_numpy(np.stack([s.obs for s in active])).to(policy.device)
+        n, width = len(active), max(width, len(active))
+        obs = _padded([torch.from_numpy(s.obs) for s in active], width).to(policy.device)
         if sampler == "stochastic":
-            noise = torch.stack([s.noise.shared.initial(policy, len(s.chunks)) for s in active])
+            noise = _padded([s.noise.shared.initial(policy, len(s.chunks)) for s in active], width)
             k = len(policy.timesteps)
-            steps = torch.stack([torch.randn((k, *policy.noise_shape), generator=s.noise.gen) for s in active])
+            steps = _padded([torch.randn((k, *policy.noise_shape), generator=s.noise.gen) for s in active], width)
             chunks, chains, _ = policy.sample_chain(obs, noise, steps.to(policy.device), noise_level)
-            chains = chains.cpu().numpy()
+            chunks, chains = chunks[:n], chains[:n].cpu().numpy()
         else:
-            noise = torch.stack([s.noise.initial(policy, len(s.chunks)) for s in active])
-            chunks, chains = policy.predict_chunk(obs, noise), None
+            noise = _padded([s.noise.initial(policy, len(s.chunks)) for s in active], width)
+            chunks, chains = policy.predict_chunk(obs, noise)[:n], None
         chunks = chunks.cpu().numpy()
         for i, s in enumerate(active):
             ended = s.step(chunks[i], None if chains is None else chains[i])
@@ -156,10 +166,14 @@ def rollout_groups(
     seed: int = 0,
     round_: int = 0,
     batch_envs: int = 32,
+    shard: Shard | None = None,
 ) -> list[Rollout]:
-    """``streams`` rollouts from each reset seed (group ``j`` = ``reset_seeds[j]``)."""
+    """``streams`` rollouts from each reset seed (group ``j`` = ``reset_seeds[j]``). With a
+    ``shard`` of several processes each runs every W-th rollout and all get all of them."""
     check_sampler(policy, sampler)
     work = [(j, s, noise) for j, s in enumerate(reset_seeds) for noise in group_noise(seed, j, streams)]
+    shard = shard or Shard()
+    work = work[shard.rank :: shard.world]
     out: list[Rollout] = []
     envs = [_make_env(env_cfg, policy) for _ in range(min(batch_envs, len(work)))]
     try:
@@ -168,12 +182,18 @@ def rollout_groups(
             for env, (group, reset_seed, noise) in zip(envs, batch):
                 obs, _ = env.reset(seed=reset_seed)
                 slots.append(_Slot(env, obs, group, reset_seed, noise))
-            _drive(policy, slots, sampler, noise_level)
+            _drive(policy, slots, sampler, noise_level, batch_envs)
             out += [_rollout(s, round_) for s in slots]
     finally:
         for env in envs:
             env.close()
-    return out
+    return _in_work_order(shard, out)
+
+
+def _in_work_order(shard: Shard, mine: list[Rollout]) -> list[Rollout]:
+    """Every process's rollouts (process r ran items r, r + W, ...) in the order of the work list."""
+    parts = shard.gather([mine])
+    return [parts[r][i] for i in range(max(len(p) for p in parts)) for r in range(len(parts)) if i < len(parts[r])]
 
 
 def branch_groups(
@@ -189,6 +209,7 @@ def branch_groups(
     round_: int = 0,
     batch_envs: int = 32,
     first_group: int = 0,
+    shard: Shard | None = None,
 ) -> list[Rollout]:
     """``states`` saved mid-episode states, picked at random from ``sources`` (a rollout and a
     decision before its last), each continued ``streams`` times; group ids start at ``first_group``."""
@@ -202,17 +223,19 @@ def branch_groups(
         r = usable[rng.integers(len(usable))]
         picks.append((first_group + g, r, int(rng.integers(1, len(r.chunks)))))
     work = [(g, r, t, noise) for g, r, t in picks for noise in group_noise(seed, g, streams)]
+    shard = shard or Shard()
+    work = work[shard.rank :: shard.world]
     out: list[Rollout] = []
     envs = [_make_env(env_cfg, policy) for _ in range(min(batch_envs, len(work)))]
     try:
         for batch in _batches(work, len(envs)):
             slots = [_restore(env, g, r, t, horizon, noise) for env, (g, r, t, noise) in zip(envs, batch)]
-            _drive(policy, slots, sampler, noise_level)
+            _drive(policy, slots, sampler, noise_level, batch_envs)
             out += [_rollout(s, round_) for s in slots]
     finally:
         for env in envs:
             env.close()
-    return out
+    return _in_work_order(shard, out)
 
 
 def _restore(env: ChunkedEnv, group: int, r: Rollout, t: int, horizon: int | None, noise: RolloutNoise) -> _Slot:
