@@ -62,6 +62,17 @@ class Shard:
         dist.all_gather_object(out, items)
         return [x for part in out for x in part]
 
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is True on any (e.g. a stop asked of one of them)."""
+        if self.world == 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist

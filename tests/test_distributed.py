@@ -134,3 +134,39 @@ def test_two_process_prefs_collect_writes_the_same_pairs(tmp_path):
         for name in names:
             if isinstance(a[name], h5py.Dataset):
                 np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+def _policy_weights(checkpoint) -> dict:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint / "model.zip") as z:
+        return torch.load(io.BytesIO(z.read("policy.pth")), map_location="cpu", weights_only=True)
+
+
+def test_two_process_dsrl_learns_the_same_weights_from_different_data_and_resumes(tmp_path):
+    """Data-parallel DSRL-NA: each process collects its own episodes (their replay buffers
+    differ), the averaged updates keep the weights identical; a resume needs the same number
+    of processes and then continues."""
+    out = tmp_path / "run"
+    args = ["finetune", "dsrl", "--base", "shipped:gym-Hopper-v5", "--warmup-steps", "400", "--eval-every", "800"]
+    args += ["--eval-episodes", "2", "--checkpoint-every", "800", "--max-episode-steps", "60", "--out", str(out)]
+    res = dpft(*args, "--steps", "1600", "--no-progress", "--processes", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    main, other = out / "checkpoint", out / "ranks" / "checkpoint1"
+    a, b = _policy_weights(main), _policy_weights(other)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (main / "replay.pkl").read_bytes() != (other / "replay.pkl").read_bytes()
+    assert json.loads((out / "final_eval.json").read_text())["processes"] == 2
+
+    alone = dpft("finetune", "dsrl", "--out", str(out), "--resume", "--steps", "2400", "--no-progress")
+    assert alone.returncode == 2 and "resume it with --processes 2" in alone.stderr
+    again = dpft(
+        "finetune", "dsrl", "--out", str(out), "--resume", "--steps", "2400", "--no-progress", "--processes", "2"
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [r["env_steps"] for r in map(json.loads, (out / "evals.jsonl").read_text().splitlines())] == [
+        800,
+        1600,
+        2400,
+    ]

@@ -149,23 +149,27 @@ class PeriodicEval(EnvStepCallback):
         k: int,
         every: int,
         evaluate: Callable[[], dict],
-        evals_path: Path,
+        evals_path: Path | None,
         clock: WallClock,
         bar: ProgressBar | None = None,
     ) -> None:
         super().__init__(k, every)
-        self.evaluate, self.evals_path, self.clock, self.bar = evaluate, Path(evals_path), clock, bar
+        self.evaluate, self.clock, self.bar = evaluate, clock, bar
+        self.evals_path = None if evals_path is None else Path(evals_path)  # None: another process writes it
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
-        trim_evals(self.evals_path, self.env_steps)
+        if self.evals_path is not None:
+            trim_evals(self.evals_path, self.env_steps)
 
     def _on_step(self) -> bool:
         if not self.due():
             return True
         summary = self.evaluate()
         row = {k: summary[k] for k in ("success_rate", "return_mean", "episodes")}
-        append_eval(self.evals_path, {"env_steps": self.env_steps, **row, "wall_s": round(self.clock.seconds, 1)})
+        if self.evals_path is not None:
+            row = {"env_steps": self.env_steps, **row, "wall_s": round(self.clock.seconds, 1)}
+            append_eval(self.evals_path, row)
         self.logger.record("eval/return_mean", summary["return_mean"])
         if summary["success_rate"] is not None:
             self.logger.record("eval/success_rate", summary["success_rate"])
@@ -180,12 +184,19 @@ class Checkpointer(EnvStepCallback):
     of a rollout: the last gradient step has finished and the next transition is not yet taken,
     so a resumed run continues exactly where this one would have."""
 
-    def __init__(self, k: int, every: int, save: Callable[[], None], resume_hint: str) -> None:
+    def __init__(
+        self,
+        k: int,
+        every: int,
+        save: Callable[[], None],
+        resume_hint: str,
+        agree: Callable[[bool], bool] = lambda flag: flag,
+    ) -> None:
         super().__init__(k, every)
-        self.save, self.resume_hint = save, resume_hint
+        self.save, self.resume_hint, self.agree = save, resume_hint, agree
 
     def _on_rollout_start(self) -> None:
-        if stop_requested():
+        if self.agree(stop_requested()):  # several processes stop together, at the same step
             self.save()
             raise RunInterrupted(f"interrupted at {self.env_steps} env steps; continue with: {self.resume_hint}")
         if self.due():

@@ -33,14 +33,16 @@ from dpft.base_policies.device import resolve_device
 from dpft.base_policies.errors import ConfigError, TrainingError
 from dpft.base_policies.policy import Policy
 from dpft.base_policies.run_folder import open_run
-from dpft.base_policies.state_io import atomic_write_text
+from dpft.base_policies.state_io import atomic_write_text, recover_dir
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.replay import ReplayableEpisodes
 from dpft.finetune.common.callbacks import Checkpointer, PeriodicEval, ProgressBar, Throughput, WallClock
 from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
 from dpft.finetune.common.config import FinetuneConfig
+from dpft.finetune.common.data_parallel import RANK_SEED_STRIDE, average_gradients, broadcast_weights, check_in_sync
 from dpft.finetune.common.interrupt import graceful_stop
 from dpft.finetune.common.logger import EnvStepLogger
+from dpft.finetune.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.evaluate import evaluate
 
 
@@ -93,6 +95,10 @@ class SB3Method(abc.ABC):
         """The method's own callbacks (temperature floor, Q statistics, ...)."""
         return []
 
+    def check_processes(self, cfg: Any, world: int) -> None:
+        """Refuse settings that cannot run as data-parallel learners on ``world`` processes."""
+        return None
+
     def resume_hint(self, cfg: Any) -> str:
         """The command that continues an interrupted run (printed when it stops)."""
         return f"dpft {self.command} --out {cfg.out} --resume"
@@ -124,10 +130,33 @@ def make_vec_env(cfg: FinetuneConfig, make_env) -> DummyVecEnv:
     return venv
 
 
-def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig) -> dict[str, Any]:
-    """The same ``eval_episodes`` episodes at every evaluation (their own seeds, never trained on)."""
-    eval_cfg = replace(cfg, envs=min(8, cfg.eval_episodes), seed=cfg.eval_seed)
-    return evaluate(policy, eval_cfg, cfg.eval_episodes)
+def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig, shard: Shard | None = None) -> dict[str, Any]:
+    """The same ``eval_episodes`` episodes at every evaluation (their own seeds, never trained on);
+    split across the processes of a multi-process run (the same numbers as one process)."""
+    shard = shard or Shard()
+    envs = max(min(8, cfg.eval_episodes), min(shard.world, cfg.eval_episodes))
+    eval_cfg = replace(cfg, envs=envs, seed=cfg.eval_seed)
+    if shard.world > min(envs, cfg.eval_episodes):
+        shard = Shard()  # fewer episodes than processes: every process evaluates them all
+    return evaluate(policy, eval_cfg, cfg.eval_episodes, shard=shard)
+
+
+def rank_checkpoint_dir(run, rank: int) -> Path:
+    """Where process ``rank`` of a multi-process run keeps its checkpoint (its own envs and
+    buffer; the weights are the same in all of them). Rank 0's is the run's ``checkpoint/``."""
+    return run.checkpoint_dir if rank == 0 else run.root / "ranks" / f"checkpoint{rank}"
+
+
+def check_resume_processes(run, world: int) -> None:
+    """A run resumes with the number of processes that checkpointed it (each has its own buffer)."""
+    from dpft.base_policies.state_io import load_state, readable_copy
+
+    saved = int(load_state(readable_copy(run.checkpoint_dir)).get("processes", 1))
+    if saved != world:
+        raise ConfigError(
+            f"{run.root} was checkpointed by {saved} process(es), each with its own envs and replay buffer; "
+            f"resume it with {'--processes ' + str(saved) if saved > 1 else 'one process (no --processes)'}"
+        )
 
 
 def check_finite(model: BaseAlgorithm, cfg: FinetuneConfig, checkpoint_dir: Path, k: int) -> None:
@@ -143,9 +172,11 @@ def check_finite(model: BaseAlgorithm, cfg: FinetuneConfig, checkpoint_dir: Path
 
 
 def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
-    """Train (or resume) ``method``; returns the folder of the fine-tuned policy."""
-    cfg, run = open_run(cfg, method.config_cls, method.before_key_existed)
-    device = resolve_device(cfg.device)
+    """Train (or resume) ``method``; returns the folder of the fine-tuned policy. Under a launch
+    with several processes the learners are data-parallel (:mod:`.data_parallel`)."""
+    shard = current_shard()
+    cfg, run = open_run(cfg, method.config_cls, method.before_key_existed, main=shard.is_main)
+    device = resolve_device(local_device_spec(cfg.device))
     if method.uses_base:
         cfg, base = resolve_base(cfg, device)
     elif not cfg.task:
@@ -153,33 +184,53 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     else:
         base = None
     method.check(cfg, base)
-    run.write_config(cfg)
-    k = method.env_steps_per_transition(cfg, base)
-    venv = method.wrap_vec_env(cfg, base, make_vec_env(cfg, lambda: method.make_env(cfg, base)))
+    if shard.world > 1:
+        method.check_processes(cfg, shard.world)
     fresh = not (cfg.resume and run.has_checkpoint())
+    if not fresh:
+        check_resume_processes(run, shard.world)
+    if shard.is_main:
+        run.write_config(cfg)
+    # k: env steps of the whole run per transition of one process (each process steps its own envs)
+    k = method.env_steps_per_transition(cfg, base) * shard.world
+    env_cfg = replace(cfg, seed=cfg.seed + RANK_SEED_STRIDE * shard.rank)  # each process its own episodes
+    venv = method.wrap_vec_env(env_cfg, base, make_vec_env(env_cfg, lambda: method.make_env(env_cfg, base)))
+    checkpoint_dir = rank_checkpoint_dir(run, shard.rank)
+    if not shard.is_main:
+        recover_dir(checkpoint_dir)  # only this process writes it
     if fresh:
         model, clock = method.new_model(cfg, base, venv), WallClock()
-        run.writer(cfg).close()  # the full config as TensorBoard text
+        if shard.world > 1:
+            broadcast_weights(model)  # the same start on every process ...
+            model.set_random_seed(env_cfg.seed)  # ... then its own exploration and replay batches
+        if shard.is_main:
+            run.writer(cfg).close()  # the full config as TensorBoard text
     else:
         kwargs = {"device": device, **method.load_kwargs(cfg, base)}
-        model, state = load_sb3_checkpoint(method.algorithm(cfg), run.checkpoint_dir, venv, **kwargs)
+        model, state = load_sb3_checkpoint(method.algorithm(cfg), checkpoint_dir, venv, **kwargs)
         clock = WallClock(float(state.get("wall_s", 0.0)))
-    model.set_logger(EnvStepLogger(run.tb_dir, k))
+    if shard.world > 1:
+        average_gradients(model, shard)
+    model.set_logger(EnvStepLogger(run.tb_dir, k) if shard.is_main else silent_logger())
 
     def save() -> None:
         check_finite(model, cfg, run.checkpoint_dir, k)  # never overwrite a good checkpoint with NaN weights
-        save_sb3_checkpoint(model, run.checkpoint_dir, {"wall_s": clock.seconds})
+        if shard.world > 1:
+            check_in_sync(model, shard)
+        save_sb3_checkpoint(model, checkpoint_dir, {"wall_s": clock.seconds, "processes": shard.world})
+        shard.barrier()  # every process's checkpoint is complete before any goes on
 
     def evaluate_now() -> dict[str, Any]:
-        return evaluate_on_fixed_episodes(method.artifact(model, base, cfg), cfg)
+        return evaluate_on_fixed_episodes(method.artifact(model, base, cfg), cfg, shard)
 
-    bar = ProgressBar(cfg.steps, k, method.command.split()[-1], cfg.progress)
+    bar = ProgressBar(cfg.steps, k, method.command.split()[-1], cfg.progress and shard.is_main)
+    evals = run.root / "evals.jsonl" if shard.is_main else None
     callbacks = [
         bar,
         *method.callbacks(cfg, model, base, k),
         Throughput(k, cfg.eval_every),
-        PeriodicEval(k, cfg.eval_every, evaluate_now, run.root / "evals.jsonl", clock, bar),
-        Checkpointer(k, cfg.checkpoint_every, save, method.resume_hint(cfg)),
+        PeriodicEval(k, cfg.eval_every, evaluate_now, evals, clock, bar),
+        Checkpointer(k, cfg.checkpoint_every, save, method.resume_hint(cfg), shard.any),
     ]
     total = math.ceil(cfg.steps / k)
     with graceful_stop():
@@ -191,9 +242,13 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         )
     save()
     policy = method.artifact(model, base, cfg)
-    policy.save(run.policy_dir)
-    summary = evaluate_on_fixed_episodes(policy, cfg)
+    if shard.is_main:
+        policy.save(run.policy_dir)
+    summary = evaluate_on_fixed_episodes(policy, cfg, shard)
     final = {**summary, "env_steps": model.num_timesteps * k, "train_wall_s": round(clock.seconds, 1)}
+    final["processes"] = shard.world
+    if not shard.is_main:
+        return run.policy_dir
     atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
     success = "n/a" if final["success_rate"] is None else f"{final['success_rate']:.3f}"
     print(
@@ -201,3 +256,10 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         f"return {final['return_mean']:.1f} over {final['episodes']} episodes"
     )
     return run.policy_dir
+
+
+def silent_logger():
+    """SB3's logger with no outputs (processes other than the main one write no TensorBoard)."""
+    from stable_baselines3.common.logger import Logger
+
+    return Logger(folder=None, output_formats=[])

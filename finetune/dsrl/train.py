@@ -25,6 +25,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.policy import Policy
+from dpft.base_policies.registry import multi_process
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.callbacks import RecordScalars, TemperatureFloor, q_statistics
@@ -236,6 +237,7 @@ def variant_kwargs(cfg: DSRLConfig, base: Policy) -> dict:
     }
 
 
+@multi_process
 def train_dsrl(cfg: DSRLConfig) -> Path:
     """Fine-tune by steering the base policy's noise (DSRL); returns the steered policy's folder."""
     return run_sb3(cfg, DSRL())

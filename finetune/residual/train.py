@@ -25,6 +25,7 @@ from torch import nn
 
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.policy import Policy
+from dpft.base_policies.registry import multi_process
 from dpft.envs.chunking import ReportSuccess
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.callbacks import RecordScalars, q_statistics
@@ -125,6 +126,13 @@ class Residual(SB3Method):
 
     command = "finetune residual"
     config_cls = ResidualConfig
+
+    def check_processes(self, cfg: ResidualConfig, world: int) -> None:
+        if cfg.algo == "ppo" and cfg.target_kl:
+            raise ConfigError(
+                f"residual PPO on {world} processes needs --target-kl 0: each process would stop its epochs at its "
+                "own KL, and the processes' updates would fall out of step"
+            )
 
     def __init__(self) -> None:
         self.wrapper: ResidualVecEnv | None = None
@@ -263,6 +271,7 @@ def net_from_sb3(model: BaseAlgorithm, features: Features, algo: str) -> Residua
     return net.to(features.obs_mean.device).eval()
 
 
+@multi_process
 def train_residual(cfg: ResidualConfig) -> Path:
     """Fine-tune a residual correction on top of the frozen base; returns the policy's folder."""
     return run_sb3(cfg, Residual())

@@ -1,0 +1,108 @@
+"""Data-parallel learners for the SB3 methods: every process collects, all learn the same weights.
+
+Under ``accelerate launch`` with N processes (``dpft finetune ... --processes N``) each process
+runs its own envs (seeded ``seed + 100_003 * rank``) into its own replay buffer or rollout
+buffer, and every optimiser step first averages the gradients over the processes. The models
+start identical (the same seed, then rank 0's weights broadcast) and take the same steps at
+the same env-step counts (SB3's loop is in lockstep: a fixed number of transitions between
+updates), so their weights stay identical; :func:`check_in_sync` verifies that at every
+checkpoint and stops the run if not.
+
+Why data-parallel rather than an actor/learner split: the learners here are small MLPs whose
+gradient step costs about what collecting the transition costs (``dsrl_na_profile.md``), so a
+single learner fed by N actors would be the bottleneck at N = 2; averaging gradients keeps each
+process's update on its own fresh data and needs nothing but an all-reduce per step. The price:
+the effective batch is N times larger per update, and a run's numbers depend on N.
+"""
+
+from __future__ import annotations
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from torch import nn
+
+from dpft.finetune.distributed import Shard
+
+RANK_SEED_STRIDE = 100_003
+"""Env seeds of process r start at seed + r * RANK_SEED_STRIDE (each env then adds its index)."""
+
+
+def find_optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
+    """Every optimiser the algorithm steps: on the algorithm itself (SAC's temperature) and on
+    any module it holds (SB3's policy, actor and critics; DSRL-NA's action critic)."""
+    found: dict[int, torch.optim.Optimizer] = {}
+    holders = [model, *(m for v in vars(model).values() if isinstance(v, nn.Module) for m in v.modules())]
+    for holder in holders:
+        for value in vars(holder).values():
+            if isinstance(value, torch.optim.Optimizer):
+                found[id(value)] = value
+    return list(found.values())
+
+
+def modules_of(model: BaseAlgorithm) -> list[nn.Module]:
+    """The top-level modules of the algorithm (policy, DSRL-NA's action critic and its target)."""
+    return [v for v in vars(model).values() if isinstance(v, nn.Module)]
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor], world: int) -> None:
+    import torch.distributed as dist
+
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def average_gradients(model: BaseAlgorithm, shard: Shard) -> None:
+    """Make every optimiser step of ``model`` average the gradients over the processes first."""
+    for opt in find_optimizers(model):
+        step = opt.step
+
+        def averaged_step(*args, _step=step, _opt=opt, **kwargs):
+            params = [p for group in _opt.param_groups for p in group["params"]]
+            for p in params:  # every process must send the same tensors, with or without a gradient
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            with torch.no_grad():
+                _all_reduce_mean([p.grad for p in params], shard.world)
+            return _step(*args, **kwargs)
+
+        opt.step = averaged_step
+
+
+def broadcast_weights(model: BaseAlgorithm) -> None:
+    """Rank 0's parameters and buffers everywhere (they already agree; this makes it certain)."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for module in modules_of(model):
+            for t in (*module.parameters(), *module.buffers()):
+                dist.broadcast(t.data, 0)
+        if getattr(model, "log_ent_coef", None) is not None:
+            dist.broadcast(model.log_ent_coef.data, 0)
+
+
+def weights_checksum(model: BaseAlgorithm) -> torch.Tensor:
+    """Two numbers that differ between processes whose weights differ."""
+    with torch.no_grad():
+        ts = [t.detach().double().reshape(-1) for m in modules_of(model) for t in m.parameters()]
+        flat = torch.cat(ts)
+        ramp = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+        return torch.stack([flat.sum(), (flat * ramp).sum() / flat.numel()]).cpu()
+
+
+def check_in_sync(model: BaseAlgorithm, shard: Shard) -> None:
+    """Raise when the processes' weights differ (they must not: see the module docstring)."""
+    from dpft.base_policies.errors import TrainingError
+
+    sums = shard.gather([weights_checksum(model)])
+    if any(not torch.equal(sums[0], s) for s in sums[1:]):
+        raise TrainingError(
+            f"the {shard.world} processes' weights differ at env step {model.num_timesteps}; "
+            "their updates fell out of step (please report this, with the command)"
+        )
