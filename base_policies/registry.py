@@ -48,3 +48,10 @@ def multi_process(run: Any) -> Any:
     processes (``dpft <command> --processes N``); the CLI refuses the others there with a message."""
     run.multi_process = True
     return run
+
+
+def all_cores(run: Any) -> Any:
+    """Mark a command that should use every core it has (BC training at large batches) rather
+    than dpft's default of one torch thread per process (see ``dpft.base_policies.threads``)."""
+    run.all_cores = True
+    return run

@@ -1,17 +1,19 @@
-"""How many CPU threads one dpft process gives torch, chosen before torch starts.
+"""How many CPU threads one dpft process gives torch.
 
 torch's default is one OpenMP thread per core, and its threads spin while they wait for work.
 Two such processes on a 2-core machine (two benchmark runs, or two ranks of ``accelerate
-launch``) then take turns spinning: BC training fell from ~50 to ~5 steps/s each
-(``experiments/results/threads.md``). dpft therefore
+launch``) then take turns spinning: BC training fell from ~45 to ~11 steps/s each and a batch-8
+chunk from 4 ms to 70-570 ms (``experiments/results/threads.md``). A second thread helps a
+lone BC run a little and makes small-batch sampling slower. dpft therefore
 
-- splits the cores among the processes of a launch on this machine (``LOCAL_WORLD_SIZE``,
-  set by ``accelerate launch`` and ``torchrun``), with at least one thread each;
+- gives the rollout-heavy commands (eval, collect, prefs, fine-tuning) **one thread**;
+- gives commands marked ``all_cores`` (``train-bc``) the cores divided among the processes of a
+  launch on this machine (``LOCAL_WORLD_SIZE``, set by ``accelerate launch`` and ``torchrun``);
 - lets idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy;
 - honours ``--threads N`` (any command), then ``DPFT_THREADS``, then ``OMP_NUM_THREADS``.
 
-:func:`prepare_threads` must run before torch is imported (OpenMP reads its settings once);
-:func:`apply_threads` sets torch's intra-op pool after.
+:func:`prepare_threads` runs before torch is imported (OpenMP reads its wait policy once);
+:func:`apply_threads` sets torch's pool once the command is known.
 """
 
 from __future__ import annotations
@@ -45,21 +47,23 @@ def parse_threads(value: str | None, source: str) -> int | None:
     return n
 
 
-def prepare_threads(flag: str | None = None) -> int:
-    """Choose the thread count and set the OpenMP environment; returns the count. Call before
-    importing torch."""
-    n = parse_threads(flag, "--threads") or parse_threads(os.environ.get("DPFT_THREADS"), "DPFT_THREADS")
-    if n is None:
-        n = parse_threads(os.environ.get("OMP_NUM_THREADS"), "OMP_NUM_THREADS") or default_threads()
-    os.environ["OMP_NUM_THREADS"] = str(n)
+def prepare_threads(flag: str | None = None) -> int | None:
+    """The thread count the user asked for (``--threads``, ``DPFT_THREADS``, ``OMP_NUM_THREADS``),
+    or None; sets the OpenMP wait policy. Call before importing torch."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("MKL_NUM_THREADS", str(n))
-    return n
+    if flag is None and os.environ.get("DPFT_THREADS") == "default":  # set by `--processes`: torchrun's
+        return None  # OMP_NUM_THREADS=1 for every process is not the user's choice
+    n = parse_threads(flag, "--threads") or parse_threads(os.environ.get("DPFT_THREADS"), "DPFT_THREADS")
+    return n or parse_threads(os.environ.get("OMP_NUM_THREADS"), "OMP_NUM_THREADS")
 
 
-def apply_threads(n: int) -> None:
-    """Set torch's intra-op threads (torch may already have been imported by a plug-in)."""
+def apply_threads(asked: int | None, all_cores: bool = False) -> int:
+    """Set torch's intra-op threads: ``asked``, else the default of the command (see the module
+    docstring); exported as ``OMP_NUM_THREADS`` for any process the command starts."""
     import torch
 
+    n = asked or (default_threads() if all_cores else 1)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    return n

@@ -27,7 +27,7 @@ from dpft.base_policies.divergence import DivergenceGuard
 from dpft.base_policies.ema import EMA
 from dpft.base_policies.errors import ConfigError, TrainingError
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
-from dpft.base_policies.registry import multi_process
+from dpft.base_policies.registry import all_cores, multi_process
 from dpft.base_policies.run_folder import RunFolder, open_run
 from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
 
@@ -181,6 +181,7 @@ def diverged(cfg: TrainBCConfig, run: RunFolder, bad_step: int, saved_step: int 
 
 
 @multi_process
+@all_cores
 def train_bc(cfg: TrainBCConfig) -> Path:
     """Run BC training; returns the final policy folder."""
     from accelerate import Accelerator

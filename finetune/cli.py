@@ -93,8 +93,9 @@ def _usage(prefix: str = "") -> str:
 CONFIG_HELP = (
     "--config FILE.yaml|FILE.toml supplies any of the settings below (keys as the flag names, with - or _); "
     "flags given on the command line override the file. Every command also takes --threads N (torch CPU "
-    "threads; default: the cores divided among the processes on this machine); eval, collect and train-bc "
-    "take --processes N (run under accelerate launch with N processes)."
+    "threads; default 1, train-bc: the cores divided among the processes on this machine); eval, collect, "
+    "prefs collect, train-bc, finetune dsrl and finetune residual take --processes N (run under "
+    "accelerate launch with N processes)."
 )
 
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         threads, args = _split_flag(args, "--threads")
         processes, args = _split_flag(args, "--processes")
-        n_threads = prepare_threads(threads)  # before torch starts its thread pool, where it has not yet
+        asked_threads = prepare_threads(threads)  # before torch is imported, where it has not been yet
         cmd = find_command(name)
         n_processes = parse_processes(processes)
         if n_processes > 1 or launched_world() > 1:
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(cfg, "envs") and hasattr(cfg, "episodes"):
                 Shard(0, n_processes).check_slots(cfg.envs, cfg.episodes)
             return launch(name, args, n_processes, threads)
-        apply_threads(n_threads)
+        apply_threads(asked_threads, getattr(cmd.run, "all_cores", False))
         cfg = parse(name, args)
         cmd.run(cfg)
     except DpftError as e:

@@ -81,8 +81,10 @@ def launch(name: str, args: list[str], processes: int, threads: str | None) -> i
     """Run the command with ``processes`` processes; returns the launch's exit status. When a
     process fails, the launcher stops the others; this says which one failed."""
     cmd = launch_command(name, args, processes)
-    per_process = threads or str(max(1, (os.cpu_count() or 1) // processes))
-    env = {**os.environ, "DPFT_THREADS": per_process, "OMP_NUM_THREADS": per_process}
+    # each process takes --threads, else its command's own default (torchrun would set 1 for all)
+    env = {**os.environ, "DPFT_THREADS": threads or "default"}
+    env.pop("OMP_NUM_THREADS", None)
+    per_process = threads or "the command's default"
     shown = " ".join(["accelerate", *cmd[3:]])
     print(f"running: {shown}  (threads per process: {per_process})", file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)

@@ -24,7 +24,7 @@ from dpft.finetune.launch import free_port
 from dpft.finetune.rollout import EnvSlots, policy_chunk_fn, run_episodes
 
 HOPPER = ["--policy", "shipped:gym-Hopper-v5", "--task", "gym:Hopper-v5", "--max-episode-steps", "40"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DPFT_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def dpft(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -170,3 +170,25 @@ def test_two_process_dsrl_learns_the_same_weights_from_different_data_and_resume
         1600,
         2400,
     ]
+
+
+def test_thread_defaults(monkeypatch):
+    from dpft.base_policies import threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "cpu_count", lambda: 8)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.delenv("DPFT_THREADS", raising=False)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert threads.prepare_threads(None) is None
+        assert threads.apply_threads(None) == 1  # rollout-heavy commands
+        assert threads.apply_threads(None, all_cores=True) == 4 == torch.get_num_threads()  # 8 cores, 2 processes
+        assert threads.prepare_threads("3") == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what torchrun sets for every process ...
+        assert threads.prepare_threads(None) == 1
+        monkeypatch.setenv("DPFT_THREADS", "default")  # ... unless `--processes` launched it
+        assert threads.prepare_threads(None) is None
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    finally:
+        torch.set_num_threads(before)

@@ -312,3 +312,37 @@ def test_resuming_a_run_from_before_the_noise_prior_keeps_its_behaviour(tmp_path
     loaded, _ = load_sb3_checkpoint(DSRLNA, run.checkpoint_dir, venv, **DSRL().load_kwargs(resumed_cfg, base))
     assert model.noise_prior and not loaded.noise_prior and not loaded.distill_policy_noise
     assert DSRLConfig().noise_prior, "a new run still gets today's default"
+
+
+def test_one_base_call_per_vector_step_gives_each_env_its_own_chunks(base_dir):
+    """NoiseVecEnv denoises every env's noises in one call; each env then runs exactly the chunk
+    it would have denoised alone (a replayed step pads to the same batch width)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from dpft.finetune.dsrl.noise_env import NoiseVecEnv
+
+    base = load_policy(base_dir)
+    new_env = lambda: NoiseActionEnv(ChunkedEnv(make(TASK), 1, 8, 4), base, 1.5, distill_samples=3)  # noqa: E731
+    batched, alone = NoiseVecEnv(DummyVecEnv([new_env] * 3)), [new_env() for _ in range(3)]
+    batched.seed(5)
+    batched.reset()
+    for i, env in enumerate(alone):
+        env.batch_width = 3 * 4
+        env.reset(seed=5 + i)
+    calls = []
+    real = base.predict_chunk
+    base.predict_chunk = lambda *a, **k: calls.append(len(a[0])) or real(*a, **k)
+    try:
+        rng = np.random.default_rng(0)
+        for _ in range(2):  # one episode: two chunks
+            actions = rng.uniform(-1.5, 1.5, (3, 16)).astype(np.float32)
+            obs, _, _, infos = batched.step(actions)
+            for i, env in enumerate(alone):
+                o, _, term, trunc, info = env.step(actions[i])
+                np.testing.assert_array_equal(info["executed_chunk"], infos[i]["executed_chunk"])
+                np.testing.assert_array_equal(info["distill_chunk"], infos[i]["distill_chunk"])
+                if not (term or trunc):
+                    np.testing.assert_array_equal(o.reshape(-1), obs[i])
+    finally:
+        base.predict_chunk = real
+    assert calls[:1] == [12] and all(c == 12 for c in calls)

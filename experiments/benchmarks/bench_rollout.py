@@ -57,7 +57,7 @@ def main() -> None:
         probe.close()
         policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, action_dim=act_dim, arch=ArchConfig())).eval()
         actor = SquashedMeanActor(policy.obs_horizon * obs_dim, [256, 256], int(np.prod(policy.noise_shape)))
-        steered = SteeredPolicy(policy, actor, 1.5, {})
+        steered = SteeredPolicy(policy, actor, {"action_magnitude": 1.5, "hidden": [256, 256]})
         rng = np.random.default_rng(0)
         for n in args.envs:
             cfg = EnvConfig(task=task, envs=n)

@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
 
 from dpft.base_policies.policy import Policy
 from dpft.envs.chunking import ChunkedEnv
@@ -62,6 +63,10 @@ class NoiseActionEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         n = int(np.prod(self.noise_shape))
         self.action_space = spaces.Box(-action_magnitude, action_magnitude, (n,), dtype=np.float32)
         self._obs: np.ndarray | None = None
+        self.batch_width = 1 + distill_samples
+        """Rows of every base call: :class:`NoiseVecEnv` sets it to all its envs' rows, and a step
+        taken alone (an episode replayed on resume) pads to it, so its chunks round the same way."""
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def reset(self, *, seed: int | None = None, options=None):
         if seed is not None:
@@ -71,18 +76,34 @@ class NoiseActionEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs.reshape(-1), info
 
     def chunks_for(self, obs_hist: np.ndarray, noises: np.ndarray) -> np.ndarray:
-        """Denoise several noises for one observation history in a single base call."""
+        """Denoise several noises for one observation history in a single base call (of
+        ``batch_width`` rows, padded with copies)."""
         w = torch.as_tensor(noises, dtype=torch.float32, device=self.base.device).reshape(-1, *self.noise_shape)
+        n = w.shape[0]
+        if n < self.batch_width:
+            w = torch.cat([w, w[:1].expand(self.batch_width - n, *w.shape[1:])])
         obs = torch.as_tensor(obs_hist, device=self.base.device)[None].expand(w.shape[0], *obs_hist.shape)
-        return self.base.predict_chunk(obs, w).cpu().numpy()
+        return self.base.predict_chunk(obs, w)[:n].cpu().numpy()
 
-    def step(self, action):
+    def noises_for(self, action) -> np.ndarray:
+        """``[1 + M, noise_dim]``: the agent's noise clipped to the bound, then M distillation noises."""
         m = self.action_magnitude
         noise = np.clip(np.asarray(action, np.float32).reshape(1, -1), -m, m)
         if self.distill_samples:
             extra = self._rng.standard_normal((self.distill_samples, noise.shape[1]), dtype=np.float32)
             noise = np.concatenate([noise, np.clip(extra, -m, m)])
-        chunks = self.chunks_for(self._obs, noise)
+        return noise
+
+    def set_pending(self, noise: np.ndarray, chunks: np.ndarray) -> None:
+        """The next step's noises and their chunks, denoised by :class:`NoiseVecEnv` with the other envs'."""
+        self._pending = (noise, chunks)
+
+    def step(self, action):
+        if self._pending is not None:
+            (noise, chunks), self._pending = self._pending, None
+        else:
+            noise = self.noises_for(action)
+            chunks = self.chunks_for(self._obs, noise)
         chunk = chunks[0]
         obs, reward, terminated, truncated, info = self.env.step(chunk)
         self._obs = obs
@@ -96,3 +117,50 @@ class NoiseActionEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if self.report_success and "episode" in info:
             info["is_success"] = info["episode"]["success"]  # SB3 logs rollout/success_rate from this
         return obs.reshape(-1), reward, terminated, truncated, info
+
+
+def noise_env_of(env: gym.Env) -> NoiseActionEnv:
+    """The :class:`NoiseActionEnv` inside the wrappers around ``env`` (Monitor, episode replay)."""
+    while not isinstance(env, NoiseActionEnv):
+        env = env.env
+    return env
+
+
+class NoiseVecEnv(VecEnvWrapper):
+    """One base call per vector step for all envs: every env's chosen noise and distillation
+    noises are denoised together (``E * (1 + M)`` rows), then each env executes its own chunk.
+
+    Each env still draws its distillation noise from its own generator, so what env ``i`` runs
+    does not depend on the other envs; every base call has the same ``E * (1 + M)`` rows, the
+    replays of a resume included (:attr:`NoiseActionEnv.batch_width`)."""
+
+    def __init__(self, venv: DummyVecEnv) -> None:
+        super().__init__(venv)
+        self.noise_envs = [noise_env_of(env) for env in venv.envs]
+        width = sum(env.batch_width for env in self.noise_envs)
+        for env in self.noise_envs:
+            env.batch_width = width
+        self.base = self.noise_envs[0].base
+
+    def step_async(self, actions: np.ndarray) -> None:
+        noises = [env.noises_for(a) for env, a in zip(self.noise_envs, actions)]
+        device = self.base.device
+        obs = torch.cat(
+            [
+                torch.as_tensor(env._obs, device=device)[None].expand(len(w), *env._obs.shape)
+                for env, w in zip(self.noise_envs, noises)
+            ]
+        )
+        w = torch.as_tensor(np.concatenate(noises), device=device).reshape(-1, *self.noise_envs[0].noise_shape)
+        chunks = self.base.predict_chunk(obs, w).cpu().numpy()
+        start = 0
+        for env, noise in zip(self.noise_envs, noises):
+            env.set_pending(noise, chunks[start : start + len(noise)])
+            start += len(noise)
+        self.venv.step_async(actions)
+
+    def step_wait(self):
+        return self.venv.step_wait()
+
+    def reset(self):
+        return self.venv.reset()

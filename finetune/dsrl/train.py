@@ -33,7 +33,7 @@ from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.networks import LayerNormSACPolicy
 from dpft.finetune.common.run import SB3Method, run_sb3
 from dpft.finetune.dsrl.na import DSRLNA
-from dpft.finetune.dsrl.noise_env import NoiseActionEnv
+from dpft.finetune.dsrl.noise_env import NoiseActionEnv, NoiseVecEnv
 from dpft.finetune.dsrl.replay import ChunkReplayBuffer
 from dpft.finetune.dsrl.sac import DSRLSAC
 from dpft.finetune.dsrl.steered import SteeredPolicy
@@ -136,6 +136,9 @@ class DSRL(SB3Method):
         distill = cfg.distill_samples if cfg.variant == "na" else 0
         chunked = cfg.make_chunked(base)
         return NoiseActionEnv(chunked, base, cfg.action_magnitude, distill, task_defines_success(cfg.task))
+
+    def wrap_vec_env(self, cfg: DSRLConfig, base: Policy, venv):
+        return NoiseVecEnv(venv)  # one base call per vector step for all envs
 
     def algorithm(self, cfg: DSRLConfig) -> type[DSRLSAC]:
         return VARIANTS[cfg.variant]
