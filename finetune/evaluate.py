@@ -74,19 +74,22 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def evaluate(
+def rollout(
     policy: Policy,
     cfg: EnvConfig,
     episodes: int,
     progress: bool = False,
     zero_noise: bool = False,
     shard: Shard | None = None,
-) -> dict[str, Any]:
-    """Roll out ``policy`` for ``episodes`` episodes and summarise (used by eval and training).
+    noise_seed: int | None = None,
+) -> tuple[list[EpisodeResult], float]:
+    """Every episode of ``episodes`` (ordered by env, then episode) and the seconds they took.
 
-    With a ``shard`` of several processes, this process runs its env slots of the ``cfg.envs``
-    and the episodes of all processes are summarised together, on every process: the same
-    numbers as one process (:mod:`dpft.finetune.distributed`)."""
+    Start states come from ``cfg.seed`` (env i is reset with seed + i), the initial noise from
+    ``noise_seed`` (default ``cfg.seed``): the same start states with another noise stream is
+    another ``noise_seed``. With a ``shard`` of several processes, this process runs its env
+    slots of the ``cfg.envs`` and every process gets all episodes: the same episodes as one
+    process (:mod:`dpft.finetune.distributed`)."""
     shard = shard or Shard()
     shard.check_slots(cfg.envs, episodes)
     slots = EnvSlots(tuple(shard.slots(cfg.envs)), cfg.envs)
@@ -94,7 +97,7 @@ def evaluate(
     venv = local.make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
     try:
         check_policy_fits(policy, venv, cfg.task)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed if noise_seed is None else noise_seed)
         t0 = time.perf_counter()
         fn = policy_chunk_fn(policy, gen, zero_noise=zero_noise, rows=slots)
         results = run_episodes(fn, venv, episodes, seed=cfg.seed, progress=progress, slots=slots)
@@ -103,6 +106,20 @@ def evaluate(
     finally:
         venv.close()
     results.sort(key=lambda r: r.env_index)  # stable: each env's episodes stay in order
+    return results, elapsed
+
+
+def evaluate(
+    policy: Policy,
+    cfg: EnvConfig,
+    episodes: int,
+    progress: bool = False,
+    zero_noise: bool = False,
+    shard: Shard | None = None,
+) -> dict[str, Any]:
+    """Roll out ``policy`` for ``episodes`` episodes and summarise (used by eval and training);
+    split across processes with a ``shard`` (:func:`rollout`)."""
+    results, elapsed = rollout(policy, cfg, episodes, progress, zero_noise, shard)
     return summarise(results, cfg, elapsed)
 
 

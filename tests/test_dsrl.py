@@ -14,6 +14,7 @@ from synthetic import bimodal_episodes
 
 from dpft.base_policies import ArchConfig, CheckpointError, ConfigError, TaskError, load_policy
 from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.policy import Policy
 from dpft.base_policies.run_folder import RunFolder
 from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 from dpft.envs.chunking import ChunkedEnv
@@ -346,3 +347,45 @@ def test_one_base_call_per_vector_step_gives_each_env_its_own_chunks(base_dir):
     finally:
         base.predict_chunk = real
     assert calls[:1] == [12] and all(c == 12 for c in calls)
+
+
+class IgnoresNoise(Policy):
+    """The bimodal base fed zero noise whatever it is given: a policy DSRL cannot steer."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+        for name in ("obs_dim", "action_dim", "obs_horizon", "pred_horizon", "action_horizon"):
+            setattr(self, name, getattr(base, name))
+
+    def predict_chunk(self, obs, noise=None, generator=None):
+        obs = self.base.obs_history(obs)
+        return self.base.predict_chunk(obs, torch.zeros(len(obs), *self.noise_shape))
+
+    def save(self, path):
+        raise NotImplementedError
+
+
+def test_steerability_sees_room_where_the_noise_picks_the_mode_and_none_where_it_is_ignored(base_dir):
+    from dpft.finetune.steerability import outcomes, summarise
+
+    base = load_policy(base_dir)
+    cfg = EnvConfig(task=TASK, envs=8, seed=2000)
+    steerable = summarise(outcomes(base, cfg, 40, 6), by_success=True, room=0.15)
+    # the base goes right (the successful side) in ~30% of episodes, by its noise alone
+    assert steerable["base_success"] < 0.5 and steerable["best_of_k_success"] >= steerable["base_success"] + 0.3
+    assert steerable["noise_sensitive_states"] > 0.5 and steerable["dsrl_has_room"]
+    assert steerable["reading"].startswith("DSRL has room")
+    fixed = summarise(outcomes(IgnoresNoise(base), cfg, 40, 6), by_success=True, room=0.15)
+    assert fixed["best_of_k_success"] == fixed["base_success"] == fixed["zero_noise_success"]
+    assert fixed["noise_sensitive_states"] == 0 and not fixed["dsrl_has_room"]
+    assert "consider a residual policy" in fixed["reading"]
+
+
+def test_steerability_command(base_dir, capsys):
+    args = ["steerability", "--policy", str(base_dir), "--states", "16", "--streams", "3", "--envs", "8"]
+    assert cli.main([*args, "--json", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["task"] == TASK and out["states"] == 16 and out["streams"] == 3
+    assert 0 <= out["spread_ratio"] and len(out["best_of_k_success_ci95"]) == 2
+    assert cli.main([*args, "--streams", "1"]) == 2  # one stream has no best-of-K
