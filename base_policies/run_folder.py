@@ -177,7 +177,7 @@ def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None, main: b
                 f"cannot resume: {cfg.out} has no checkpoint yet (the run stopped before its first one); "
                 "start it again without --resume"
             )
-    elif run.holds_run() and not run.clear_before_writing:
+    elif run.holds_run() and not run.clear_before_writing and main:  # the main process may have written it already
         raise ConfigError(
             f"{cfg.out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
             "or choose another --out"

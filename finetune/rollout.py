@@ -74,9 +74,10 @@ def policy_chunk_fn(
     this process takes the rows of its env slots (``rows``; all of them in one process), so an
     env's noise does not depend on which process runs it (:mod:`dpft.finetune.distributed`).
     With ``rows`` a part of the run, the policy is still called on all E rows (this process's
-    rows in their places, copies of its first row elsewhere): MKL picks its kernels by batch size, and a batch of
-    2 gives chunks that differ from a batch of 4 in the last bits, which a contact-rich task
-    turns into another episode. At these batch sizes a call costs about the same for 2 or 8 rows.
+    rows in their places, copies of its first row elsewhere): MKL picks its kernels by batch
+    size, and a batch of 2 gives chunks that differ from a batch of 4 in the last bits, which a
+    contact-rich task turns into another episode. At these batch sizes a call costs about the
+    same for 2 or 8 rows.
     """
     part = rows is not None and len(rows.indices) != rows.total
     index = list(rows.indices) if rows is not None else None
