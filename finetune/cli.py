@@ -94,8 +94,8 @@ CONFIG_HELP = (
     "--config FILE.yaml|FILE.toml supplies any of the settings below (keys as the flag names, with - or _); "
     "flags given on the command line override the file. Every command also takes --threads N (torch CPU "
     "threads; default 1, train-bc: the cores divided among the processes on this machine); eval, collect, "
-    "prefs collect, train-bc, finetune dsrl and finetune residual take --processes N (run under "
-    "accelerate launch with N processes)."
+    "prefs collect, steerability, train-bc, finetune dsrl and finetune residual take --processes N (run "
+    "under accelerate launch with N processes)."
 )
 
 

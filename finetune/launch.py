@@ -41,8 +41,8 @@ def check_multi_process(name: str, run: Callable[..., Any], processes: int) -> N
     if not getattr(run, "multi_process", False):
         world = max(processes, launched_world())
         raise ConfigError(
-            f"dpft {name} runs in one process only (asked for {world}); eval, collect, prefs collect, train-bc, "
-            "finetune dsrl and finetune residual run on several. "
+            f"dpft {name} runs in one process only (asked for {world}); eval, collect, prefs collect, "
+            "steerability, train-bc, finetune dsrl and finetune residual run on several. "
             f"Drop --processes (or run it without accelerate launch)"
         )
 
