@@ -99,13 +99,15 @@ def _loop(plan: SamplerPlan, num_blocks: int, eps_ln: float) -> Callable[..., to
 
 class FastMLPSampler:
     """``sampler(cond [B, C], noise [B, H, A]) -> normalised chunk [B, H, A]`` for a
-    :class:`ResidualMLP` denoiser, with the graph traced at the first call."""
+    :class:`ResidualMLP` denoiser, with the graph traced at the first call (None, and the eager
+    loop from then on, if tracing fails)."""
 
     def __init__(self, net: ResidualMLP, plan: SamplerPlan, time_dim: int) -> None:
         self.net, self.plan = net, plan
         self.x_dim, self.time_dim = net.horizon * net.action_dim, time_dim
         self._fn = _loop(plan, len(net.blocks), net.out[0].eps)
         self._graph = None
+        self.failed = False
         self._table: tuple[tuple, torch.Tensor] | None = None
 
     def time_table(self) -> torch.Tensor:
@@ -126,9 +128,17 @@ class FastMLPSampler:
         cond_term = cond @ cond_w.t()
         x = noise.reshape(noise.shape[0], self.x_dim)
         if self._graph is None:
-            with warnings.catch_warnings():  # the trace is shape-generic; its notes on Python floats are expected
-                warnings.simplefilter("ignore")
-                self._graph = torch.jit.trace(self._fn, (x, cond_term, time_table, *weights), check_trace=False)
+            try:
+                with warnings.catch_warnings():  # the trace is shape-generic; its notes on Python floats are expected
+                    warnings.simplefilter("ignore")
+                    self._graph = torch.jit.trace(self._fn, (x, cond_term, time_table, *weights), check_trace=False)
+            except Exception as e:  # a torch without a working tracer: the eager loop, said once
+                self.failed = True
+                warnings.warn(
+                    f"dpft: the fast sampler could not be traced ({type(e).__name__}: {e}); using the eager loop",
+                    stacklevel=2,
+                )
+                return None
         return self._graph(x, cond_term, time_table, *weights).view_as(noise)
 
 
@@ -141,6 +151,8 @@ def fast_sampler(policy) -> FastMLPSampler | None:
     if net.inp.weight.device.type != "cpu" or net.inp.weight.dtype != torch.float32:
         return None
     cached = policy.__dict__.get("_fast_sampler")
+    if cached is not None and cached.failed:
+        return None
     if cached is None:
         cached = FastMLPSampler(net, policy.sampler_plan(), policy.config.arch.time_embed_dim)
         policy.__dict__["_fast_sampler"] = cached  # not a submodule: never saved, never moved

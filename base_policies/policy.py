@@ -206,8 +206,8 @@ class DenoisingPolicy(Policy):
         chunk to float32 rounding, several times faster at small batches); this loop is the
         reference it is tested against, and what runs everywhere else."""
         fast = fast_sampler(self)
-        if fast is not None:
-            return self.finish(fast(cond, x))
+        if fast is not None and (out := fast(cond, x)) is not None:
+            return self.finish(out)
         for t in self.timesteps:
             x = self.step(cond, x, t.expand(x.shape[0]))
         return self.finish(x)

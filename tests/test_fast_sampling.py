@@ -88,3 +88,18 @@ def test_shipped_policy_fast_path_matches(monkeypatch):
     torch.testing.assert_close(
         policy.predict_chunk(obs, noise), eager(policy, obs, noise, monkeypatch), rtol=0, atol=FAST_ATOL
     )
+
+
+def test_a_failing_trace_falls_back_to_the_eager_loop(monkeypatch):
+    policy = tiny_policy("diffusion", "mlp")
+    obs, noise = torch.randn(2, policy.obs_dim), torch.randn(2, *policy.noise_shape)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no tracer here")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with pytest.warns(UserWarning, match="could not be traced"):
+        first = policy.predict_chunk(obs, noise)
+    assert torch.equal(first, eager(policy, obs, noise, monkeypatch))
+    with torch.no_grad():
+        assert fast_sampling.fast_sampler(policy) is None  # not tried again
