@@ -58,9 +58,10 @@ RESIDUAL = Bench(
     target_method="residual-td3",
     only_on={"sac": ("push",), "sac-chunk": ("push",)},
     footer=[
-        "Seed 2 of drawer-open (finished) and button-press (stopped at 35k env steps) ran on 2026-12-01 from a",
-        "worktree of the landed commit c3aa36c (the code of seeds 0-1), with up to four other processes on the",
-        "cores and a 9-minute SIGSTOP pause for speed measurements: their wall-clock is not comparable.",
+        "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
+        "(the code of seeds 0-1), with up to four other processes on the cores, a 9-minute SIGSTOP pause for",
+        "speed measurements, and button-press stopped at 35k env steps and resumed: their wall-clock is not",
+        "comparable with the other seeds'.",
     ],
 )
 
