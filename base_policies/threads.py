@@ -35,16 +35,21 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // local_processes())
 
 
-def parse_threads(value: str | None, source: str) -> int | None:
+def parse_count(value: str | None, source: str, unit: str, units: str) -> int | None:
+    """``value`` as a whole number >= 1 (None when not given), or one message naming ``source``."""
     if value is None or value == "":
         return None
     try:
         n = int(value)
     except ValueError:
-        raise ConfigError(f"{source} {value!r}: give a whole number of threads (>= 1)") from None
+        raise ConfigError(f"{source} {value!r}: give a whole number of {units} (>= 1)") from None
     if n < 1:
-        raise ConfigError(f"{source} {n}: give at least 1 thread")
+        raise ConfigError(f"{source} {n}: give at least 1 {unit}")
     return n
+
+
+def parse_threads(value: str | None, source: str) -> int | None:
+    return parse_count(value, source, "thread", "threads")
 
 
 def prepare_threads(flag: str | None = None) -> int | None:

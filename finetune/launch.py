@@ -19,21 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.base_policies.threads import parse_count
 from dpft.finetune.distributed import launched_world
 
 __all__ = ["check_multi_process", "launch", "launched_world", "parse_processes"]
 
 
 def parse_processes(value: str | None) -> int:
-    if value is None:
-        return 1
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"--processes {value!r}: give a whole number of processes (>= 1)") from None
-    if n < 1:
-        raise ConfigError(f"--processes {n}: give at least 1 process")
-    return n
+    return parse_count(value, "--processes", "process", "processes") or 1
 
 
 def check_multi_process(name: str, run: Callable[..., Any], processes: int) -> None:
