@@ -134,9 +134,9 @@ def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig, shard: Shard
     """The same ``eval_episodes`` episodes at every evaluation (their own seeds, never trained on);
     split across the processes of a multi-process run (the same numbers as one process)."""
     shard = shard or Shard()
-    envs = max(min(8, cfg.eval_episodes), min(shard.world, cfg.eval_episodes))
+    envs = min(max(8, shard.world), cfg.eval_episodes)  # 8, as in one process, unless more processes
     eval_cfg = replace(cfg, envs=envs, seed=cfg.eval_seed)
-    if shard.world > min(envs, cfg.eval_episodes):
+    if shard.world > envs:
         shard = Shard()  # fewer episodes than processes: every process evaluates them all
     return evaluate(policy, eval_cfg, cfg.eval_episodes, shard=shard)
 
