@@ -62,9 +62,16 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
-    """Load any policy folder (base, steered, residual) and return it in eval mode.
+    """Load any policy folder (base, steered, residual), ``shipped:NAME`` or ``lerobot:PATH`` (a
+    LeRobot diffusion policy folder, see :mod:`dpft.base_policies.lerobot`) in eval mode.
     ``policy.source`` records where it came from (``shipped:NAME`` or the folder), which lets a
     composed artifact refer to a shipped base instead of copying it."""
+    if str(path).startswith("lerobot:"):
+        from dpft.base_policies.lerobot.policy import load_lerobot
+
+        policy = load_lerobot(str(path).split(":", 1)[1])
+        policy.source = str(path)
+        return policy.to(device)
     source = str(path) if str(path).startswith("shipped:") else None
     path = resolve_policy_dir(path)
     meta = read_meta(path)

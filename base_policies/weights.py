@@ -34,6 +34,11 @@ def load_weights(module: torch.nn.Module, path: Path, filename: str = "model.saf
         state = load_file(str(file))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file} is corrupt or truncated ({e}); re-export or re-download it") from None
+    load_state(module, state, file)
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], file: Path) -> None:
+    """Load ``state`` (read from ``file``) into ``module`` after checking names, shapes and values."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
