@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-bc test lint clean
+.PHONY: install demo demo-bc test lint clean lerobot-check
 
 $(BIN)/dpft: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,4 +41,11 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-lerobot-* runs
+
+# The live LeRobot round trip (tests/test_lerobot_live.py) in LeRobot 0.3.3 and 0.4.4 environments
+# beside the CPU torch (tests/lerobot/make_env.sh says how they avoid a CUDA download).
+LEROBOT_VERSIONS := 0.3.3 0.4.4
+lerobot-check: install
+	for v in $(LEROBOT_VERSIONS); do PYTHON=$(PYTHON) TORCH="$(TORCH)" tests/lerobot/make_env.sh $$v .venv-lerobot-$$v; done
+	DPFT_LEROBOT_ENVS="$(foreach v,$(LEROBOT_VERSIONS),$(v)=.venv-lerobot-$(v))" $(BIN)/pytest -q tests/test_lerobot_live.py

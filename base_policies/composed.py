@@ -70,6 +70,11 @@ class ComposedPolicy(Policy):
             setattr(self, name, getattr(base, name))
         self.config = getattr(base, "config", None)
 
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """The base's noise (a LeRobot base's covers more steps than its executed chunk)."""
+        return tuple(self.base.noise_shape)
+
     @abc.abstractmethod
     def fields(self) -> dict[str, Any]:
         """The subclass's settings written to config.json (enough to rebuild ``learned``)."""

@@ -188,8 +188,10 @@ def check_policy_fits(policy, env: gym.Env | gym.vector.VectorEnv, task: str) ->
     act_space = getattr(env, "single_action_space", env.action_space)
     obs_dim, act_dim = obs_space.shape[-1], act_space.shape[-1]
     if (policy.obs_dim, policy.action_dim) != (obs_dim, act_dim):
+        inputs = getattr(policy, "describe_inputs", None)
+        parts = f" ({inputs()})" if inputs else ""  # e.g. how a LeRobot policy splits the observation
         raise TaskError(
-            f"the policy expects observations of size {policy.obs_dim} and actions of size {policy.action_dim}, "
+            f"the policy expects observations of size {policy.obs_dim}{parts} and actions of size {policy.action_dim}, "
             f"but task {task!r} has {obs_dim} and {act_dim}; use a policy trained on this task"
         )
 

@@ -120,7 +120,9 @@ def read_folder(path: str | Path) -> LeRobotFolder:
         raise CheckpointError(f"{path / 'model.safetensors'} has tensors dpft cannot place: {other[:4]}; {SUPPORTED}")
     if not unet:
         raise CheckpointError(f"{path / 'model.safetensors'} has no U-Net weights (diffusion.unet.*); {SUPPORTED}")
-    kept_files = {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file() and p.name != "model.safetensors"}
+    kept_files = {
+        p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file() and p.name != "model.safetensors"
+    }
     if (path / PREPROCESSOR).exists():
         stats, eps = _stats_from_processors(path, config)
         folder = LeRobotFolder(config, "processors", stats, unet, eps, buffers, kept_files)
@@ -142,14 +144,18 @@ def check_config(config: Any, file: Path) -> None:
         raise CheckpointError(f"{file} is not a JSON object; {SUPPORTED}")
     if "type" not in config:
         old = " (it looks like a LeRobot config from before 0.2: input_shapes)" if "input_shapes" in config else ""
-        raise CheckpointError(f"{file} has no 'type' field{old}; re-save the policy with LeRobot 0.3 or 0.4. {SUPPORTED}")
+        raise CheckpointError(
+            f"{file} has no 'type' field{old}; re-save the policy with LeRobot 0.3 or 0.4. {SUPPORTED}"
+        )
     if config["type"] != "diffusion":
         raise CheckpointError(f"{file} is a LeRobot {config['type']!r} policy; {SUPPORTED}")
     for key, types in REQUIRED.items():
         if key not in config:
             raise CheckpointError(f"{file} lacks {key!r}: a LeRobot format dpft does not cover; {SUPPORTED}")
         if not isinstance(config[key], types) or (bool not in types and isinstance(config[key], bool)):
-            raise CheckpointError(f"{file}: {key!r} must be {' or '.join(t.__name__ for t in types)}, got {config[key]!r}")
+            raise CheckpointError(
+                f"{file}: {key!r} must be {' or '.join(t.__name__ for t in types)}, got {config[key]!r}"
+            )
     steps = config.get("num_inference_steps")
     if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= config["num_train_timesteps"]):
         raise CheckpointError(f"{file}: num_inference_steps must be null or 1..num_train_timesteps, got {steps!r}")
@@ -189,7 +195,9 @@ def _check_features(config: dict[str, Any], file: Path) -> None:
     modes = config["normalization_mapping"]
     for kind in ("STATE", "ENV", "ACTION"):
         if modes.get(kind, "IDENTITY") not in NORM_STATS:
-            raise CheckpointError(f"{file}: normalisation {modes[kind]!r} for {kind} is not supported; {sorted(NORM_STATS)}")
+            raise CheckpointError(
+                f"{file}: normalisation {modes[kind]!r} for {kind} is not supported; {sorted(NORM_STATS)}"
+            )
 
 
 def _read_json(file: Path, what: str) -> Any:
@@ -274,7 +282,9 @@ def _check_stats(folder: LeRobotFolder, path: Path) -> None:
                     "processor files (LeRobot 0.4) or the full model.safetensors (0.3) from the training run"
                 )
             if tuple(tensor.shape) != tuple(feature["shape"]):
-                raise CheckpointError(f"{path}: {key}.{stat} has shape {tuple(tensor.shape)}, expected {feature['shape']}")
+                raise CheckpointError(
+                    f"{path}: {key}.{stat} has shape {tuple(tensor.shape)}, expected {feature['shape']}"
+                )
             if not torch.isfinite(tensor).all():
                 raise CheckpointError(f"{path}: {key}.{stat} has non-finite values; recompute the dataset statistics")
     if not math.isfinite(folder.eps) or folder.eps < 0:

@@ -89,7 +89,8 @@ def _times_noise(model: DenoisingPolicy, b: PairBatch, cfg: LossConfig) -> tuple
     n = b.chunk_w.shape[0]
     t = model.sample_times(n, cfg.generator)
     where = cfg.generator.device if cfg.generator is not None else model.device
-    noise = torch.randn(b.chunk_w.shape, generator=cfg.generator, device=where).to(model.device)
+    # the model's noise shape: a LeRobot model's covers past steps the recorded chunk does not have
+    noise = torch.randn((n, *model.noise_shape), generator=cfg.generator, device=where).to(model.device)
     return t, noise
 
 

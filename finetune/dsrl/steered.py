@@ -12,6 +12,7 @@ of (obs, noise) and a steered policy can itself be steered again.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ class SteeredPolicy(ComposedPolicy):
             raise CheckpointError(
                 "a dsrl policy's config.json needs the noise actor's 'hidden' sizes and 'action_magnitude'"
             )
-        return SquashedMeanActor(base.obs_horizon * base.obs_dim, hidden, base.pred_horizon * base.action_dim)
+        return SquashedMeanActor(base.obs_horizon * base.obs_dim, hidden, math.prod(base.noise_shape))
 
     @torch.no_grad()
     def noise_for(self, obs: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:

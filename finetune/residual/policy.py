@@ -116,10 +116,6 @@ class ResidualPolicy(ComposedPolicy):
     def net(self) -> ResidualNet:
         return self.learned
 
-    @property
-    def noise_shape(self) -> tuple[int, ...]:
-        return tuple(self.base.noise_shape)  # the base's noise, whatever this policy's horizons
-
     def fields(self) -> dict[str, Any]:
         n = self.net
         return {

@@ -30,21 +30,17 @@ from pathlib import Path
 
 import lerobot
 import torch
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
+from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+from lerobot.policies.utils import populate_queues
 from safetensors.torch import save_file
 
 VERSION = tuple(int(v) for v in lerobot.__version__.split(".")[:2])
 NEW = VERSION >= (0, 4)
-
-if NEW:
-    from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
+if NEW:  # the processor pipelines (and the normaliser outside the model) came with LeRobot 0.4
     from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
-    from lerobot.policies.utils import populate_queues
-else:
-    from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
-    from lerobot.policies.utils import populate_queues
-from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
-from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
 STATE, ENV, ACTION = "observation.state", "observation.environment_state", "action"
 BATCH = 3
@@ -62,6 +58,8 @@ VARIANTS = {
         num_inference_steps=None, clip_sample_range=1.5, n_obs_steps=3, horizon=16, n_action_steps=6,
         down_dims=(16, 32, 32), normalization_mapping={"STATE": NormalizationMode.MIN_MAX,
         "ENV": NormalizationMode.IDENTITY, "ACTION": NormalizationMode.MEAN_STD})),
+    # fits the test suite's toy tasks (2-D observation, 2-D action): for dpft eval / finetune / export
+    "toy_ddim": (1, 1, 2, dict(noise_scheduler_type="DDIM", num_inference_steps=5)),
 }  # fmt: skip
 SMALL = dict(down_dims=(16, 32), horizon=8, n_action_steps=4, diffusion_step_embed_dim=16, n_groups=4, device="cpu")
 
@@ -77,7 +75,12 @@ def build(name: str, seed: int) -> tuple[DiffusionPolicy, dict, dict]:
     stats = {}
     for key, dim in ((STATE, s), (ENV, e), (ACTION, a)):
         low = torch.randn(dim) - 2
-        stats[key] = {"min": low, "max": low + 1 + 3 * torch.rand(dim), "mean": torch.randn(dim), "std": 0.5 + torch.rand(dim)}
+        stats[key] = {
+            "min": low,
+            "max": low + 1 + 3 * torch.rand(dim),
+            "mean": torch.randn(dim),
+            "std": 0.5 + torch.rand(dim),
+        }
     stats[STATE]["max"][0] = stats[STATE]["min"][0]  # a constant feature: LeRobot's zero-range rule
     policy = DiffusionPolicy(config, dataset_stats=stats) if not NEW else DiffusionPolicy(config)
     policy.eval()
@@ -140,7 +143,12 @@ def record(name: str, out: Path, seed: int) -> None:
         expected["ddim_chunk"] = chunks(policy, config, normalize, unnormalize, obs, noise)
         policy.diffusion.noise_scheduler = ddpm
     actions = torch.randn(BATCH, config.horizon, a, generator=g)
-    raw = {STATE: obs[:, :, :s], ENV: obs[:, :, s:], ACTION: actions, "action_is_pad": torch.zeros(BATCH, config.horizon, dtype=torch.bool)}
+    raw = {
+        STATE: obs[:, :, :s],
+        ENV: obs[:, :, s:],
+        ACTION: actions,
+        "action_is_pad": torch.zeros(BATCH, config.horizon, dtype=torch.bool),
+    }
     batch = pre(raw) if NEW else policy.normalize_targets(policy.normalize_inputs(raw))
     loss_seed = 99
     torch.manual_seed(loss_seed)
@@ -155,8 +163,8 @@ def main() -> None:
     out = Path(sys.argv[1])
     names = sys.argv[2:] or [n for n in VARIANTS if NEW or not n.startswith("ddpm")]
     out.mkdir(parents=True, exist_ok=True)
-    for i, name in enumerate(names):
-        record(name, out, seed=i)
+    for name in names:
+        record(name, out, seed=list(VARIANTS).index(name))
         print(f"lerobot {lerobot.__version__}: wrote {out / name}")
 
 
