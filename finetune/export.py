@@ -48,6 +48,8 @@ def lerobot_root(policy: Policy) -> tuple[LeRobotDiffusionPolicy | None, list[st
 def export_lerobot(cfg: ExportLeRobotConfig) -> Path:
     """``dpft export lerobot``: see the module docstring."""
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; name a folder")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"{out} exists and is not empty; pass --overwrite to replace it")
     policy = load_policy(cfg.policy)
@@ -65,8 +67,10 @@ def export_lerobot(cfg: ExportLeRobotConfig) -> Path:
         print(f"wrote {out}: a LeRobot {kind} with the {what} of {cfg.policy}")
         return out
     policy.save(out / LEARNED_FOLDER)
+    tuned = (root.config.provenance or {}).get("method")
+    state = f"as fine-tuned by {tuned}" if tuned else "unchanged"
     print(
-        f"wrote {out}: the LeRobot base of {cfg.policy}, unchanged, as LeRobot loads it; its learned part "
+        f"wrote {out}: the LeRobot base of {cfg.policy}, {state}, as LeRobot loads it; its learned part "
         f"({' on '.join(chain)}) has no LeRobot form and is in {out / LEARNED_FOLDER} with the base "
         f"(run it with: dpft eval --policy {out / LEARNED_FOLDER})"
     )

@@ -33,23 +33,59 @@ def test_chunks_and_loss_equal_lerobots(expected):
 
 
 def test_both_layouts_and_the_scheduler_variants_are_covered():
-    layouts = {p.parent.name: read_folder(folder_of(p)).layout for p in references()}
-    assert {layouts[k] for k in layouts} == {"buffers", "processors"}
+    layouts = {read_folder(folder_of(p)).layout for p in references()}
+    assert layouts == {"buffers", "processors"}
     configs = [read_folder(folder_of(p)).config for p in references()]
     assert {c["noise_scheduler_type"] for c in configs} == {"DDPM", "DDIM"}
     assert {c["prediction_type"] for c in configs} == {"epsilon", "sample"}
-    assert {c["beta_schedule"] for c in configs} == {"squaredcos_cap_v2", "linear", "scaled_linear"}
+    assert {c["beta_schedule"] for c in configs} == {"squaredcos_cap_v2", "linear", "scaled_linear", "sigmoid"}
     assert {c["clip_sample"] for c in configs} == {True, False}
     assert {c["n_obs_steps"] for c in configs} >= {1, 2, 3}
+    modes = {m for c in configs for m in c["normalization_mapping"].values()}
+    assert modes >= {"MIN_MAX", "MEAN_STD", "IDENTITY", "QUANTILES", "QUANTILE10"}
+    strided = [c for c in configs if c["num_inference_steps"] and c["num_train_timesteps"] % c["num_inference_steps"]]
+    assert strided  # inference steps that do not divide the training steps
 
 
-def test_horizons_and_the_first_steps_of_an_episode():
+@pytest.mark.parametrize("expected", references(), ids=lambda p: f"{p.parent.name}-{p.name.split('.')[0]}")
+def test_the_references_can_tell_a_wrong_reading(expected):
+    """The reference chunks depend on every input dpft maps (the environment state, the oldest
+    observation of the history) and the network on the diffusion step, so a reader that got one
+    of them wrong could not match them."""
+    e, _ = read(expected)
+    policy = load_policy(f"lerobot:{folder_of(expected)}")
+    base = policy.predict_chunk(e["obs"], e["noise"])
+    env = e["obs"].clone()
+    env[..., policy.state_dim :] += 1.0
+    assert (policy.predict_chunk(env, e["noise"]) - base).abs().max() > 1e-3
+    if policy.obs_horizon > 1:
+        old = e["obs"].clone()
+        old[:, 0, 1:] += 1.0  # feature 0 is a constant one (its range is zero)
+        assert (policy.predict_chunk(old, e["noise"]) - base).abs().max() > 1e-3
+    cond, x = policy.condition(e["obs"]), e["noise"]
+    first, last = torch.zeros(3, dtype=torch.long), torch.full((3,), policy.config.arch.num_train_steps - 1)
+    with torch.no_grad():
+        assert (policy.denoiser(x, first, cond) - policy.denoiser(x, last, cond)).abs().max() > 1e-3
+
+
+def test_horizons_of_a_lerobot_policy():
     policy = load_policy(f"lerobot:{REFS / 'v0.4.4' / 'ddpm_eps_scaled'}")
     assert (policy.obs_horizon, policy.noise_shape, policy.pred_horizon, policy.action_horizon) == (3, (16, 2), 14, 6)
-    obs, noise = torch.randn(2, 7), torch.randn(2, 16, 2)
-    # a single observation is padded by repetition, as LeRobot's observation queue fills at reset
-    history = obs.unsqueeze(1).expand(-1, 3, -1)
-    assert torch.equal(policy.predict_chunk(obs, noise), policy.predict_chunk(history, noise))
+
+
+def test_a_compiled_unet_and_extra_state_keys_load(tmp_path):
+    """``compile_model: true`` saves the U-Net under ``_orig_mod.``; the export keeps that name. Extra
+    ``observation.*`` state keys (LeRobot lists every dataset key) are not read by its model, nor by dpft."""
+    folder = _edit_config(TOY44, tmp_path / "p", lambda c: c["input_features"].update(
+        {"observation.velocity": {"type": "STATE", "shape": [5]}}))  # fmt: skip
+    state = load_file(str(folder / "model.safetensors"))
+    renamed = {k.replace("diffusion.unet.", "diffusion.unet._orig_mod."): v for k, v in state.items()}
+    save_file(renamed, str(folder / "model.safetensors"))
+    policy, original = load_policy(f"lerobot:{folder}"), load_policy(f"lerobot:{TOY44}")
+    e, _ = read(TOY44.with_name("toy_ddim.expected.safetensors"))
+    assert torch.equal(policy.predict_chunk(e["obs"], e["noise"]), original.predict_chunk(e["obs"], e["noise"]))
+    policy.export(tmp_path / "out")
+    assert load_file(str(tmp_path / "out" / "model.safetensors")).keys() == renamed.keys()
 
 
 def test_saved_and_exported_folders_keep_lerobots_files(tmp_path):
@@ -143,6 +179,15 @@ def _foreign_step(d: Path) -> None:
     (d / "policy_preprocessor.json").write_text(json.dumps(pipeline))
 
 
+def _processor_step(edit):
+    def damage(d: Path) -> None:
+        pipeline = json.loads((d / "policy_preprocessor.json").read_text())
+        edit(next(st for st in pipeline["steps"] if st["registry_name"] == "normalizer_processor"))
+        (d / "policy_preprocessor.json").write_text(json.dumps(pipeline))
+
+    return damage
+
+
 BAD = {
     "another policy type": (TOY44, lambda c: c.update(type="act"), None, "is a LeRobot 'act' policy"),
     "image features": (TOY44, _image_input, None, "is image-conditioned"),
@@ -153,6 +198,15 @@ BAD = {
     "normaliser never set (0.3)": (TOY33, lambda c: None, _unset_buffers, "were never set"),
     "a processor step dpft cannot reproduce": (TOY44, lambda c: None, _foreign_step, "'my_custom_processor'"),
     "corrupt weights": (TOY44, lambda c: None, lambda d: (d / "model.safetensors").write_bytes(b"xx"), "corrupt"),
+    "a list as a normalisation mode": (TOY33, lambda c: c["normalization_mapping"].update(STATE=["MIN_MAX"]), None,
+                                       "normalisation ['MIN_MAX'] for STATE is not supported"),
+    "a processor step without settings": (TOY44, lambda c: None, _processor_step(lambda st: st.update(config=None)),
+                                          "needs a 'config' object and a 'state_file'"),
+    "a processor eps that is not a number": (TOY44, lambda c: None, _processor_step(
+        lambda st: st["config"].update(eps="x")), "eps must be a number"),
+    "no U-Net levels": (TOY44, lambda c: c.update(down_dims=[]), None, "down_dims must be a non-empty list"),
+    "groups that do not divide the channels": (TOY44, lambda c: c.update(n_groups=5), None, "divisible by n_groups"),
+    "a boolean step count": (TOY44, lambda c: c.update(num_inference_steps=True), None, "num_inference_steps must be"),
 }  # fmt: skip
 
 
@@ -182,3 +236,6 @@ def test_export_refuses_a_policy_without_a_lerobot_base(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["export", "lerobot", "--policy", "shipped:metaworld-push-v3", "--out", str(out)]) == 2
     assert "no LeRobot policy underneath" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["export", "lerobot", "--policy", f"lerobot:{TOY44}", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -33,6 +33,7 @@ from dpft.base_policies.state_io import atomic_dir
 
 STATE, ENV_STATE, ACTION = "observation.state", "observation.environment_state", "action"
 UNET_PREFIX = "diffusion.unet."
+COMPILED_PREFIX = UNET_PREFIX + "_orig_mod."  # config compile_model: the U-Net was saved inside torch.compile
 BUFFER_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
 PREPROCESSOR, POSTPROCESSOR = "policy_preprocessor.json", "policy_postprocessor.json"
 KNOWN_STEPS = {"rename_observations_processor", "to_batch_processor", "device_processor"}
@@ -68,8 +69,13 @@ class LeRobotFolder:
     """Feature key -> statistic name -> tensor, for every feature that is normalised."""
     unet: dict[str, torch.Tensor]
     """U-Net weights, names without the ``diffusion.unet.`` prefix."""
-    eps: float = 1e-8
-    """The normaliser's epsilon (LeRobot 0.4 stores it; 0.3 hard-codes 1e-8)."""
+    modes: dict[str, str]
+    """Feature key -> normalisation mode (MEAN_STD, MIN_MAX, ..., IDENTITY) as LeRobot applies it:
+    from ``normalization_mapping`` (0.3), from the normaliser steps' own settings (0.4)."""
+    eps: dict[str, float]
+    """Feature key -> the normaliser's epsilon (LeRobot 0.4 stores it per step; 0.3 hard-codes 1e-8)."""
+    unet_prefix: str = UNET_PREFIX
+    """``diffusion.unet.``, or ``diffusion.unet._orig_mod.`` when LeRobot saved a ``torch.compile``d U-Net."""
     kept_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     """``model.safetensors`` entries other than the U-Net (the 0.3 normaliser buffers), written back unchanged."""
     kept_files: dict[str, bytes] = field(default_factory=dict)
@@ -93,8 +99,7 @@ class LeRobotFolder:
         return int(self.config.get("num_inference_steps") or self.config["num_train_timesteps"])
 
     def norm_mode(self, key: str) -> str:
-        kind = (self.config["input_features"] | self.config["output_features"])[key]["type"]
-        return str(self.config["normalization_mapping"].get(kind, "IDENTITY"))
+        return self.modes.get(key, "IDENTITY")
 
 
 def find_folder(path: str | Path) -> Path:
@@ -113,9 +118,10 @@ def read_folder(path: str | Path) -> LeRobotFolder:
     config = _read_json(path / "config.json", what="config.json")
     check_config(config, path / "config.json")
     tensors = _read_tensors(path / "model.safetensors")
-    unet = {k[len(UNET_PREFIX) :]: v for k, v in tensors.items() if k.startswith(UNET_PREFIX)}
+    prefix = COMPILED_PREFIX if any(k.startswith(COMPILED_PREFIX) for k in tensors) else UNET_PREFIX
+    unet = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     buffers = {k: v for k, v in tensors.items() if k.startswith(BUFFER_PREFIXES)}
-    other = sorted(set(tensors) - set(buffers) - {UNET_PREFIX + k for k in unet})
+    other = sorted(set(tensors) - set(buffers) - {prefix + k for k in unet})
     if other:
         raise CheckpointError(f"{path / 'model.safetensors'} has tensors dpft cannot place: {other[:4]}; {SUPPORTED}")
     if not unet:
@@ -124,18 +130,28 @@ def read_folder(path: str | Path) -> LeRobotFolder:
         p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file() and p.name != "model.safetensors"
     }
     if (path / PREPROCESSOR).exists():
-        stats, eps = _stats_from_processors(path, config)
-        folder = LeRobotFolder(config, "processors", stats, unet, eps, buffers, kept_files)
+        stats, modes, eps = _from_processors(path, config)
+        layout = "processors"
     elif buffers:
-        folder = LeRobotFolder(config, "buffers", _stats_from_buffers(path, buffers), unet, 1e-8, buffers, kept_files)
+        stats, layout = _stats_from_buffers(path, buffers), "buffers"
+        kinds = {k: f["type"] for k, f in _features(config).items()}
+        modes = {k: str(config["normalization_mapping"].get(kind, "IDENTITY")) for k, kind in kinds.items()}
+        eps = dict.fromkeys(kinds, 1e-8)
     else:
         raise CheckpointError(
             f"{path} has no normaliser statistics: LeRobot 0.4 writes them to {PREPROCESSOR} and "
             "policy_postprocessor.json (with their .safetensors files), LeRobot 0.3 into model.safetensors "
             "(normalize_inputs.*); copy those files from the training run's checkpoint folder"
         )
+    folder = LeRobotFolder(config, layout, stats, unet, modes, eps, prefix, buffers, kept_files)
     _check_stats(folder, path)
     return folder
+
+
+def _features(config: dict[str, Any]) -> dict[str, Any]:
+    """The features the diffusion model uses (LeRobot's diffusion policy reads no other state keys)."""
+    used = {k: f for k, f in config["input_features"].items() if k in (STATE, ENV_STATE)}
+    return used | config["output_features"]
 
 
 def check_config(config: Any, file: Path) -> None:
@@ -157,7 +173,9 @@ def check_config(config: Any, file: Path) -> None:
                 f"{file}: {key!r} must be {' or '.join(t.__name__ for t in types)}, got {config[key]!r}"
             )
     steps = config.get("num_inference_steps")
-    if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= config["num_train_timesteps"]):
+    if steps is not None and (
+        not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= config["num_train_timesteps"]
+    ):
         raise CheckpointError(f"{file}: num_inference_steps must be null or 1..num_train_timesteps, got {steps!r}")
     _check_features(config, file)
     choices = {"noise_scheduler_type": ("DDPM", "DDIM"), "prediction_type": ("epsilon", "sample"),
@@ -170,8 +188,19 @@ def check_config(config: Any, file: Path) -> None:
     o, h, a = config["n_obs_steps"], config["horizon"], config["n_action_steps"]
     if o < 1 or not 1 <= a <= h - o + 1:
         raise CheckpointError(f"{file}: needs n_obs_steps >= 1 and 1 <= n_action_steps <= horizon - n_obs_steps + 1")
-    if h % 2 ** len(config["down_dims"]):
+    dims = config["down_dims"]
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise CheckpointError(f"{file}: down_dims must be a non-empty list of positive integers, got {dims!r}")
+    if h % 2 ** len(dims):
         raise CheckpointError(f"{file}: horizon {h} is not a multiple of 2**len(down_dims), as LeRobot requires")
+    groups, kernel, embed = config["n_groups"], config["kernel_size"], config["diffusion_step_embed_dim"]
+    if groups < 1 or any(d % groups for d in dims) or dims[0] % 8:
+        raise CheckpointError(
+            f"{file}: every down_dims entry must be divisible by n_groups ({groups}), and the first by 8 "
+            f"(the final block's groups), got {dims}"
+        )
+    if kernel < 1 or kernel % 2 == 0 or embed < 4 or embed % 2:
+        raise CheckpointError(f"{file}: needs an odd kernel_size and an even diffusion_step_embed_dim >= 4")
 
 
 def _check_features(config: dict[str, Any], file: Path) -> None:
@@ -180,24 +209,29 @@ def _check_features(config: dict[str, Any], file: Path) -> None:
     if images:
         raise CheckpointError(f"{file} is image-conditioned ({images}); {SUPPORTED}")
     expected = {STATE: "STATE", ENV_STATE: "ENV"}
-    unknown = sorted(set(inputs) - set(expected))
-    if STATE not in inputs or unknown:
+    if STATE not in inputs:
         raise CheckpointError(f"{file} has input features {sorted(inputs)}; {SUPPORTED}")
     if set(outputs) != {ACTION}:
         raise CheckpointError(f"{file} has output features {sorted(outputs)}; {SUPPORTED}")
-    for key, feature in {**inputs, **outputs}.items():
+    # other observation.* keys may be listed (LeRobot lists every dataset key) but its diffusion model
+    # conditions on observation.state and observation.environment_state only, and so does dpft
+    for key, feature in _features(config).items():
         kind = expected.get(key, "ACTION")
         shape = feature.get("shape") if isinstance(feature, dict) else None
         if not isinstance(feature, dict) or feature.get("type") != kind:
             raise CheckpointError(f"{file}: feature {key!r} must have type {kind!r}, got {feature!r}")
         if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) and shape[0] >= 1):
             raise CheckpointError(f"{file}: feature {key!r} must be a flat vector (shape [n]), got shape {shape!r}")
-    modes = config["normalization_mapping"]
+    _check_norm_map(config["normalization_mapping"], file)
+
+
+def _check_norm_map(modes: Any, file: Path) -> None:
+    if not isinstance(modes, dict):
+        raise CheckpointError(f"{file}: the normalisation mapping must be an object, got {modes!r}")
     for kind in ("STATE", "ENV", "ACTION"):
-        if modes.get(kind, "IDENTITY") not in NORM_STATS:
-            raise CheckpointError(
-                f"{file}: normalisation {modes[kind]!r} for {kind} is not supported; {sorted(NORM_STATS)}"
-            )
+        mode = modes.get(kind, "IDENTITY")
+        if not isinstance(mode, str) or mode not in NORM_STATS:
+            raise CheckpointError(f"{file}: normalisation {mode!r} for {kind} is not supported; {sorted(NORM_STATS)}")
 
 
 def _read_json(file: Path, what: str) -> Any:
@@ -222,8 +256,12 @@ def _stats_from_buffers(path: Path, buffers: dict[str, torch.Tensor]) -> dict[st
     """0.3 layout: ``normalize_inputs`` holds the inputs' statistics, ``unnormalize_outputs`` the action's."""
     stats: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in buffers.items():
-        module, rest = name.split(".", 1)
-        buffer, stat = rest.rsplit(".", 1)
+        parts = name.split(".")
+        if len(parts) != 3:
+            raise CheckpointError(
+                f"{path / 'model.safetensors'}: normaliser tensor {name!r} is not MODULE.buffer_KEY.STAT"
+            )
+        module, buffer, stat = parts
         if module == "normalize_targets":
             continue  # a copy of unnormalize_outputs' statistics, used only by LeRobot's training loss
         key = buffer.removeprefix("buffer_").replace("_", ".")
@@ -237,42 +275,56 @@ def _stats_from_buffers(path: Path, buffers: dict[str, torch.Tensor]) -> dict[st
     return stats
 
 
-def _stats_from_processors(path: Path, config: dict[str, Any]) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
-    """0.4 layout: the preprocessor's normaliser step has the inputs' statistics, the
-    postprocessor's unnormaliser step the action's."""
+def _from_processors(path: Path, config: dict[str, Any]) -> tuple[dict, dict[str, str], dict[str, float]]:
+    """0.4 layout: (statistics, modes, eps) per feature. The inputs' come from the preprocessor's
+    normaliser step, the action's from the postprocessor's unnormaliser step, each with the
+    ``norm_map``, ``eps`` and ``normalize_observation_keys`` of that step, which is what LeRobot 0.4
+    applies (its ``normalization_mapping`` in config.json only seeds them)."""
     stats: dict[str, dict[str, torch.Tensor]] = {}
-    eps = 1e-8
+    modes: dict[str, str] = {}
+    eps: dict[str, float] = {}
+    kinds = {k: f["type"] for k, f in _features(config).items()}
     for name, wanted in ((PREPROCESSOR, "normalizer_processor"), (POSTPROCESSOR, "unnormalizer_processor")):
-        pipeline = _read_json(path / name, what=name)
+        file = path / name
+        pipeline = _read_json(file, what=name)
         steps = pipeline.get("steps") if isinstance(pipeline, dict) else None
-        if not isinstance(steps, list):
-            raise CheckpointError(f"{path / name} has no 'steps' list; copy it again from the training run")
-        found = False
-        for step in steps:
-            kind = step.get("registry_name") if isinstance(step, dict) else None
-            if kind == wanted:
-                found = True
-                eps = float(step.get("config", {}).get("eps", eps))
-                if "state_file" not in step:
-                    raise CheckpointError(f"{path / name}: the {wanted} step names no state_file (statistics)")
-                flat = _read_tensors(path / step["state_file"])
-                for flat_key, tensor in flat.items():
-                    key, stat = flat_key.rsplit(".", 1)
-                    if name == PREPROCESSOR or key == ACTION:
-                        stats.setdefault(key, {})[stat] = tensor.float()
-            elif kind not in KNOWN_STEPS:
-                raise CheckpointError(
-                    f"{path / name} has a processor step {kind!r} dpft does not reproduce; dpft covers "
-                    f"{sorted(KNOWN_STEPS | {wanted})}"
-                )
-        if not found:
-            raise CheckpointError(f"{path / name} has no {wanted} step: the normaliser is missing")
-    return stats, eps
+        if not isinstance(steps, list) or not all(isinstance(st, dict) for st in steps):
+            raise CheckpointError(f"{file} has no 'steps' list of objects; copy it again from the training run")
+        found = [st for st in steps if st.get("registry_name") == wanted]
+        foreign = sorted({str(st.get("registry_name")) for st in steps} - KNOWN_STEPS - {wanted})
+        if foreign:
+            covered = sorted(KNOWN_STEPS | {wanted})
+            raise CheckpointError(
+                f"{file} has processor step(s) {foreign} dpft does not reproduce; dpft covers {covered}"
+            )
+        if len(found) != 1:
+            raise CheckpointError(f"{file} has {len(found)} {wanted} steps, expected one: the normaliser is missing")
+        step = found[0]
+        settings = step.get("config", {})
+        if not isinstance(settings, dict) or not isinstance(step.get("state_file"), str):
+            raise CheckpointError(f"{file}: the {wanted} step needs a 'config' object and a 'state_file' name")
+        step_eps = settings.get("eps", 1e-8)
+        if isinstance(step_eps, bool) or not isinstance(step_eps, (int, float)):
+            raise CheckpointError(f"{file}: the {wanted} step's eps must be a number, got {step_eps!r}")
+        norm_map = settings.get("norm_map", config["normalization_mapping"])
+        _check_norm_map(norm_map, file)
+        only = settings.get("normalize_observation_keys")
+        mine = [k for k in kinds if (k == ACTION) == (name == POSTPROCESSOR)]
+        for key in mine:
+            skip = key != ACTION and isinstance(only, list) and key not in only
+            modes[key] = "IDENTITY" if skip else norm_map.get(kinds[key], "IDENTITY")
+            eps[key] = float(step_eps)
+        for flat_key, tensor in _read_tensors(path / step["state_file"]).items():
+            if "." not in flat_key:
+                raise CheckpointError(f"{path / step['state_file']}: statistic {flat_key!r} is not KEY.STAT")
+            key, stat = flat_key.rsplit(".", 1)
+            if key in mine:
+                stats.setdefault(key, {})[stat] = tensor.float()
+    return stats, modes, eps
 
 
 def _check_stats(folder: LeRobotFolder, path: Path) -> None:
-    features = folder.config["input_features"] | folder.config["output_features"]
-    for key, feature in features.items():
+    for key, feature in _features(folder.config).items():
         mode = folder.norm_mode(key)
         for stat in NORM_STATS[mode]:
             tensor = folder.stats.get(key, {}).get(stat)
@@ -287,13 +339,14 @@ def _check_stats(folder: LeRobotFolder, path: Path) -> None:
                 )
             if not torch.isfinite(tensor).all():
                 raise CheckpointError(f"{path}: {key}.{stat} has non-finite values; recompute the dataset statistics")
-    if not math.isfinite(folder.eps) or folder.eps < 0:
-        raise CheckpointError(f"{path}: normaliser eps {folder.eps!r} is not a finite non-negative number")
+    for key, eps in folder.eps.items():
+        if not math.isfinite(eps) or eps < 0:
+            raise CheckpointError(f"{path}: normaliser eps {eps!r} of {key!r} is not a finite non-negative number")
 
 
 def write_folder(folder: LeRobotFolder, unet: dict[str, torch.Tensor], path: Path) -> None:
     """Write ``folder`` back as a LeRobot folder with the U-Net weights ``unet``, atomically."""
-    state = {UNET_PREFIX + k: v.detach().cpu().contiguous() for k, v in unet.items()}
+    state = {folder.unet_prefix + k: v.detach().cpu().contiguous() for k, v in unet.items()}
     state |= {k: v.contiguous() for k, v in folder.kept_tensors.items()}
     with atomic_dir(Path(path)) as tmp:
         for name, data in folder.kept_files.items():

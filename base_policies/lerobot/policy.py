@@ -16,8 +16,11 @@ use a LeRobot checkpoint unchanged. What it reproduces of LeRobot, and what it m
   inference steps. For a DDIM policy that is LeRobot's sampler; a DDPM policy is stochastic in
   LeRobot even given the initial noise, so dpft's deterministic map for it is DDIM on the same
   levels. The stochastic chain (``sample_chain``, used by DPO-style fine-tuning) is LeRobot's own
-  step: DDPM's posterior for a DDPM policy (given the same per-step noise it reproduces
-  LeRobot's DDPM samples), DDIM with eta = ``noise_level`` for a DDIM policy.
+  step: DDPM's posterior for a DDPM policy (given the per-step noise LeRobot drew, and none at the
+  last step, where LeRobot adds none, it reproduces LeRobot's DDPM samples), DDIM with eta =
+  ``noise_level`` for a DDIM policy. As for dpft's own policies, the last step gets a std of
+  ``1e-2 * noise_level`` so its log-probability is finite; a chain sampled with noise there (DPO's
+  collection) ends 1e-2 x N(0, 1) away from LeRobot's.
 - **Training loss** (``denoising_loss``) is LeRobot's ``compute_loss`` on a full-horizon chunk.
   A dpft preference pair records only the executed part; the ``n_obs_steps - 1`` past positions
   are then filled with the chunk's first action and left out of the loss.
@@ -37,7 +40,15 @@ from torch import nn
 
 from dpft.base_policies.config import ArchConfig, PolicyConfig
 from dpft.base_policies.errors import CheckpointError
-from dpft.base_policies.lerobot.folder import ACTION, ENV_STATE, STATE, LeRobotFolder, read_folder, write_folder
+from dpft.base_policies.lerobot.folder import (
+    ACTION,
+    ENV_STATE,
+    STATE,
+    SUPPORTED,
+    LeRobotFolder,
+    read_folder,
+    write_folder,
+)
 from dpft.base_policies.lerobot.normalizer import LeRobotNormalizer
 from dpft.base_policies.lerobot.schedule import alphas_cumprod, leading_timesteps
 from dpft.base_policies.lerobot.unet import LeRobotUnet1d
@@ -80,7 +91,7 @@ class LeRobotDiffusionPolicy(DenoisingPolicy):
             type=self.type_name, backbone="lerobot-unet", obs_dim=self.obs_dim, action_dim=self.action_dim,
             arch=arch, task=task, provenance=provenance,
         )  # fmt: skip
-        norm = {k: LeRobotNormalizer(folder.norm_mode(k), folder.stats.get(k, {}), folder.layout, folder.eps)
+        norm = {k: LeRobotNormalizer(folder.norm_mode(k), folder.stats.get(k, {}), folder.layout, folder.eps[k])
                 for k in (STATE, ENV_STATE, ACTION) if k in c["input_features"] | c["output_features"]}  # fmt: skip
         self.state_normalizer = norm[STATE]
         self.env_state_normalizer = norm.get(ENV_STATE)
@@ -174,11 +185,19 @@ class LeRobotDiffusionPolicy(DenoisingPolicy):
                 raise CheckpointError(f"chunk of {x0.shape[1]} actions; this policy takes {self.pred_horizon}")
             x0 = torch.cat([x0[:, :1].expand(-1, self.start, -1), x0], dim=1)
             scored = slice(self.start, self.horizon)
+        noise = self.check_noise(torch.as_tensor(noise), x0.shape[0])  # [B, horizon, A], past steps included
         ab = self.alphas_cumprod[t].view(-1, 1, 1)
         xt = ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
         pred = self.denoiser(xt, t, self.condition(obs))
         target = noise if self.prediction == "epsilon" else x0
         return ((pred - target) ** 2)[:, scored].mean(dim=(1, 2))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss with fresh steps and noise of the model's (full-horizon) shape."""
+        t = self.sample_times(actions.shape[0])
+        noise = torch.randn((actions.shape[0], *self.noise_shape), device=self.device)
+        loss = self.denoising_loss(obs, actions, t, noise).mean()
+        return loss, {"loss": loss.item()}
 
     # ----- folder -------------------------------------------------------------------
     def unet_state(self) -> dict[str, torch.Tensor]:
@@ -207,10 +226,20 @@ class LeRobotDiffusionPolicy(DenoisingPolicy):
         inner = meta.get("lerobot_folder")
         if not isinstance(inner, str):
             raise CheckpointError(f"{path / 'config.json'} names no lerobot_folder; re-save the policy")
-        policy = cls(read_folder(path / inner), task=meta.get("task"), provenance=meta.get("provenance"))
-        return policy.eval()
+        return load_lerobot(path / inner, task=meta.get("task"), provenance=meta.get("provenance"))
 
 
-def load_lerobot(path: str | Path, task: str | None = None) -> LeRobotDiffusionPolicy:
-    """``lerobot:PATH``: a LeRobot ``pretrained_model/`` folder (or the checkpoint folder around it)."""
-    return LeRobotDiffusionPolicy(read_folder(path), task=task).eval()
+def load_lerobot(path: str | Path, task: str | None = None, provenance: dict | None = None) -> LeRobotDiffusionPolicy:
+    """``lerobot:PATH``: a LeRobot ``pretrained_model/`` folder (or the checkpoint folder around it).
+
+    :func:`read_folder` names every problem it checks for; anything else a malformed folder
+    raises on the way (a value of an unexpected type deep in a config) still ends in one
+    :class:`CheckpointError`, never a traceback."""
+    try:
+        return LeRobotDiffusionPolicy(read_folder(path), task=task, provenance=provenance).eval()
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        raise CheckpointError(
+            f"could not read the LeRobot policy in {path} ({type(e).__name__}: {e}); {SUPPORTED}"
+        ) from None

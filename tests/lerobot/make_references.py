@@ -12,9 +12,12 @@ writes, plus its processor files on LeRobot 0.4) and ``OUT_DIR/<variant>.expecte
 - ``noise`` ``[B, horizon, A]`` and ``chunk`` ``[B, n_action_steps, A]``: LeRobot's
   ``predict_action_chunk`` for that initial noise (env units), after filling its observation
   queue with the history;
-- DDPM variants also ``ddim_chunk`` (the same call with LeRobot's scheduler swapped for
-  diffusers' DDIM on the same settings: dpft's deterministic map for a DDPM policy) and the
-  seed of the global RNG LeRobot's DDPM steps drew their noise from (``ddpm_seed``);
+- DDPM variants: ``chunk`` is LeRobot's random DDPM chunk, its step noise drawn from the global
+  RNG seeded ``ddpm_seed``; ``ddim_chunk`` is the same call with LeRobot's scheduler swapped for
+  diffusers' DDIM on the same settings (dpft's deterministic map for a DDPM policy; not for
+  sigmoid betas, which diffusers' DDIM lacks);
+- ``reset_obs`` ``[B, D]`` and ``reset_chunk``: the chunk at an episode's first step (LeRobot's
+  queue filled with copies of that one observation);
 - ``loss_actions`` ``[B, horizon, A]``, ``loss_seed`` and ``loss``: LeRobot's training loss on
   that batch, with its noise and steps drawn after ``torch.manual_seed(loss_seed)``.
 
@@ -58,6 +61,11 @@ VARIANTS = {
         num_inference_steps=None, clip_sample_range=1.5, n_obs_steps=3, horizon=16, n_action_steps=6,
         down_dims=(16, 32, 32), normalization_mapping={"STATE": NormalizationMode.MIN_MAX,
         "ENV": NormalizationMode.IDENTITY, "ACTION": NormalizationMode.MEAN_STD})),
+    "ddpm_strided_sigmoid": (3, 2, 2, dict(
+        noise_scheduler_type="DDPM", beta_schedule="sigmoid", num_train_timesteps=30, num_inference_steps=7,
+        prediction_type="sample", clip_sample=False, normalization_mapping={
+            "STATE": getattr(NormalizationMode, "QUANTILES", None),  # quantiles: LeRobot 0.4 only
+            "ENV": NormalizationMode.MEAN_STD, "ACTION": getattr(NormalizationMode, "QUANTILE10", None)})),
     # fits the test suite's toy tasks (2-D observation, 2-D action): for dpft eval / finetune / export
     "toy_ddim": (1, 1, 2, dict(noise_scheduler_type="DDIM", num_inference_steps=5)),
 }  # fmt: skip
@@ -75,12 +83,9 @@ def build(name: str, seed: int) -> tuple[DiffusionPolicy, dict, dict]:
     stats = {}
     for key, dim in ((STATE, s), (ENV, e), (ACTION, a)):
         low = torch.randn(dim) - 2
-        stats[key] = {
-            "min": low,
-            "max": low + 1 + 3 * torch.rand(dim),
-            "mean": torch.randn(dim),
-            "std": 0.5 + torch.rand(dim),
-        }
+        high = low + 1 + 3 * torch.rand(dim)
+        stats[key] = {"min": low, "max": high, "mean": torch.randn(dim), "std": 0.5 + torch.rand(dim),
+                      "q01": low + 0.1, "q99": high - 0.1, "q10": low + 0.3, "q90": high - 0.3}  # fmt: skip
     stats[STATE]["max"][0] = stats[STATE]["min"][0]  # a constant feature: LeRobot's zero-range rule
     policy = DiffusionPolicy(config, dataset_stats=stats) if not NEW else DiffusionPolicy(config)
     policy.eval()
@@ -122,6 +127,7 @@ def record(name: str, out: Path, seed: int) -> None:
     s, e, a, _ = VARIANTS[name]
     g = torch.Generator().manual_seed(seed + 1)
     obs = torch.randn(BATCH, config.n_obs_steps, s + e, generator=g) * 2
+    obs[..., 0] = stats[STATE]["min"][0]  # the constant feature is constant in the data too
     if NEW:
         noise = torch.randn(BATCH, config.horizon, a, generator=g)
     else:
@@ -131,17 +137,23 @@ def record(name: str, out: Path, seed: int) -> None:
     ddpm_seed = 4321
     torch.manual_seed(ddpm_seed)  # DDPM steps draw their noise from the global RNG
     expected["chunk"] = chunks(policy, config, normalize, unnormalize, obs, noise)
+    # the first decision of an episode: LeRobot's queue filled with copies of one observation
+    expected["reset_obs"] = obs[:, -1].clone()
+    torch.manual_seed(ddpm_seed)
+    expected["reset_chunk"] = chunks(policy, config, normalize, unnormalize, obs[:, -1:], noise)
     meta = {"lerobot": lerobot.__version__, "variant": name, "seed": seed, "batch": BATCH}
+    meta["scheduler"] = config.noise_scheduler_type
     if config.noise_scheduler_type == "DDPM":
         meta["ddpm_seed"] = ddpm_seed
         if not NEW:
             raise SystemExit("DDPM references need LeRobot 0.4 (0.3 draws the initial and step noise from one RNG)")
         ddpm = policy.diffusion.noise_scheduler
-        policy.diffusion.noise_scheduler = DDIMScheduler(**{k: ddpm.config[k] for k in (
-            "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample", "clip_sample_range",
-            "prediction_type")})  # fmt: skip
-        expected["ddim_chunk"] = chunks(policy, config, normalize, unnormalize, obs, noise)
-        policy.diffusion.noise_scheduler = ddpm
+        settings = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample",
+                    "clip_sample_range", "prediction_type")  # fmt: skip
+        if ddpm.config["beta_schedule"] != "sigmoid":  # diffusers' DDIM has no sigmoid betas
+            policy.diffusion.noise_scheduler = DDIMScheduler(**{k: ddpm.config[k] for k in settings})
+            expected["ddim_chunk"] = chunks(policy, config, normalize, unnormalize, obs, noise)
+            policy.diffusion.noise_scheduler = ddpm
     actions = torch.randn(BATCH, config.horizon, a, generator=g)
     raw = {
         STATE: obs[:, :, :s],
@@ -161,7 +173,7 @@ def record(name: str, out: Path, seed: int) -> None:
 
 def main() -> None:
     out = Path(sys.argv[1])
-    names = sys.argv[2:] or [n for n in VARIANTS if NEW or not n.startswith("ddpm")]
+    names = sys.argv[2:] or [n for n in VARIANTS if NEW or not n.startswith("ddpm")]  # DDPM, quantiles: 0.4
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         record(name, out, seed=list(VARIANTS).index(name))
