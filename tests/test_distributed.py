@@ -192,3 +192,28 @@ def test_thread_defaults(monkeypatch):
         assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_main_process_logs_every_processs_episodes():
+    """``rollout/*`` on the main process: its own episodes plus those the other processes ended."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from dpft.finetune.common.data_parallel import ShareEpisodes
+
+    other = [(1, {"r": 5.0, "l": 10, "t": 0.1}, True), (1, None, None)]
+
+    class TwoProcesses:  # rank 0 of 2: gather returns rank 0's items, then rank 1's
+        rank, is_main = 0, True
+
+        def gather(self, items):
+            return [*items, *other]
+
+    cb = ShareEpisodes(TwoProcesses())
+    cb.model = SimpleNamespace(ep_info_buffer=deque([{"r": 1.0, "l": 3, "t": 0.0}]), ep_success_buffer=deque([False]))
+    cb.locals = {"infos": [{"episode": {"r": 1.0, "l": 3, "t": 0.0}, "is_success": False}, {}], "dones": [True, False]}
+    cb._on_step()
+    assert cb.pending == [(0, {"r": 1.0, "l": 3, "t": 0.0}, False)]
+    cb._on_rollout_end()
+    assert [e["r"] for e in cb.model.ep_info_buffer] == [1.0, 5.0] and list(cb.model.ep_success_buffer) == [False, True]
+    assert cb.pending == []

@@ -17,8 +17,11 @@ the effective batch is N times larger per update, and a run's numbers depend on 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
 from dpft.finetune.distributed import Shard
@@ -106,3 +109,37 @@ def check_in_sync(model: BaseAlgorithm, shard: Shard) -> None:
             f"the {shard.world} processes' weights differ at env step {model.num_timesteps}; "
             "their updates fell out of step (please report this, with the command)"
         )
+
+
+class ShareEpisodes(BaseCallback):
+    """Make the main process's ``rollout/*`` scalars (``ep_rew_mean``, ``ep_len_mean``,
+    ``success_rate``) cover the episodes of every process, not its own only.
+
+    Each process notes the episodes that end in its envs (what SB3's ``_update_info_buffer``
+    reads: ``info["episode"]`` from ``Monitor`` and ``info["is_success"]`` at the end); at every
+    rollout end, a point every process reaches together, they are gathered, and the main process
+    adds the other processes' episodes to its own buffers, from which SB3 computes the scalars."""
+
+    def __init__(self, shard: Shard) -> None:
+        super().__init__()
+        self.shard = shard
+        self.pending: list[tuple[int, dict | None, Any]] = []
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals.get("infos", ()), self.locals.get("dones", ()), strict=False):
+            episode, success = info.get("episode"), info.get("is_success")
+            if episode is not None or (done and success is not None):
+                self.pending.append((self.shard.rank, episode, success if done else None))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        shared, self.pending = self.shard.gather(self.pending), []
+        if not self.shard.is_main:
+            return
+        for rank, episode, success in shared:
+            if rank == self.shard.rank:
+                continue  # already in this process's buffers
+            if episode is not None and self.model.ep_info_buffer is not None:
+                self.model.ep_info_buffer.append(episode)
+            if success is not None and self.model.ep_success_buffer is not None:
+                self.model.ep_success_buffer.append(success)

@@ -39,7 +39,13 @@ from dpft.envs.replay import ReplayableEpisodes
 from dpft.finetune.common.callbacks import Checkpointer, PeriodicEval, ProgressBar, Throughput, WallClock
 from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
 from dpft.finetune.common.config import FinetuneConfig
-from dpft.finetune.common.data_parallel import RANK_SEED_STRIDE, average_gradients, broadcast_weights, check_in_sync
+from dpft.finetune.common.data_parallel import (
+    RANK_SEED_STRIDE,
+    ShareEpisodes,
+    average_gradients,
+    broadcast_weights,
+    check_in_sync,
+)
 from dpft.finetune.common.interrupt import graceful_stop
 from dpft.finetune.common.logger import EnvStepLogger
 from dpft.finetune.distributed import Shard, current_shard, local_device_spec
@@ -232,6 +238,8 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         PeriodicEval(k, cfg.eval_every, evaluate_now, evals, clock, bar),
         Checkpointer(k, cfg.checkpoint_every, save, method.resume_hint(cfg), shard.any),
     ]
+    if shard.world > 1:
+        callbacks.append(ShareEpisodes(shard))  # rollout/* scalars over every process's episodes
     total = math.ceil(cfg.steps / k)
     with graceful_stop():
         model.learn(
