@@ -20,6 +20,7 @@ from dpft.envs.config import EnvConfig
 from dpft.envs.replay import ReplayableEpisodes
 from dpft.envs.tasks import make
 from dpft.finetune import cli
+from dpft.finetune.common.best import BestPolicy, score
 from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.run import run_sb3
 from dpft.finetune.dsrl.steered import SteeredPolicy
@@ -392,3 +393,25 @@ def test_diverged_fine_tuning_stops_and_keeps_the_last_good_checkpoint(tmp_path,
         run_sb3(cfg, method)
     state = json.loads((tmp_path / "res" / "checkpoint" / "state.json").read_text())
     assert state["num_timesteps"] == 300
+
+
+def test_final_best_keeps_the_best_evaluated_policy(tmp_path, base_dir):
+    """``--final best``: policy/ is the best of the periodic and final evaluations, not the last."""
+    out = train_residual(quick(tmp_path, base_dir, steps=900, eval_every=300, eval_episodes=10, final="best"))
+    evals = [json.loads(x) for x in (tmp_path / "res" / "evals.jsonl").read_text().splitlines()]
+    final = json.loads((tmp_path / "res" / "final_eval.json").read_text())
+    record = json.loads((tmp_path / "res" / "best_policy.json").read_text())
+    assert final["final"] == "best" and final["policy_env_steps"] == record["env_steps"]
+    assert all(score(final) >= score(e) for e in evals)
+    kept = (tmp_path / "res" / "best_policy" / "model.safetensors").read_bytes()
+    assert (out / "model.safetensors").read_bytes() == kept
+
+
+def test_the_best_policy_is_replaced_only_by_a_better_one(tmp_path, base_dir):
+    best, policy = BestPolicy(tmp_path), load_policy(base_dir)
+    assert best.offer(policy, {"success_rate": 0.5, "return_mean": -3.0}, 100)
+    assert not best.offer(policy, {"success_rate": 0.4, "return_mean": 9.0}, 200)  # success first
+    assert best.offer(policy, {"success_rate": 0.5, "return_mean": -2.0}, 300)  # then the return
+    assert best.best()["env_steps"] == 300 and (tmp_path / "best_policy" / "config.json").exists()
+    best.forget_after(250)  # resumed from a checkpoint before it
+    assert best.best() is None and not (tmp_path / "best_policy").exists()

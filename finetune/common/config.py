@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dpft.base_policies.device import check_device_spec
 from dpft.base_policies.errors import ConfigError
@@ -31,6 +32,9 @@ class FinetuneConfig(EnvConfig):
     """Environment steps between evaluations of the fine-tuned policy."""
     eval_episodes: int = 20
     """Episodes per evaluation (the same episodes every time: seed + 1,000,000)."""
+    final: Literal["last", "best"] = "last"
+    """What OUT/policy holds at the end: the last policy, or the best evaluated one (every
+    --eval-every evaluation and the final one, on the same episodes; best_policy.json says which)."""
     checkpoint_every: int = 10_000
     """Environment steps between atomic checkpoints (what --resume continues from)."""
     resume: bool = False

@@ -36,6 +36,7 @@ from dpft.base_policies.run_folder import open_run
 from dpft.base_policies.state_io import atomic_write_text, recover_dir
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.replay import ReplayableEpisodes
+from dpft.finetune.common.best import BestPolicy
 from dpft.finetune.common.callbacks import Checkpointer, PeriodicEval, ProgressBar, Throughput, WallClock
 from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
 from dpft.finetune.common.config import FinetuneConfig
@@ -226,8 +227,16 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         save_sb3_checkpoint(model, checkpoint_dir, {"wall_s": clock.seconds, "processes": shard.world})
         shard.barrier()  # every process's checkpoint is complete before any goes on
 
+    best = BestPolicy(run.root) if cfg.final == "best" and shard.is_main else None
+    if best is not None:
+        best.forget_after(model.num_timesteps * k)
+
     def evaluate_now() -> dict[str, Any]:
-        return evaluate_on_fixed_episodes(method.artifact(model, base, cfg), cfg, shard)
+        policy = method.artifact(model, base, cfg)
+        summary = evaluate_on_fixed_episodes(policy, cfg, shard)
+        if best is not None:
+            best.offer(policy, summary, model.num_timesteps * k)
+        return summary
 
     bar = ProgressBar(cfg.steps, k, method.command.split()[-1], cfg.progress and shard.is_main)
     evals = run.root / "evals.jsonl" if shard.is_main else None
@@ -250,13 +259,17 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         )
     save()
     policy = method.artifact(model, base, cfg)
-    if shard.is_main:
-        policy.save(run.policy_dir)
     summary = evaluate_on_fixed_episodes(policy, cfg, shard)
     final = {**summary, "env_steps": model.num_timesteps * k, "train_wall_s": round(clock.seconds, 1)}
     final["processes"] = shard.world
     if not shard.is_main:
         return run.policy_dir
+    if best is not None:  # --final best: policy/ is the best evaluated policy, and final_eval.json says so
+        best.offer(policy, summary, final["env_steps"])
+        chosen = best.best()
+        policy = load_policy(best.dir, device)
+        final = {**final, **chosen["eval"], "final": "best", "policy_env_steps": chosen["env_steps"]}
+    policy.save(run.policy_dir)
     atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
     success = "n/a" if final["success_rate"] is None else f"{final['success_rate']:.3f}"
     print(
