@@ -21,12 +21,15 @@ from dpft.finetune import cli
 
 HERE = Path(__file__).parent
 TOY = "toy_envs:Reach-v0"
-ENVS = dict(pair.split("=", 1) for pair in os.environ.get("DPFT_LEROBOT_ENVS", "").split())
+# resolved now: the tests below change the working directory (the toy tasks are found from tests/)
+ENVS = {
+    v: Path(p).resolve() for v, p in (pair.split("=", 1) for pair in os.environ.get("DPFT_LEROBOT_ENVS", "").split())
+}
 pytestmark = pytest.mark.skipif(not ENVS, reason="no LeRobot environment (make lerobot-check)")
 
 
 def lerobot(version: str, script: str, *args) -> None:
-    python = Path(ENVS[version]).resolve() / "bin" / "python"
+    python = ENVS[version] / "bin" / "python"
     res = subprocess.run([str(python), str(HERE / "lerobot" / script), *map(str, args)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
 
