@@ -23,7 +23,10 @@ from torch import nn
 
 
 class StepEmbedding(nn.Module):
-    """Sinusoidal embedding of the (integer) diffusion step: ``[B] -> [B, dim]``."""
+    """Sinusoidal embedding of the (integer) diffusion step: ``[B] -> [B, dim]``.
+
+    The formula of :class:`dpft.base_policies.backbones.SinusoidalEmbedding`, but in LeRobot's
+    order of operations: the two differ by up to 4e-6, and this one gives LeRobot's chunks to the bit."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
