@@ -32,6 +32,7 @@ policy is still a LeRobot folder inside; ``dpft export lerobot`` writes it out o
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ class LeRobotDiffusionPolicy(DenoisingPolicy):
             c["diffusion_step_embed_dim"], c["use_film_scale_modulation"],
         )  # fmt: skip
         load_state(self.denoiser, folder.unet, Path("model.safetensors (diffusion.unet.*)"))
+        self.lerobot = replace(folder, unet={})  # the weights live in the denoiser now (not twice in memory)
         ab = alphas_cumprod(c["beta_schedule"], c["num_train_timesteps"], c["beta_start"], c["beta_end"])
         self.register_buffer("alphas_cumprod", ab, persistent=False)
         self.register_buffer("timesteps", leading_timesteps(c["num_train_timesteps"], arch.num_inference_steps), False)
