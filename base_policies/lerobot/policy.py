@@ -69,7 +69,6 @@ class LeRobotDiffusionPolicy(DenoisingPolicy):
     def __init__(self, folder: LeRobotFolder, task: str | None = None, provenance: dict | None = None) -> None:
         nn.Module.__init__(self)  # not DenoisingPolicy.__init__: the network and normalisers are LeRobot's
         c = folder.config
-        self.lerobot = folder
         self.state_dim, self.env_state_dim = folder.state_dim, folder.env_state_dim
         self.obs_dim, self.action_dim = self.state_dim + self.env_state_dim, folder.action_dim
         self.horizon, self.start = c["horizon"], c["n_obs_steps"] - 1
