@@ -61,8 +61,8 @@ RESIDUAL = Bench(
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
         "(the code of seeds 0-1), with up to four other processes on the cores, a 9-minute SIGSTOP pause for",
         "speed measurements, and button-press stopped at 35k env steps and resumed: their wall-clock is not",
-        "comparable with the other seeds'. Seed 2 of pick-place ran the same way in a later session (beside",
-        "two to three other jobs on the 2 cores; its 77-minute training wall-clock is not comparable either).",
+        "comparable with the other seeds'. Seed 2 of pick-place and Hopper ran the same way in a later session (beside",
+        "two to three other jobs on the 2 cores; their wall-clock is not comparable either).",
     ],
 )
 
