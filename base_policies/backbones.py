@@ -140,18 +140,25 @@ class ConditionalUnet1D(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         c = torch.cat([self.time(t), cond], dim=-1)
-        h = x.transpose(1, 2)  # [B, A, H]
-        skips = []
-        for res1, res2, down in self.down:
-            h = res2(res1(h, c), c)
-            skips.append(h)
-            h = down(h)
-        for res in self.mid:
-            h = res(h, c)
-        for res1, res2, up in self.up:
-            h = torch.cat([h, skips.pop()], dim=1)
-            h = up(res2(res1(h, c), c))
+        h = unet_levels(x.transpose(1, 2), c, self.down, self.mid, self.up)  # [B, A, H] channels first
         return self.final(h).transpose(1, 2)
+
+
+def unet_levels(h: torch.Tensor, c: torch.Tensor, down, mid, up) -> torch.Tensor:
+    """The way down (two FiLM blocks and a downsampling per level, skips kept), the middle blocks,
+    and the way up (skip concatenated, two blocks, an upsampling): shared by dpft's U-Net and
+    LeRobot's, whose modules differ only in their names."""
+    skips = []
+    for res1, res2, downsample in down:
+        h = res2(res1(h, c), c)
+        skips.append(h)
+        h = downsample(h)
+    for res in mid:
+        h = res(h, c)
+    for res1, res2, upsample in up:
+        h = torch.cat([h, skips.pop()], dim=1)
+        h = upsample(res2(res1(h, c), c))
+    return h
 
 
 register_backbone("mlp")(ResidualMLP)

@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from dpft.base_policies.backbones import unet_levels
+
 
 class StepEmbedding(nn.Module):
     """Sinusoidal embedding of the (integer) diffusion step: ``[B] -> [B, dim]``.
@@ -116,16 +118,6 @@ class LeRobotUnet1d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
-        x = x.transpose(1, 2)
         cond = torch.cat([self.diffusion_step_encoder(t), global_cond], dim=-1)
-        skips = []
-        for res1, res2, down in self.down_modules:
-            x = res2(res1(x, cond), cond)
-            skips.append(x)
-            x = down(x)
-        for mid in self.mid_modules:
-            x = mid(x, cond)
-        for res1, res2, up in self.up_modules:
-            x = torch.cat((x, skips.pop()), dim=1)
-            x = up(res2(res1(x, cond), cond))
+        x = unet_levels(x.transpose(1, 2), cond, self.down_modules, self.mid_modules, self.up_modules)
         return self.final_conv(x).transpose(1, 2)
