@@ -14,6 +14,7 @@ from dpft.base_policies.paths import check_output_file
 from dpft.base_policies.registry import multi_process
 from dpft.envs.config import EnvConfig
 from dpft.envs.experts import get_expert
+from dpft.envs.experts.demonstrators import MixedDemonstrators, describe, load_demonstrators
 from dpft.finetune.distributed import current_shard
 from dpft.finetune.rollout import EnvSlots, EpisodeResult, run_episodes
 
@@ -28,6 +29,10 @@ class CollectConfig(EnvConfig):
     """Output file."""
     action_noise: float = 0.0
     """Std of Gaussian noise added to the expert's actions (the noisy actions are executed and recorded)."""
+    demonstrators: str | None = None
+    """Simulated demonstrators of mixed skill instead of one noisy expert: a named mix (mh, after
+    robomimic's multi-human sets) or a JSON file of them (dpft.envs.experts.demonstrators). Each
+    episode's demonstrator is listed in mask/<name>, so train-bc --filter-key <name> selects it."""
     success_only: bool = False
     """Keep only successful episodes (collects until --episodes successes, at most 10x attempts)."""
     progress: bool = True
@@ -39,6 +44,8 @@ class CollectConfig(EnvConfig):
         super().__post_init__()
         if self.episodes < 1 or self.action_noise < 0:
             raise ConfigError("--episodes must be >= 1 and --action-noise >= 0")
+        if self.demonstrators is not None and self.action_noise > 0:
+            raise ConfigError("--action-noise does not apply with --demonstrators (each sets its own noise)")
 
 
 @multi_process
@@ -51,6 +58,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
     if shard.is_main:
         check_output_file(cfg.out, cfg.overwrite, "--out", (".hdf5", ".h5"))  # before any rollout
     expert = get_expert(cfg.task)
+    demonstrators = load_demonstrators(cfg.demonstrators) if cfg.demonstrators else None
     rng = np.random.default_rng(cfg.seed)  # each round below starts its own stream
     slots = EnvSlots(tuple(shard.slots(cfg.envs)), cfg.envs)
     venv = replace(cfg, envs=len(slots.indices)).make_vector(1, 1, 1, record_steps=True)
@@ -77,8 +85,11 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
             want = cfg.episodes - len(kept)
             if attempts:  # a later round: a fresh stream, so no process depends on how long another ran
                 rng = np.random.default_rng([cfg.seed, round_seed])
+            step_fn = chunk_fn
+            if demonstrators:  # each round its own per-episode streams, as the expert's noise above
+                step_fn = MixedDemonstrators(expert, demonstrators, round_seed, slots.indices, slots.total, low, high, cfg.task)
             results = run_episodes(
-                chunk_fn, venv, want, seed=round_seed, progress=progress, record_steps=True, slots=slots
+                step_fn, venv, want, seed=round_seed, progress=progress, record_steps=True, slots=slots
             )
             results = sorted(shard.gather(results), key=lambda r: r.env_index)
             steps += sum(r.length for r in results)
@@ -106,11 +117,19 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
         "seed": cfg.seed,
         "success_only": cfg.success_only,
     }
+    masks = {}
+    if demonstrators:
+        env_args["demonstrators"] = describe(demonstrators)
+        who = [int(r.decisions["demonstrator"][0]) for r in kept]
+        masks = {d.name: [f"demo_{i}" for i, w in enumerate(who) if w == j] for j, d in enumerate(demonstrators)}
     episodes = [r.steps for r in kept]
     for i, ep in enumerate(episodes):
         ep.name = f"demo_{i}"
-    write_robomimic_hdf5(cfg.out, episodes, env_args)
+    write_robomimic_hdf5(cfg.out, episodes, env_args, masks)
     rate = sum(r.success for r in kept) / len(kept)
+    for name, demos in masks.items():
+        wins = sum(kept[int(n.split("_")[1])].success for n in demos)
+        print(f"  {name}: {len(demos)} episodes, success {wins / max(len(demos), 1):.2f}")
     print(
         f"wrote {len(kept)} episodes ({sum(len(e) for e in episodes)} steps, success {rate:.2f}; "
         f"{attempts} attempted, {steps_per_s:.0f} env steps/s) to {cfg.out}"

@@ -157,8 +157,11 @@ def _attr(v: Any) -> Any:
     return v
 
 
-def write_robomimic_hdf5(path: Path, episodes: Sequence[Episode], env_args: dict[str, Any]) -> None:
-    """Write the native format (``obs`` as one flat dataset per demo) atomically."""
+def write_robomimic_hdf5(
+    path: Path, episodes: Sequence[Episode], env_args: dict[str, Any], masks: dict[str, list[str]] | None = None
+) -> None:
+    """Write the native format (``obs`` as one flat dataset per demo) atomically; ``masks``
+    become robomimic's ``mask/<filter_key>`` lists of demo names."""
     import os
     import tempfile
 
@@ -181,6 +184,8 @@ def write_robomimic_hdf5(path: Path, episodes: Sequence[Episode], env_args: dict
                 dones = ep.dones if ep.dones is not None else np.eye(1, n, n - 1, dtype=bool)[0]
                 g.create_dataset("rewards", data=rewards.astype(np.float32))
                 g.create_dataset("dones", data=dones.astype(bool))
+            for key, names in (masks or {}).items():
+                f.create_dataset(f"mask/{key}", data=np.array([n.encode() for n in names], dtype="S"))
         publish_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
