@@ -29,6 +29,8 @@ class CollectConfig(EnvConfig):
     """Output file."""
     action_noise: float = 0.0
     """Std of Gaussian noise added to the expert's actions (the noisy actions are executed and recorded)."""
+    expert_level: str | None = None
+    """Which of the task's experts (locomotion: expert or medium, D4RL's levels); default its first one."""
     demonstrators: str | None = None
     """Simulated demonstrators of mixed skill instead of one noisy expert: a named mix (mh, after
     robomimic's multi-human sets) or a JSON file of them (dpft.envs.experts.demonstrators). Each
@@ -57,7 +59,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
     shard.check_slots(cfg.envs, cfg.episodes)
     if shard.is_main:
         check_output_file(cfg.out, cfg.overwrite, "--out", (".hdf5", ".h5"))  # before any rollout
-    expert = get_expert(cfg.task)
+    expert = get_expert(cfg.task, cfg.expert_level)
     demonstrators = load_demonstrators(cfg.demonstrators) if cfg.demonstrators else None
     rng = np.random.default_rng(cfg.seed)  # each round below starts its own stream
     slots = EnvSlots(tuple(shard.slots(cfg.envs)), cfg.envs)
@@ -113,6 +115,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
         "action_low": low.tolist(),
         "action_high": high.tolist(),
         "collector": "expert",
+        "expert_level": cfg.expert_level,
         "action_noise": cfg.action_noise,
         "seed": cfg.seed,
         "success_only": cfg.success_only,

@@ -35,3 +35,10 @@ def test_locomotion_expert_beats_zero_action():
 def test_no_expert_is_clear():
     with pytest.raises(TaskError, match="no SAC expert for gym:Ant-v5"):
         get_expert("gym:Ant-v5")
+
+
+def test_expert_levels_are_named_clearly():
+    with pytest.raises(TaskError, match="no medium SAC policy for gym:Ant-v5"):
+        get_expert("gym:Ant-v5", "medium")
+    with pytest.raises(TaskError, match="one level; drop --expert-level"):
+        get_expert("metaworld:push-v3", "medium")

@@ -10,6 +10,7 @@ Register another with :func:`register_expert`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -31,11 +32,18 @@ def register_expert(family: str):
     return deco
 
 
-def get_expert(task_id: str) -> Expert:
+def get_expert(task_id: str, level: str | None = None) -> Expert:
+    """The task's expert; ``level`` picks one of several skill levels where a family has them
+    (locomotion: ``expert``, ``medium``)."""
     tid = parse_task_id(task_id)
     if tid.family not in EXPERTS:
         raise TaskError(f"no expert for task {task_id!r}; experts exist for families {sorted(EXPERTS)}")
-    return EXPERTS[tid.family](tid.name)
+    builder = EXPERTS[tid.family]
+    if level is None:
+        return builder(tid.name)
+    if "level" not in inspect.signature(builder).parameters:
+        raise TaskError(f"the {tid.family} experts have one level; drop --expert-level {level}")
+    return builder(tid.name, level=level)
 
 
 from dpft.envs.experts import fetch, locomotion, metaworld  # noqa: E402,F401  (registration)

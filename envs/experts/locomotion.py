@@ -21,13 +21,17 @@ WEIGHTS = Path(__file__).parent / "weights"
 
 
 @register_expert("gym")
-def sac_expert(name: str):
-    file, meta_file = WEIGHTS / f"{name}.safetensors", WEIGHTS / f"{name}.json"
+def sac_expert(name: str, level: str | None = None):
+    """``level``: ``expert`` or ``medium`` (D4RL's levels, ``weights/<Env-id>-<level>``, made by
+    ``train_locomotion_expert.py --levels``); None: the first short-trained expert."""
+    stem = f"{name}-{level}" if level else name
+    file, meta_file = WEIGHTS / f"{stem}.safetensors", WEIGHTS / f"{stem}.json"
     if not file.exists():
         available = sorted(p.stem for p in WEIGHTS.glob("*.safetensors"))
+        what = f"no {level} SAC policy" if level else "no SAC expert"
         raise TaskError(
-            f"no SAC expert for gym:{name} (available: {available}); train one with "
-            f"python experiments/train_locomotion_expert.py --task gym:{name}"
+            f"{what} for gym:{name} (available: {available}); train one with "
+            f"python experiments/train_locomotion_expert.py --task gym:{name}" + (" --levels --work DIR" if level else "")
         )
     state, meta = load_file(str(file)), json.loads(meta_file.read_text())
     if "log_std.weight" not in state:  # experts exported before log_std was kept
