@@ -1,10 +1,13 @@
 """Build the shipped base policies: deliberately imperfect diffusion policies.
 
-    python experiments/make_base_policies.py --only metaworld:push-v3      # one row
+    python experiments/make_base_policies.py --only metaworld-push-v3-mh   # one row (its policy name)
     python experiments/make_base_policies.py                               # every row
 
-For each task below: collect a small, noisy set of expert demonstrations, train an MLP
-diffusion policy by BC, evaluate it over 100 episodes, copy it into
+Two kinds of rows. *Narrow data* (the first shipped bases): a few noisy demos of one expert.
+*Mixed data* (``-mh``): robomimic-MH-style sets from simulated demonstrators of three skill
+levels (``dpft collect --demonstrators mh``, see ``dpft.envs.experts.demonstrators``), imperfect
+because the demonstrators are, not because the data is small. For each row: collect the
+demonstrations, train an MLP diffusion policy by BC, evaluate it over 100 episodes, copy it into
 ``base_policies/shipped/<family>-<task>/`` (package data) and append the row to
 ``experiments/results/base_policies.jsonl``; the table in ``experiments/results/base_policies.md``
 and in ``experiments/README.md`` is rebuilt from that file. Every step is an ordinary ``dpft``
@@ -36,10 +39,25 @@ class Spec:
     collect_seed: int = 100
     eval_episodes: int = 100
     eval_seed: int = 10_000  # disjoint from the demonstrations' start states
+    demonstrators: str | None = None
+    success_only: bool = False
+    suffix: str = ""
+    eval_envs: int = 1  # the results are a function of the number of envs too (dpft.finetune.rollout)
 
     @property
     def name(self) -> str:
-        return self.task.replace(":", "-")
+        return self.task.replace(":", "-") + self.suffix
+
+    @property
+    def data(self) -> str:
+        if self.demonstrators:
+            kept = "successes only, equal per demonstrator" if self.success_only else "all episodes"
+            return f"{self.demos} demos, mix {self.demonstrators} ({kept})"
+        return f"{self.demos} demos, expert + noise {self.action_noise}"
+
+
+def mh(task: str, demos: int = 150, bc_steps: int = 4000, success_only: bool = True) -> Spec:
+    return Spec(task, demos, 0.0, bc_steps, demonstrators="mh", success_only=success_only, suffix="-mh", eval_envs=10)
 
 
 SPECS = [
@@ -52,6 +70,8 @@ SPECS = [
     # door-open-v3 is not shipped: 5 demos gave 0.98 success and 2 demos still 0.85.
     Spec("gym:Hopper-v5", demos=10, action_noise=0.2, bc_steps=5000, eval_episodes=50),
     Spec("gym:Walker2d-v5", demos=10, action_noise=0.2, bc_steps=5000, eval_episodes=50),
+    # Mixed data (see the module doc); the settings tried per task are in base_policies.jsonl.
+    mh("metaworld:push-v3"),
 ]
 
 
@@ -71,20 +91,13 @@ def build(spec: Spec, work: Path) -> dict:
     demos, run_dir = work / f"{spec.name}.hdf5", work / spec.name
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    collect = [
-        "collect",
-        "--task",
-        spec.task,
-        "--episodes",
-        str(spec.demos),
-        "--action-noise",
-        str(spec.action_noise),
-        "--seed",
-        str(spec.collect_seed),
-        "--out",
-        str(demos),
-        "--no-progress",
-    ]
+    collect = ["collect", "--task", spec.task, "--episodes", str(spec.demos)]
+    if spec.demonstrators:
+        collect += ["--demonstrators", spec.demonstrators, "--envs", "6"]
+    else:
+        collect += ["--action-noise", str(spec.action_noise)]
+    collect += ["--success-only"] * spec.success_only
+    collect += ["--seed", str(spec.collect_seed), "--out", str(demos), "--overwrite", "--no-progress"]
     train = ["train-bc", "--dataset", str(demos), "--out", str(run_dir), "--steps", str(spec.bc_steps), "--no-progress"]
     run(dpft(*collect))
     run(dpft(*train))
@@ -104,11 +117,14 @@ def build(spec: Spec, work: Path) -> dict:
         str(spec.eval_seed),
         "--json",
         "--no-progress",
+        "--envs",
+        str(spec.eval_envs),
     ]
     summary = json.loads(run(dpft(*evaluate)).strip().splitlines()[-1])
     return {
         "task": spec.task,
         "policy": f"shipped:{spec.name}",
+        "data": spec.data,
         "demos": spec.demos,
         "action_noise": spec.action_noise,
         "bc_steps": spec.bc_steps,
@@ -121,10 +137,10 @@ def write_table() -> None:
     rows = {}
     for line in (RESULTS / "base_policies.jsonl").read_text().splitlines():
         row = json.loads(line)
-        rows[row["task"]] = row  # the latest run of a task wins
+        rows[row["policy"]] = row  # the latest run of a base wins
     lines = [
-        "| task | demos (action noise) | BC steps | base success (95% CI) | return ± 95% CI | episodes, seed |",
-        "|---|---|---|---|---|---|",
+        "| base | task | data | BC steps | base success (95% CI) | return ± 95% CI | episodes, seed |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = {t: r for t, r in rows.items() if (SHIPPED / r["policy"].split(":")[1]).exists()}
     for row in rows.values():
@@ -134,14 +150,15 @@ def write_table() -> None:
             if s.get("success_rate") is not None
             else "n/a (no success flag)"
         )
+        data = row.get("data") or f"{row['demos']} demos, expert + noise {row['action_noise']}"
         lines.append(
-            f"| {row['task']} | {row['demos']} ({row['action_noise']}) | {row['bc_steps']} | {succ} | "
+            f"| `{row['policy']}` | {row['task']} | {data} | {row['bc_steps']} | {succ} | "
             f"{s['return_mean']:.1f} ± {s['return_ci95']:.1f} | {s['episodes']}, {s['seed']} |"
         )
     lines += ["", "Commands (run from the repository root; each row's last command re-measures it):", ""]
     rows = {t: r for t, r in rows.items() if (SHIPPED / r["policy"].split(":")[1]).exists()}
     for row in rows.values():
-        lines += [f"- `{row['task']}`:"] + [f"  - `{c}`" for c in row["commands"]]
+        lines += [f"- `{row['policy']}`:"] + [f"  - `{c}`" for c in row["commands"]]
     lines += ["", "Every attempt, including rejected settings, is kept in `experiments/results/base_policies.jsonl`."]
     table = "\n".join(lines) + "\n"
     (RESULTS / "base_policies.md").write_text(table)
@@ -155,12 +172,12 @@ def write_table() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", action="append", help="task id(s) to (re)build; default all")
+    ap.add_argument("--only", action="append", help="base name(s) (or task ids: all their rows) to (re)build; default all")
     ap.add_argument("--work", type=Path, default=Path("runs/base_policies"))  # relative to the repo root
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     for spec in SPECS:
-        if args.only and spec.task not in args.only:
+        if args.only and spec.name not in args.only and spec.task not in args.only:
             continue
         row = build(spec, args.work)
         with open(RESULTS / "base_policies.jsonl", "a") as f:

@@ -80,6 +80,8 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
         return np.clip(actions, low, high).astype(np.float32)[:, None]
 
     kept: list[EpisodeResult] = []
+    if demonstrators:  # episodes per demonstrator still to keep: equal shares
+        short_of = [cfg.episodes // len(demonstrators) + (j < cfg.episodes % len(demonstrators)) for j in range(len(demonstrators))]
     attempts, round_seed, t0, steps = 0, cfg.seed, time.perf_counter(), 0
     progress = cfg.progress and shard.is_main
     try:
@@ -89,7 +91,11 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
                 rng = np.random.default_rng([cfg.seed, round_seed])
             step_fn = chunk_fn
             if demonstrators:  # each round its own per-episode streams, as the expert's noise above
-                step_fn = MixedDemonstrators(expert, demonstrators, round_seed, slots.indices, slots.total, low, high, cfg.task)
+                short = tuple(j for j in range(len(demonstrators)) if short_of[j] > 0)
+                want = sum(short_of)
+                step_fn = MixedDemonstrators(
+                    expert, demonstrators, round_seed, slots.indices, slots.total, low, high, cfg.task, short
+                )
             results = run_episodes(
                 step_fn, venv, want, seed=round_seed, progress=progress, record_steps=True, slots=slots
             )
@@ -97,8 +103,21 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
             steps += sum(r.length for r in results)
             attempts += len(results)
             round_seed += 100_003  # next round: fresh start states
-            kept += [r for r in results if r.success or not cfg.success_only][:want]
+            if demonstrators:  # each demonstrator fills its own share
+                for r in results:
+                    j = int(r.decisions["demonstrator"][0])
+                    if short_of[j] > 0 and (r.success or not cfg.success_only):
+                        kept.append(r)
+                        short_of[j] -= 1
+            else:
+                kept += [r for r in results if r.success or not cfg.success_only][:want]
             if attempts >= 10 * cfg.episodes and len(kept) < cfg.episodes:
+                if demonstrators:
+                    lacking = [f"{d.name} ({n} short)" for d, n in zip(demonstrators, short_of) if n > 0]
+                    raise DpftError(
+                        f"after {attempts} episodes the demonstrators {', '.join(lacking)} still lack successes; "
+                        "make them more skilled, lower --episodes or drop --success-only"
+                    )
                 raise DpftError(
                     f"only {len(kept)} of {attempts} expert episodes succeeded; lower --episodes, "
                     "lower --action-noise or drop --success-only"
@@ -123,6 +142,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
     masks = {}
     if demonstrators:
         env_args["demonstrators"] = describe(demonstrators)
+        kept.sort(key=lambda r: int(r.decisions["demonstrator"][0]))  # demo_i grouped by demonstrator
         who = [int(r.decisions["demonstrator"][0]) for r in kept]
         masks = {d.name: [f"demo_{i}" for i, w in enumerate(who) if w == j] for j, d in enumerate(demonstrators)}
     episodes = [r.steps for r in kept]

@@ -140,3 +140,16 @@ def test_bad_demonstrator_specs(tmp_path):
         MixedDemonstrators(None, MIXES["mh"], 0, (0,), 1, LOW, HIGH, "gym:Hopper-v5")
     res = dpft("collect", "--task", "metaworld:push-v3", "--demonstrators", "mh", "--action-noise", "0.2", "--out", str(tmp_path / "x.hdf5"))
     assert res.returncode != 0 and "does not apply with --demonstrators" in res.stderr.strip().splitlines()[-1]
+
+
+def test_success_only_keeps_equal_successes_per_demonstrator(tmp_path):
+    """As robomimic's MH sets (only successful demos, the same number per operator): the less
+    skilled demonstrators are re-run until they have their share."""
+    out = tmp_path / "reach.hdf5"
+    args = ["collect", "--task", "metaworld:reach-v3", "--episodes", "6", "--envs", "3", "--demonstrators", "mh"]
+    res = dpft(*args, "--success-only", "--max-episode-steps", "60", "--out", str(out), "--no-progress")
+    assert res.returncode == 0, res.stderr[-2000:]
+    with h5py.File(out) as f:
+        assert {k: len(f["mask"][k][()]) for k in f["mask"]} == {"better": 2, "okay": 2, "worse": 2}
+    for name in ("better", "okay", "worse"):
+        assert f"  {name}: 2 episodes, success 1.00" in res.stdout

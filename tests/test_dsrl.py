@@ -389,3 +389,26 @@ def test_steerability_command(base_dir, capsys):
     assert out["task"] == TASK and out["states"] == 16 and out["streams"] == 3
     assert 0 <= out["spread_ratio"] and len(out["best_of_k_success_ci95"]) == 2
     assert cli.main([*args, "--streams", "1"]) == 2  # one stream has no best-of-K
+
+
+def test_the_temperature_is_measured_in_the_critics_units(tmp_path, base_dir):
+    """The same run with the reward times 100: with the scaled temperature the noise stays as
+    close to N(0, I) as with the reward as it is; with the raw temperature the KL term is 100x
+    weaker next to Q, and the noise leaves the base's noise further."""
+
+    def kl_after(reward: str | None, scaled: bool, name: str) -> tuple[float, float]:
+        cfg = quick(tmp_path / name, base_dir, task=TASK, reward=reward, q_scaled_temperature=scaled, steps=1600)
+        base = load_policy(base_dir)
+        venv = make_vec_env(cfg, lambda: DSRL().make_env(cfg, base))
+        model = DSRL().new_model(cfg, base, venv)
+        model.learn(cfg.steps // base.action_horizon)
+        obs = torch.as_tensor(np.stack([model.replay_buffer.observations[i, 0] for i in range(50)]))
+        w, log_prob = model.actor.action_log_prob(obs)
+        return float(model._regulariser(w, log_prob, 1.5).mean()), model.q_scale
+
+    torch.manual_seed(0)
+    plain, scale_plain = kl_after(None, True, "plain")
+    scaled, scale_100 = kl_after("scale(scale=100)", True, "scaled")
+    raw, _ = kl_after("scale(scale=100)", False, "raw")
+    assert scale_plain < 5 < 50 < scale_100  # the toy's returns are O(1-10); times 100 they are in the hundreds
+    assert scaled < 2 * plain + 5 and raw > 2 * scaled, (plain, scaled, raw)

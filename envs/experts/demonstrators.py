@@ -16,7 +16,8 @@ here each *demonstrator* is the task's expert with a fixed skill level:
 
 Episode ``k`` of env slot ``s`` (of ``E`` slots) is demonstrated by
 ``demonstrators[(k * E + s) % len(demonstrators)]``, so every demonstrator gives the same share of
-the episodes, and draws all its randomness from a generator seeded by ``(seed, s, k)``: the data is
+the episodes (``dpft collect --success-only`` keeps the same number of *successes* from each, as
+robomimic's MH sets hold only successful demos, 50 per operator), and draws all its randomness from a generator seeded by ``(seed, s, k)``: the data is
 a function of the seed and the number of env slots only, whichever process runs a slot.
 """
 
@@ -68,7 +69,7 @@ MIXES: dict[str, tuple[Demonstrator, ...]] = {
     "mh": (
         Demonstrator("better", action_noise=0.1),
         Demonstrator("okay", action_noise=0.3, aim_error=0.015, speed=0.8, hesitate=0.1),
-        Demonstrator("worse", action_noise=0.5, aim_error=0.03, speed=0.6, hesitate=0.2, detour=0.1),
+        Demonstrator("worse", action_noise=0.4, aim_error=0.02, speed=0.7, hesitate=0.2, detour=0.1),
     ),
 }
 
@@ -136,7 +137,11 @@ class MixedDemonstrators:
         low: np.ndarray,
         high: np.ndarray,
         task: str,
+        players: tuple[int, ...] | None = None,
     ) -> None:
+        """``players``: the indices of the demonstrators that take turns (default all); a
+        collection that keeps equal numbers of successes per demonstrator re-runs only those
+        still short of theirs."""
         if not demonstrators:
             raise ConfigError("no demonstrators given")
         if any(d.metaworld_only for d in demonstrators) and not task.startswith("metaworld:"):
@@ -146,13 +151,14 @@ class MixedDemonstrators:
             )
         self.expert, self.demonstrators, self.seed = expert, demonstrators, seed
         self.slots, self.total, self.low, self.high = list(slots), total, low, high
+        self.players = tuple(players) if players is not None else tuple(range(len(demonstrators)))
         self.started = np.zeros(len(slots), int)  # episodes begun per local env
         self.episodes: list[_Episode] = [self._begin(i) for i in range(len(slots))]
 
     def _begin(self, i: int) -> _Episode:
         slot, k = self.slots[i], self.started[i]
         self.started[i] += 1
-        who = int((k * self.total + slot) % len(self.demonstrators))
+        who = self.players[(k * self.total + slot) % len(self.players)]
         rng = np.random.default_rng([self.seed, slot, k])
         aim = rng.normal(0.0, self.demonstrators[who].aim_error, 3) if self.demonstrators[who].aim_error else np.zeros(3)
         return _Episode(who, rng, aim)

@@ -75,6 +75,9 @@ class DSRLConfig(FinetuneConfig):
     """na: regularise toward the base's own N(0, I) noise (a KL penalty) instead of maximising entropy."""
     target_kl: float = 12.0
     """na with --noise-prior: the temperature is tuned toward this KL(noise policy || N(0, I)) per decision."""
+    q_scaled_temperature: bool = True
+    """na: measure the temperature in units of the critic's scale, max(1, mean |Q|), so --init-alpha
+    means the same for a sparse 0/1 reward and a dense one with returns in the hundreds."""
     init_alpha: float | None = None
     """Initial temperature (default: 0.01 for na with --noise-prior, which then only has to rise
     if the noise drifts too far; 1.0, SB3's default, otherwise)."""
@@ -124,7 +127,12 @@ class DSRL(SB3Method):
     config_cls = DSRLConfig
     # Settings added after runs were already being made, with the behaviour such a run had before
     # them. Resuming an older run must go on training the way it started, not with today's defaults.
-    before_key_existed = {"noise_prior": False, "distill_policy_noise": False, "distill_within_weight": 0.0}
+    before_key_existed = {
+        "noise_prior": False,
+        "distill_policy_noise": False,
+        "distill_within_weight": 0.0,
+        "q_scaled_temperature": False,
+    }
 
     def check(self, cfg: DSRLConfig, base: Policy) -> None:
         check_target_kl(cfg, int(np.prod(base.noise_shape)))
@@ -174,7 +182,7 @@ class DSRL(SB3Method):
         if cfg.variant != "na":
             return {}
         # the run's config decides the behaviour, whatever the zip's defaults
-        keys = ("base", "noise_prior", "distill_policy_noise", "distill_within_weight")
+        keys = ("base", "noise_prior", "distill_policy_noise", "distill_within_weight", "q_scaled_temperature")
         return {k: v for k, v in variant_kwargs(cfg, base).items() if k in keys}
 
     def artifact(self, model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy:
@@ -226,6 +234,7 @@ def variant_kwargs(cfg: DSRLConfig, base: Policy) -> dict:
         "distill_policy_noise": cfg.distill_policy_noise,
         "distill_within_weight": cfg.distill_within_weight,
         "noise_prior": cfg.noise_prior,
+        "q_scaled_temperature": cfg.q_scaled_temperature,
         "action_critic_kwargs": {
             "net_arch": [cfg.hidden] * cfg.layers,
             "n_critics": cfg.critics,
