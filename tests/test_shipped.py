@@ -19,7 +19,7 @@ def test_expected_policies_ship():
 def test_shipped_policy_loads_and_fits_its_task(name):
     policy = load_policy(f"shipped:{name}")
     task = policy.config.task
-    assert task and task.replace(":", "-") == name
+    assert task and name.startswith(task.replace(":", "-"))  # "-mh": the mixed-data base of the task
     env = make(task)
     check_policy_fits(policy, env, task)
     obs, _ = env.reset(seed=0)
