@@ -56,8 +56,8 @@ class Spec:
         return f"{self.demos} demos, expert + noise {self.action_noise}"
 
 
-def mh(task: str, demos: int = 150, bc_steps: int = 4000, success_only: bool = True) -> Spec:
-    return Spec(task, demos, 0.0, bc_steps, demonstrators="mh", success_only=success_only, suffix="-mh", eval_envs=10)
+def mh(task: str, mix: str = "mh", success_only: bool = True, demos: int = 150, bc_steps: int = 10_000) -> Spec:
+    return Spec(task, demos, 0.0, bc_steps, demonstrators=mix, success_only=success_only, suffix="-mh", eval_envs=10)
 
 
 SPECS = [
