@@ -186,7 +186,9 @@ def write_table() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", action="append", help="base name(s) (or task ids: all their rows) to (re)build; default all")
+    ap.add_argument(
+        "--only", action="append", help="base name(s) (or task ids: all their rows) to (re)build; default all"
+    )
     ap.add_argument("--work", type=Path, default=Path("runs/base_policies"))  # relative to the repo root
     ap.add_argument("--reuse", action="store_true", help="keep a row's dataset and BC run if --work has both")
     args = ap.parse_args()

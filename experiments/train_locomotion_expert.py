@@ -22,7 +22,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from stable_baselines3 import SAC
@@ -54,7 +53,9 @@ class Snapshots(BaseCallback):
         step = self.model.num_timesteps
         if step % self.every:
             return True
-        mean, std = evaluate_policy(self.model, Monitor(make(self.task)), n_eval_episodes=self.episodes, deterministic=True)
+        mean, std = evaluate_policy(
+            self.model, Monitor(make(self.task)), n_eval_episodes=self.episodes, deterministic=True
+        )
         (self.work / "snapshots").mkdir(parents=True, exist_ok=True)
         save_file(actor_state(self.model), str(self.work / "snapshots" / f"{step}.safetensors"))
         with open(self.work / "evals.jsonl", "a") as f:
@@ -91,7 +92,9 @@ def main() -> None:
     torch.set_num_threads(1)
     env = make(args.task)
     name = args.task.split(":")[-1]
-    command = f"python experiments/train_locomotion_expert.py --task {args.task} --steps {args.steps} --seed {args.seed}"
+    command = (
+        f"python experiments/train_locomotion_expert.py --task {args.task} --steps {args.steps} --seed {args.seed}"
+    )
     if args.work:
         command += f" --levels --work {args.work}" if args.levels else f" --work {args.work}"
     base_meta = {
@@ -117,8 +120,15 @@ def main() -> None:
     if left > 0:
         model.learn(total_timesteps=left, progress_bar=False, callback=callbacks, reset_num_timesteps=False)
     if not args.levels:
-        mean, std = evaluate_policy(model, Monitor(make(args.task)), n_eval_episodes=args.eval_episodes, deterministic=True)
-        meta = {**base_meta, "eval_return_mean": float(mean), "eval_return_std": float(std), "eval_episodes": args.eval_episodes}
+        mean, std = evaluate_policy(
+            model, Monitor(make(args.task)), n_eval_episodes=args.eval_episodes, deterministic=True
+        )
+        meta = {
+            **base_meta,
+            "eval_return_mean": float(mean),
+            "eval_return_std": float(std),
+            "eval_episodes": args.eval_episodes,
+        }
         export(actor_state(model), meta, args.out_dir, name)
         return
     evals = [json.loads(line) for line in (args.work / "evals.jsonl").read_text().splitlines()]

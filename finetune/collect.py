@@ -81,7 +81,10 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
 
     kept: list[EpisodeResult] = []
     if demonstrators:  # episodes per demonstrator still to keep: equal shares
-        short_of = [cfg.episodes // len(demonstrators) + (j < cfg.episodes % len(demonstrators)) for j in range(len(demonstrators))]
+        short_of = [
+            cfg.episodes // len(demonstrators) + (j < cfg.episodes % len(demonstrators))
+            for j in range(len(demonstrators))
+        ]
     attempts, round_seed, t0, steps = 0, cfg.seed, time.perf_counter(), 0
     progress = cfg.progress and shard.is_main
     try:

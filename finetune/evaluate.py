@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from dpft.base_policies import load_policy
+from dpft.base_policies.checkpoint import DEFAULT_BASE
 from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.paths import check_output_file
@@ -31,7 +32,7 @@ class EvalConfig(EnvConfig):
 
     task: str | None = None  # type: ignore[assignment]
     """Task id (default: the task the policy was trained for)."""
-    policy: str = "shipped:metaworld-push-v3"
+    policy: str = DEFAULT_BASE
     """Policy folder, a run folder containing policy/, or shipped:<name> for a policy installed with dpft."""
     episodes: int = 50
     """Number of evaluation episodes."""

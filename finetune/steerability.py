@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from dpft.base_policies import load_policy
+from dpft.base_policies.checkpoint import DEFAULT_BASE
 from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.policy import Policy
@@ -54,7 +55,7 @@ class SteerabilityConfig(EnvConfig):
 
     task: str | None = None  # type: ignore[assignment]
     """Task id (default: the task the policy was trained for)."""
-    policy: str = "shipped:metaworld-push-v3"
+    policy: str = DEFAULT_BASE
     """Policy folder, a run folder containing policy/, or shipped:<name>."""
     states: int = 50
     """Start states (the same ones in every stream)."""

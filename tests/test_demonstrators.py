@@ -23,7 +23,9 @@ LOW, HIGH = -np.ones(4), np.ones(4)
 
 
 def dpft(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dpft.finetune.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dpft.finetune.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,11 @@ def test_mh_data_is_of_mixed_quality(mh_push):
     assert sorted(masks) == ["better", "okay", "worse"] and all(len(v) == 6 for v in masks.values())
     assert sorted(sum(masks.values(), [])) == sorted(demos)
     assert [d["name"] for d in args["demonstrators"]] == ["better", "okay", "worse"]
-    rate = {name: float(line.split("success ")[1]) for line in stdout.splitlines() if (name := line.strip().split(":")[0]) in masks}
+    rate = {
+        name: float(line.split("success ")[1])
+        for line in stdout.splitlines()
+        if (name := line.strip().split(":")[0]) in masks
+    }
     assert rate["better"] >= 0.8, rate
     assert rate["worse"] <= 0.5 and rate["okay"] <= 0.8, rate
     assert rate["better"] > rate["okay"] >= rate["worse"] - 0.2, rate
@@ -105,7 +111,16 @@ def test_aim_error_shifts_what_the_expert_sees_for_the_whole_episode():
 
 
 def test_detour_visits_a_waypoint_above_the_start_before_the_task():
-    fn = MixedDemonstrators(lambda o: np.full((len(o), 4), 0.5), (Demonstrator("d", detour=0.1),), 0, (0,), 1, LOW, HIGH, "metaworld:push-v3")
+    fn = MixedDemonstrators(
+        lambda o: np.full((len(o), 4), 0.5),
+        (Demonstrator("d", detour=0.1),),
+        0,
+        (0,),
+        1,
+        LOW,
+        HIGH,
+        "metaworld:push-v3",
+    )
     first = fn(obs_row())[0][0, 0]
     waypoint = fn.episodes[0].waypoint
     assert np.linalg.norm(waypoint - [0.0, 0.6, 0.2]) == pytest.approx(0.1) and waypoint[2] >= 0.2
@@ -115,11 +130,20 @@ def test_detour_visits_a_waypoint_above_the_start_before_the_task():
 
 
 def test_speed_and_hesitation():
-    slow = MixedDemonstrators(lambda o: np.full((len(o), 4), 0.8), (Demonstrator("s", speed=0.5),), 0, (0,), 1, LOW, HIGH, "metaworld:push-v3")
+    slow = MixedDemonstrators(
+        lambda o: np.full((len(o), 4), 0.8), (Demonstrator("s", speed=0.5),), 0, (0,), 1, LOW, HIGH, "metaworld:push-v3"
+    )
     np.testing.assert_allclose(slow(obs_row())[0][0, 0], [0.4, 0.4, 0.4, 0.8])
     values = iter(np.linspace(-0.9, 0.9, 200))
     sticky = MixedDemonstrators(
-        lambda o: np.full((len(o), 4), next(values)), (Demonstrator("h", hesitate=0.5),), 0, (0,), 1, LOW, HIGH, "gym:Hopper-v5"
+        lambda o: np.full((len(o), 4), next(values)),
+        (Demonstrator("h", hesitate=0.5),),
+        0,
+        (0,),
+        1,
+        LOW,
+        HIGH,
+        "gym:Hopper-v5",
     )
     actions = np.array([sticky(np.zeros((1, 1, 11)))[0][0, 0, 0] for _ in range(200)])
     repeats = np.mean(actions[1:] == actions[:-1])
@@ -138,7 +162,17 @@ def test_bad_demonstrator_specs(tmp_path):
         load_demonstrators(str(bad))
     with pytest.raises(ConfigError, match="Meta-World's observation layout"):
         MixedDemonstrators(None, MIXES["mh"], 0, (0,), 1, LOW, HIGH, "gym:Hopper-v5")
-    res = dpft("collect", "--task", "metaworld:push-v3", "--demonstrators", "mh", "--action-noise", "0.2", "--out", str(tmp_path / "x.hdf5"))
+    res = dpft(
+        "collect",
+        "--task",
+        "metaworld:push-v3",
+        "--demonstrators",
+        "mh",
+        "--action-noise",
+        "0.2",
+        "--out",
+        str(tmp_path / "x.hdf5"),
+    )
     assert res.returncode != 0 and "does not apply with --demonstrators" in res.stderr.strip().splitlines()[-1]
 
 

@@ -410,6 +410,9 @@ def test_the_temperature_is_measured_in_the_critics_units(tmp_path, base_dir):
     plain, scale_plain = kl_after(None, True, "plain")
     scaled, scale_100 = kl_after("scale(scale=100)", True, "scaled")
     raw, _ = kl_after("scale(scale=100)", False, "raw")
-    print(f"KL plain {plain:.1f}, x100 scaled {scaled:.1f}, x100 raw {raw:.1f}; q_scale {scale_plain:.1f} / {scale_100:.1f}")
+    print(
+        f"KL plain {plain:.1f}, x100 scaled {scaled:.1f}, x100 raw {raw:.1f}; "
+        f"q_scale {scale_plain:.1f} / {scale_100:.1f}"
+    )
     assert scale_100 > 5 * scale_plain, (scale_plain, scale_100)
     assert scaled < 2.5 * plain and scaled < 0.6 * raw, (plain, scaled, raw)  # measured: 20.6, 41.1, 97.6

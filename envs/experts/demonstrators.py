@@ -17,8 +17,9 @@ here each *demonstrator* is the task's expert with a fixed skill level:
 Episode ``k`` of env slot ``s`` (of ``E`` slots) is demonstrated by
 ``demonstrators[(k * E + s) % len(demonstrators)]``, so every demonstrator gives the same share of
 the episodes (``dpft collect --success-only`` keeps the same number of *successes* from each, as
-robomimic's MH sets hold only successful demos, 50 per operator), and draws all its randomness from a generator seeded by ``(seed, s, k)``: the data is
-a function of the seed and the number of env slots only, whichever process runs a slot.
+robomimic's MH sets hold only successful demos, 50 per operator), and draws all its randomness
+from a generator seeded by ``(seed, s, k)``: the data is a function of the seed and the number of
+env slots only, whichever process runs a slot.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ class Demonstrator:
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"demonstrator name {self.name!r}: use letters, digits, '-' or '_' (it names mask/<name>)")
+            raise ConfigError(
+                f"demonstrator name {self.name!r}: use letters, digits, '-' or '_' (it names mask/<name>)"
+            )
         if min(self.action_noise, self.aim_error, self.hesitate, self.detour) < 0 or self.hesitate >= 1:
-            raise ConfigError(f"demonstrator {self.name!r}: noise, aim error and detour must be >= 0, hesitate in [0, 1)")
+            raise ConfigError(
+                f"demonstrator {self.name!r}: noise, aim error and detour must be >= 0, hesitate in [0, 1)"
+            )
         if not 0 < self.speed <= 1:
             raise ConfigError(f"demonstrator {self.name!r}: speed must be in (0, 1]")
 
@@ -166,7 +171,9 @@ class MixedDemonstrators:
         self.started[i] += 1
         who = self.players[(k * self.total + slot) % len(self.players)]
         rng = np.random.default_rng([self.seed, slot, k])
-        aim = rng.normal(0.0, self.demonstrators[who].aim_error, 3) if self.demonstrators[who].aim_error else np.zeros(3)
+        aim = (
+            rng.normal(0.0, self.demonstrators[who].aim_error, 3) if self.demonstrators[who].aim_error else np.zeros(3)
+        )
         return _Episode(who, rng, aim)
 
     def reset(self, done: np.ndarray | None) -> None:

@@ -31,7 +31,8 @@ def sac_expert(name: str, level: str | None = None):
         what = f"no {level} SAC policy" if level else "no SAC expert"
         raise TaskError(
             f"{what} for gym:{name} (available: {available}); train one with "
-            f"python experiments/train_locomotion_expert.py --task gym:{name}" + (" --levels --work DIR" if level else "")
+            f"python experiments/train_locomotion_expert.py --task gym:{name}"
+            + (" --levels --work DIR" if level else "")
         )
     state, meta = load_file(str(file)), json.loads(meta_file.read_text())
     if "log_std.weight" not in state:  # experts exported before log_std was kept

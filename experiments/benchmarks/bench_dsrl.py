@@ -42,7 +42,19 @@ HEADER = [
 
 DSRL = Bench(
     name="dsrl",
-    tasks=("push", "drawer-open", "button-press", "hopper"),
+    # the narrow-data rows (2-10 demos), then the mixed-data bases (issue 15) and a near-perfect one
+    tasks=(
+        "push",
+        "drawer-open",
+        "button-press",
+        "hopper",
+        "push-mh",
+        "drawer-open-mh",
+        "button-press-mh",
+        "pick-place-mh",
+        "peg-insert-side-mh",
+        "door-open-near-perfect",
+    ),
     methods={"na": (0, 1, 2), "sac": (0,), "scratch": (0,)},
     command=command,
     header=HEADER,

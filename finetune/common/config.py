@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dpft.base_policies.checkpoint import DEFAULT_BASE
 from dpft.base_policies.device import check_device_spec
 from dpft.base_policies.errors import ConfigError
 from dpft.envs.config import EnvConfig
@@ -15,7 +16,7 @@ from dpft.envs.config import EnvConfig
 class FinetuneConfig(EnvConfig):
     """Fine-tune a frozen base policy (settings shared by every method)."""
 
-    base: str = "shipped:metaworld-push-v3"
+    base: str = DEFAULT_BASE
     """Base policy folder, run folder, or shipped:<name>. Its weights never change."""
     task: str | None = None  # type: ignore[assignment]
     """Task id (default: the task the base policy was trained for)."""

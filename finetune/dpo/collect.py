@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dpft.base_policies.checkpoint import load_policy
+from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy
 from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.paths import check_output_file
@@ -71,7 +71,7 @@ class PrefsCollectConfig(EnvConfig, PairsConfig):
     """Task id (default: the task the policy was trained for)."""
     envs: int = 32
     """Envs stepped together (the policy is called once per decision for all of them)."""
-    policy: str = "shipped:metaworld-push-v3"
+    policy: str = DEFAULT_BASE
     """Policy folder, run folder or shipped:<name> that produces the rollouts."""
     out: Path = Path("prefs.hdf5")
     """Output file (.hdf5); the pair index is written beside it as <stem>.jsonl."""

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from dpft.base_policies.checkpoint import load_policy, load_weights
+from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, load_weights
 from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError, TrainingError
 from dpft.base_policies.policy import DenoisingPolicy
@@ -48,7 +48,7 @@ from dpft.finetune.rollout import policy_chunk_fn, run_episodes
 class DPOConfig(EnvConfig, PairsConfig):
     """Preference fine-tuning of a diffusion/flow policy (Diffusion-DPO, D3PO, filtered BC), in rounds."""
 
-    base: str = "shipped:metaworld-push-v3"
+    base: str = DEFAULT_BASE
     """The policy to fine-tune (a diffusion or flow policy folder, run folder or shipped:<name>)."""
     task: str | None = None  # type: ignore[assignment]
     """Task id (default: the task the base was trained for)."""
