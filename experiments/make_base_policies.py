@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -110,10 +111,11 @@ def build(spec: Spec, work: Path, reuse: bool = False) -> dict:
     collect += ["--success-only"] * spec.success_only
     collect += ["--seed", str(spec.collect_seed), "--out", str(demos), "--overwrite", "--no-progress"]
     train = ["train-bc", "--dataset", str(demos), "--out", str(run_dir), "--steps", str(spec.bc_steps), "--no-progress"]
+    log = demos.with_suffix(".collect.txt")  # collect's report, kept beside the data for --reuse
     if reuse:  # made by exactly these commands before (--reuse); only the evaluation runs again
         print(f"reusing {demos} and {run_dir}/policy", flush=True)
     else:
-        run(dpft(*collect))
+        log.write_text(run(dpft(*collect)))
         run(dpft(*train))
     dest = SHIPPED / spec.name
     if dest.exists():
@@ -139,12 +141,22 @@ def build(spec: Spec, work: Path, reuse: bool = False) -> dict:
         "task": spec.task,
         "policy": f"shipped:{spec.name}",
         "data": spec.data,
+        "collection": collection_of(log.read_text()) if log.exists() else None,
         "demos": spec.demos,
         "action_noise": spec.action_noise,
         "bc_steps": spec.bc_steps,
         "summary": summary,
         "commands": ["dpft " + shlex.join(c) for c in (collect, train, evaluate)],
     }
+
+
+def collection_of(report: str) -> str:
+    """``dpft collect``'s summary in a few words: each demonstrator's success over the episodes it
+    ran, and how many episodes were run in all (more than kept with --success-only)."""
+    groups = re.findall(r"^  (\S+): \d+ (?:kept|episodes)(?:, \d+ attempted)?, success ([\d.]+)", report, re.M)
+    attempted = re.search(r"; (\d+) attempted", report)
+    parts = [" / ".join(f"{name} {rate}" for name, rate in groups)] if groups else []
+    return "; ".join(parts + ([f"{attempted.group(1)} episodes run"] if attempted else []))
 
 
 def write_table() -> None:
@@ -165,6 +177,8 @@ def write_table() -> None:
             else "n/a (no success flag)"
         )
         data = row.get("data") or f"{row['demos']} demos, expert + noise {row['action_noise']}"
+        if row.get("collection"):
+            data += f"; {row['collection']}"
         lines.append(
             f"| `{row['policy']}` | {row['task']} | {data} | {row['bc_steps']} | {succ} | "
             f"{s['return_mean']:.1f} ± {s['return_ci95']:.1f} | {s['episodes']}, {s['seed']} |"

@@ -81,6 +81,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
 
     kept: list[EpisodeResult] = []
     if demonstrators:  # episodes per demonstrator still to keep: equal shares
+        tried, won = [0] * len(demonstrators), [0] * len(demonstrators)  # every episode run, per demonstrator
         short_of = [
             cfg.episodes // len(demonstrators) + (j < cfg.episodes % len(demonstrators))
             for j in range(len(demonstrators))
@@ -109,6 +110,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
             if demonstrators:  # each demonstrator fills its own share
                 for r in results:
                     j = int(r.decisions["demonstrator"][0])
+                    tried[j], won[j] = tried[j] + 1, won[j] + r.success
                     if short_of[j] > 0 and (r.success or not cfg.success_only):
                         kept.append(r)
                         short_of[j] -= 1
@@ -153,9 +155,8 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
         ep.name = f"demo_{i}"
     write_robomimic_hdf5(cfg.out, episodes, env_args, masks)
     rate = sum(r.success for r in kept) / len(kept)
-    for name, demos in masks.items():
-        wins = sum(kept[int(n.split("_")[1])].success for n in demos)
-        print(f"  {name}: {len(demos)} episodes, success {wins / max(len(demos), 1):.2f}")
+    for j, (name, demos) in enumerate(masks.items()):
+        print(f"  {name}: {len(demos)} kept, {tried[j]} attempted, success {won[j] / max(tried[j], 1):.2f}")
     print(
         f"wrote {len(kept)} episodes ({sum(len(e) for e in episodes)} steps, success {rate:.2f}; "
         f"{attempts} attempted, {steps_per_s:.0f} env steps/s) to {cfg.out}"

@@ -186,4 +186,4 @@ def test_success_only_keeps_equal_successes_per_demonstrator(tmp_path):
     with h5py.File(out) as f:
         assert {k: len(f["mask"][k][()]) for k in f["mask"]} == {"better": 2, "okay": 2, "worse": 2}
     for name in ("better", "okay", "worse"):
-        assert f"  {name}: 2 episodes, success 1.00" in res.stdout
+        assert f"  {name}: 2 kept, " in res.stdout
