@@ -312,6 +312,7 @@ def test_resuming_a_run_from_before_the_noise_prior_keeps_its_behaviour(tmp_path
     assert not resumed_cfg.noise_prior and not resumed_cfg.distill_policy_noise
     loaded, _ = load_sb3_checkpoint(DSRLNA, run.checkpoint_dir, venv, **DSRL().load_kwargs(resumed_cfg, base))
     assert model.noise_prior and not loaded.noise_prior and not loaded.distill_policy_noise
+    assert model.q_scaled_temperature and not loaded.q_scaled_temperature  # the raw temperature it had
     assert DSRLConfig().noise_prior, "a new run still gets today's default"
 
 
