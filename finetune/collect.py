@@ -33,8 +33,9 @@ class CollectConfig(EnvConfig):
     """Which of the task's experts (locomotion: expert or medium, D4RL's levels); default its first one."""
     demonstrators: str | None = None
     """Simulated demonstrators of mixed skill instead of one noisy expert: a named mix (mh, after
-    robomimic's multi-human sets; mh-hard, wider skill gaps) or a JSON file of them (dpft.envs.experts.demonstrators). Each
-    episode's demonstrator is listed in mask/<name>, so train-bc --filter-key <name> selects it."""
+    robomimic's multi-human sets; mh-hard, wider skill gaps) or a JSON file of them
+    (dpft.envs.experts.demonstrators). Each episode's demonstrator is listed in mask/<name>, so
+    train-bc --filter-key <name> selects it."""
     success_only: bool = False
     """Keep only successful episodes (collects until --episodes successes, at most 10x attempts)."""
     progress: bool = True
