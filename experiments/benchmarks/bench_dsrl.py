@@ -59,7 +59,13 @@ DSRL = Bench(
     command=command,
     header=HEADER,
     target_method="na",
-    footer=["How much the noise can change each base's outcome at all: [steerability.md](steerability.md)."],
+    footer=[
+        "How much the noise can change each base's outcome at all: [steerability.md](steerability.md).",
+        "Read the mixed-data rows with their base column's second number: on push-mh and pick-place-mh the",
+        "base with zero noise already scores 1.00 on the same episodes, so there a met target means DSRL",
+        "found the base's own mode, not that it beat the base's best (steerability_shipped.md: zero noise",
+        "fails on drawer-open-mh and peg-insert-side-mh, the rows that can show more).",
+    ],
 )
 
 if __name__ == "__main__":
