@@ -13,7 +13,7 @@ from dpft.base_policies.errors import ConfigError, DpftError
 from dpft.base_policies.paths import check_output_file
 from dpft.base_policies.registry import multi_process
 from dpft.envs.config import EnvConfig
-from dpft.envs.experts import get_expert
+from dpft.envs.experts import expert_on_slots, get_expert
 from dpft.envs.experts.demonstrators import MixedDemonstrators, describe, load_demonstrators
 from dpft.finetune.distributed import current_shard
 from dpft.finetune.rollout import EnvSlots, EpisodeResult, run_episodes
@@ -70,12 +70,7 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
     index = list(slots.indices)
 
     def chunk_fn(obs: np.ndarray) -> np.ndarray:
-        if len(index) < slots.total:  # the expert on the full batch (see policy_chunk_fn): a torch
-            full = np.repeat(obs[:1], slots.total, 0)  # expert's rows depend on the batch size
-            full[index] = obs
-            actions = expert(full[:, 0])[index]
-        else:
-            actions = expert(obs[:, 0])
+        actions = expert_on_slots(expert, obs[:, 0], index, slots.total)
         if cfg.action_noise > 0:  # one draw for all envs of the run; this process's rows of it
             actions = actions + rng.normal(0, cfg.action_noise, (slots.total, actions.shape[1]))[index]
         return np.clip(actions, low, high).astype(np.float32)[:, None]

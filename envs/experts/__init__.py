@@ -46,4 +46,16 @@ def get_expert(task_id: str, level: str | None = None) -> Expert:
     return builder(tid.name, level=level)
 
 
+def expert_on_slots(expert: Expert, obs: np.ndarray, slots: list[int], total: int) -> np.ndarray:
+    """The expert's actions for this process's rows ``obs`` (env slots ``slots`` of ``total``),
+    computed on a batch of all ``total`` rows (copies of the first where another process runs the
+    slot): a torch expert's rows depend on the batch size, so one process and several give the
+    same actions (see ``policy_chunk_fn``)."""
+    if len(slots) == total:
+        return expert(obs)
+    full = np.repeat(obs[:1], total, 0)
+    full[slots] = obs
+    return expert(full)[slots]
+
+
 from dpft.envs.experts import fetch, locomotion, metaworld  # noqa: E402,F401  (registration)

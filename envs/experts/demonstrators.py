@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dpft.base_policies.errors import ConfigError
-from dpft.envs.experts import Expert
+from dpft.envs.experts import Expert, expert_on_slots
 
 # Meta-World v3 observation layout (39-d): hand xyz, gripper, object xyz + quaternion, a second
 # object (7), the same 18 of the previous frame, goal xyz. Actions: hand xyz delta, grip.
@@ -193,21 +193,11 @@ class MixedDemonstrators:
             if ep.aim.any():
                 seen[i, _MW_OBJECT] += ep.aim
                 seen[i, _MW_PREV_OBJECT] += ep.aim
-        actions = np.asarray(self._expert_rows(seen), np.float64)
+        actions = np.asarray(expert_on_slots(self.expert, seen, self.slots, self.total), np.float64)
         for i, ep in enumerate(self.episodes):
             actions[i] = self._act(self.demonstrators[ep.who], ep, obs[i], actions[i])
         who = np.array([ep.who for ep in self.episodes])
         return actions.astype(np.float32)[:, None], {"demonstrator": who}
-
-    def _expert_rows(self, seen: np.ndarray) -> np.ndarray:
-        """The expert on all ``total`` slots' rows (copies of the first where this process runs
-        fewer), as :func:`~dpft.finetune.collect.collect` calls it: a torch expert's rows depend on
-        the batch size."""
-        if len(self.slots) == self.total:
-            return self.expert(seen)
-        full = np.repeat(seen[:1], self.total, 0)
-        full[self.slots] = seen
-        return self.expert(full)[self.slots]
 
     def _act(self, d: Demonstrator, ep: _Episode, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         if d.detour > 0 and self._detouring(d, ep, obs):
