@@ -127,6 +127,8 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 # Settings a resumed run may take from the command line: they do not change what is learned.
 RESUME_MAY_CHANGE = {"resume", "progress", "out", "device", "overwrite"}
+RESUME_MAY_EXTEND = ("steps", "rounds")
+"""Lengths a resumed run may be given larger than they were (more env/gradient steps, more DPO rounds)."""
 
 
 def resumed_config(given: Any, stored: Any, path: Path) -> Any:
@@ -136,21 +138,22 @@ def resumed_config(given: Any, stored: Any, path: Path) -> Any:
     explicit = getattr(given, "explicit", set())
     changed = sorted(k for k in explicit - RESUME_MAY_CHANGE if _get(given, k) != _get(stored, k))
     updates = {k: getattr(given, k) for k in explicit & RESUME_MAY_CHANGE - {"out", "resume", "progress"}}
-    extend = "steps" in changed and given.steps > stored.steps
-    if extend:
-        updates["steps"] = given.steps
-        changed.remove("steps")
+    extended = [k for k in RESUME_MAY_EXTEND if k in changed and _get(given, k) > _get(stored, k)]
+    for k in extended:
+        updates[k] = _get(given, k)
+        changed.remove(k)
     if changed:
         diffs = ", ".join(f"--{k.replace('_', '-')} {_get(given, k)} (the run has {_get(stored, k)})" for k in changed)
         raise ConfigError(
             f"--resume continues the run as {path} configures it; these settings differ: {diffs}. Only a larger "
-            "--steps, --device and --progress may change; start a new run with another --out to change the others"
+            "--steps (--rounds for dpo), --device and --progress may change; start a new run with another --out "
+            "to change the others"
         )
-    if extend:
+    for k in extended:
         print(
-            f"resume: extending --steps from {stored.steps} to {given.steps} (schedules that depend on the "
+            f"resume: extending --{k} from {_get(stored, k)} to {_get(given, k)} (schedules that depend on the "
             "length, such as train-bc's learning-rate decay or a replay buffer sized to the run, keep or stretch "
-            "as they are computed from --steps)"
+            f"as they are computed from --{k})"
         )
     return replace(stored, resume=True, progress=given.progress, **updates)
 

@@ -94,7 +94,7 @@ CONFIG_HELP = (
     "--config FILE.yaml|FILE.toml supplies any of the settings below (keys as the flag names, with - or _); "
     "flags given on the command line override the file. Every command also takes --threads N (torch CPU "
     "threads; default 1, train-bc: the cores divided among the processes on this machine); eval, collect, "
-    "prefs collect, steerability, train-bc, finetune dsrl and finetune residual take --processes N (run "
+    "prefs collect, steerability, train-bc, finetune dsrl, residual and dpo take --processes N (run "
     "under accelerate launch with N processes)."
 )
 
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = parse(name, args)  # flag errors here, in one process, not N times
             if hasattr(cfg, "envs") and hasattr(cfg, "episodes"):
                 Shard(0, n_processes).check_slots(cfg.envs, cfg.episodes)
+            if (check := getattr(cmd.run, "check_processes", None)) is not None:
+                check(cfg, n_processes)  # a command's own limits on N, before N processes start
             return launch(name, args, n_processes, threads)
         apply_threads(asked_threads, getattr(cmd.run, "all_cores", False))
         cfg = parse(name, args)

@@ -79,6 +79,37 @@ class Shard:
 
             dist.barrier()
 
+    def mean_(self, tensors: list[Any]) -> None:
+        """Replace each tensor by its mean over the processes, in place (one all-reduce for all
+        of them: how data-parallel learners average their gradients)."""
+        if self.world == 1 or not tensors:
+            return
+        import torch
+        import torch.distributed as dist
+
+        _fault_hook(self.rank)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def same_everywhere(self, tensors: list[Any]) -> bool:
+        """True when every process holds the same values in ``tensors`` (weights that must agree),
+        compared through two checksums rather than the tensors themselves."""
+        if self.world == 1:
+            return True
+        import torch
+
+        with torch.no_grad():
+            flat = torch.cat([t.detach().double().reshape(-1).cpu() for t in tensors])
+            ramp = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
+            sums = torch.stack([flat.sum(), (flat * ramp).sum() / flat.numel()])
+        gathered = self.gather([sums])
+        return all(torch.equal(gathered[0], s) for s in gathered[1:])
+
 
 def _fault_hook(rank: int) -> None:
     """For tests: ``DPFT_KILL_RANK=R`` kills process R with SIGKILL at its first gather, while

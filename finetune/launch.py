@@ -35,7 +35,7 @@ def check_multi_process(name: str, run: Callable[..., Any], processes: int) -> N
         world = max(processes, launched_world())
         raise ConfigError(
             f"dpft {name} runs in one process only (asked for {world}); eval, collect, prefs collect, "
-            "steerability, train-bc, finetune dsrl and finetune residual run on several. "
+            "steerability, train-bc and finetune dsrl, residual and dpo run on several. "
             f"Drop --processes (or run it without accelerate launch)"
         )
 

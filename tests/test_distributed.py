@@ -217,3 +217,60 @@ def test_the_main_process_logs_every_processs_episodes():
     cb._on_rollout_end()
     assert [e["r"] for e in cb.model.ep_info_buffer] == [1.0, 5.0] and list(cb.model.ep_success_buffer) == [False, True]
     assert cb.pending == []
+
+
+def _names(group) -> list[str]:
+    out: list[str] = []
+    group.visit(out.append)
+    return out
+
+
+def _weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_two_process_dpo_takes_one_process_steps_and_resumes_with_one(tmp_path):
+    """Data-parallel DPO: 2 processes collect the same round-0 pairs as 1, each takes half of
+    every batch and the averaged gradient is the whole batch's, so the weights after a round
+    match one process's up to float rounding (far below how far the round moved them); the
+    run's state is the same in every process, so one process resumes it for a second round and
+    ends where an uninterrupted one-process run ends."""
+    args = ["finetune", "dpo", "--base", "shipped:gym-Hopper-v5", "--max-episode-steps", "40", "--rank", "return"]
+    args += ["--states", "4", "--streams", "2", "--envs", "4", "--eval-episodes", "4", "--steps-per-round", "15"]
+    args += ["--batch-pairs", "4", "--chunks-per-pair", "2", "--lr", "1e-4", "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    res = dpft(*args, "--rounds", "2", "--out", str(one))
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = dpft(*args, "--rounds", "1", "--out", str(two), "--processes", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((two / "final_eval.json").read_text())["processes"] == 2
+    with h5py.File(one / "prefs" / "round_000.hdf5") as a, h5py.File(two / "prefs" / "round_000.hdf5") as b:
+        names = []
+        a["rollouts"].visit(names.append)
+        assert names and sorted(names) == sorted(_names(b["rollouts"]))
+        for name in (n for n in names if isinstance(a["rollouts"][n], h5py.Dataset)):
+            np.testing.assert_array_equal(a["rollouts"][name][()], b["rollouts"][name][()], err_msg=name)
+    base = {k: v for k, v in load_policy("shipped:gym-Hopper-v5").state_dict().items()}
+    after_two = _weights(two / "policy")
+
+    again = dpft("finetune", "dpo", "--out", str(two), "--resume", "--rounds", "2", "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "extending --rounds from 1 to 2" in again.stdout
+    rounds = [json.loads(x)["round"] for x in (two / "evals.jsonl").read_text().splitlines()]
+    assert rounds == [-1, 0, 1]
+    a, b = _weights(one / "policy"), _weights(two / "policy")
+    moved = sum(float((a[k] - base[k]).norm() ** 2) for k in a) ** 0.5
+    apart = sum(float((a[k] - b[k]).norm() ** 2) for k in a) ** 0.5
+    assert moved > 0 and apart < 1e-4 * moved, (apart, moved)
+    assert any(not torch.equal(after_two[k], b[k]) for k in b)  # the second round did train
+
+
+def test_dpo_batches_that_do_not_split_across_the_processes_are_refused(tmp_path):
+    res = dpft("finetune", "dpo", "--batch-pairs", "5", "--out", str(tmp_path / "r"), "--processes", "2")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: --batch-pairs 5 does not split evenly across 2 processes; use a multiple of 2 "
+        "(each process takes an equal share of every batch)"
+    )

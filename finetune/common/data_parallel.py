@@ -47,20 +47,6 @@ def modules_of(model: BaseAlgorithm) -> list[nn.Module]:
     return [v for v in vars(model).values() if isinstance(v, nn.Module)]
 
 
-def _all_reduce_mean(tensors: list[torch.Tensor], world: int) -> None:
-    import torch.distributed as dist
-
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
 def average_gradients(model: BaseAlgorithm, shard: Shard) -> None:
     """Make every optimiser step of ``model`` average the gradients over the processes first."""
     for opt in find_optimizers(model):
@@ -72,7 +58,7 @@ def average_gradients(model: BaseAlgorithm, shard: Shard) -> None:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             with torch.no_grad():
-                _all_reduce_mean([p.grad for p in params], shard.world)
+                shard.mean_([p.grad for p in params])
             return _step(*args, **kwargs)
 
         opt.step = averaged_step
@@ -90,21 +76,11 @@ def broadcast_weights(model: BaseAlgorithm) -> None:
             dist.broadcast(model.log_ent_coef.data, 0)
 
 
-def weights_checksum(model: BaseAlgorithm) -> torch.Tensor:
-    """Two numbers that differ between processes whose weights differ."""
-    with torch.no_grad():
-        ts = [t.detach().double().reshape(-1) for m in modules_of(model) for t in m.parameters()]
-        flat = torch.cat(ts)
-        ramp = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
-        return torch.stack([flat.sum(), (flat * ramp).sum() / flat.numel()]).cpu()
-
-
 def check_in_sync(model: BaseAlgorithm, shard: Shard) -> None:
     """Raise when the processes' weights differ (they must not: see the module docstring)."""
     from dpft.base_policies.errors import TrainingError
 
-    sums = shard.gather([weights_checksum(model)])
-    if any(not torch.equal(sums[0], s) for s in sums[1:]):
+    if not shard.same_everywhere([t for m in modules_of(model) for t in m.parameters()]):
         raise TrainingError(
             f"the {shard.world} processes' weights differ at env step {model.num_timesteps}; "
             "their updates fell out of step (please report this, with the command)"

@@ -24,7 +24,7 @@ keeps both likelihoods from falling together (the "likelihood displacement" of D
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,34 @@ class PairBatch:
     pairs: int
     chain_w: torch.Tensor | None = None  # [n, K+1, H, A] normalised (d3po)
     chain_l: torch.Tensor | None = None
+    t: torch.Tensor | None = None  # [n] denoising times shared by both members (drawn when None)
+    noise: torch.Tensor | None = None  # [n, *noise_shape]
+
+    def part(self, rank: int, world: int) -> PairBatch:
+        """Process ``rank``'s equal share of the pairs (with their rows, times and noise): the
+        mean of the shares' losses is the whole batch's loss, so averaging their gradients over
+        the processes gives the gradient of one process on the whole batch."""
+        if world == 1:
+            return self
+        size = self.pairs // world
+        per_pair = self.pair.shape[0] // self.pairs
+        rows = slice(rank * size * per_pair, (rank + 1) * size * per_pair)
+
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[rows]
+
+        return PairBatch(
+            obs_w=self.obs_w[rows],
+            chunk_w=self.chunk_w[rows],
+            obs_l=self.obs_l[rows],
+            chunk_l=self.chunk_l[rows],
+            pair=self.pair[rows] - rank * size,
+            pairs=size,
+            chain_w=cut(self.chain_w),
+            chain_l=cut(self.chain_l),
+            t=cut(self.t),
+            noise=cut(self.noise),
+        )
 
 
 @dataclass
@@ -85,13 +113,21 @@ def _per_pair(x: torch.Tensor, b: PairBatch) -> torch.Tensor:
     return total / count.clamp(min=1)
 
 
-def _times_noise(model: DenoisingPolicy, b: PairBatch, cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_times_noise(model: DenoisingPolicy, b: PairBatch, generator: torch.Generator | None) -> PairBatch:
+    """``b`` with the denoising times and noise of every row drawn (the draws a loss would make
+    itself), so that the processes of a data-parallel run can each take their rows of one draw."""
     n = b.chunk_w.shape[0]
-    t = model.sample_times(n, cfg.generator)
-    where = cfg.generator.device if cfg.generator is not None else model.device
+    t = model.sample_times(n, generator)
+    where = generator.device if generator is not None else model.device
     # the model's noise shape: a LeRobot model's covers past steps the recorded chunk does not have
-    noise = torch.randn((n, *model.noise_shape), generator=cfg.generator, device=where).to(model.device)
-    return t, noise
+    noise = torch.randn((n, *model.noise_shape), generator=generator, device=where).to(model.device)
+    return replace(b, t=t, noise=noise)
+
+
+def _times_noise(model: DenoisingPolicy, b: PairBatch, cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    if b.t is None or b.noise is None:
+        b = draw_times_noise(model, b, cfg.generator)
+    return b.t, b.noise
 
 
 @register_loss("diffusion-dpo")

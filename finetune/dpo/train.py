@@ -11,8 +11,12 @@ Run folder: ``config.yaml``, ``tb/``, ``checkpoint/`` (model, reference, optimis
 and step, base evaluation), ``prefs/round_NNN.hdf5`` (+ ``.jsonl``: every round's data, kept),
 ``evals.jsonl`` (the base's evaluation as round -1 at 0 env steps, then one per round, with the
 env steps of rollouts used so far), ``final_eval.json`` (the last round's), ``policy/``. A run
-killed at any point resumes
-from its last checkpoint (every ``checkpoint_every`` steps and the end of every round).
+killed at any point resumes from its last checkpoint (every ``checkpoint_every`` steps and the
+end of every round); ``--resume --rounds N`` with a larger N adds rounds to a finished run.
+
+Several processes (``--processes N`` or ``accelerate launch``): data-parallel learners, see
+:func:`train_dpo`. The main process writes the run folder and the others read its round files
+and checkpoint, so on several machines ``--out`` must be on a filesystem they share.
 """
 
 from __future__ import annotations
@@ -33,15 +37,17 @@ from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, load_weight
 from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import ConfigError, TrainingError
 from dpft.base_policies.policy import DenoisingPolicy
+from dpft.base_policies.registry import multi_process
 from dpft.base_policies.run_folder import open_run
 from dpft.base_policies.state_io import atomic_dir, atomic_write_text, load_state, save_state
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
+from dpft.finetune.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
-from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, PairBatch, get_loss
+from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, PairBatch, draw_times_noise, get_loss
 from dpft.finetune.dpo.prefs import Prefs, PrefsError, check_compatible, merge, read_prefs, write_prefs
-from dpft.finetune.rollout import policy_chunk_fn, run_episodes
+from dpft.finetune.evaluate import rollout
 
 
 @dataclass
@@ -216,15 +222,15 @@ def _base_policy(cfg: DPOConfig, device: torch.device) -> DenoisingPolicy:
 
 
 def evaluate_episodes(
-    policy: DenoisingPolicy, env_cfg: EnvConfig, episodes: int, seed: int
+    policy: DenoisingPolicy, env_cfg: EnvConfig, episodes: int, seed: int, shard: Shard | None = None
 ) -> list[tuple[bool, float]]:
-    """(success, return) of each of ``episodes`` fixed episodes (start states and noise from ``seed``)."""
-    venv = replace(env_cfg, seed=seed).make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
-    try:
-        fn = policy_chunk_fn(policy, torch.Generator().manual_seed(seed))
-        results = run_episodes(fn, venv, episodes, seed=seed)
-    finally:
-        venv.close()
+    """(success, return) of each of ``episodes`` fixed episodes (start states and noise from
+    ``seed``), split across the processes of a multi-process run by env slot (the same episodes
+    and numbers as one process)."""
+    shard = shard or Shard()
+    if shard.world > min(env_cfg.envs, episodes):
+        shard = Shard()  # fewer episodes than processes: every process plays them all
+    results, _ = rollout(policy, replace(env_cfg, seed=seed), episodes, shard=shard)
     return [(r.success, r.episode_return) for r in results]
 
 
@@ -243,9 +249,30 @@ def summary(outcomes: list[tuple[bool, float]], by_success: bool = True) -> dict
     }
 
 
+def check_processes(cfg: DPOConfig, world: int) -> None:
+    """Data-parallel DPO splits each batch of pairs evenly across the processes."""
+    if cfg.batch_pairs % world:
+        raise ConfigError(
+            f"--batch-pairs {cfg.batch_pairs} does not split evenly across {world} processes; "
+            f"use a multiple of {world} (each process takes an equal share of every batch)"
+        )
+
+
+@multi_process
 def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
-    cfg, run = open_run(cfg, DPOConfig)
-    device = resolve_device(cfg.device)
+    """``dpft finetune dpo``. Under ``accelerate launch`` (``--processes N``) the processes are
+    data-parallel learners: they collect and evaluate their share of the rollouts (the same
+    pairs and episodes as one process), take an equal share of every batch of pairs (drawn by
+    all from the same generator) and average their gradients, so the weights stay identical on
+    every process and equal one process's up to float rounding. The run's state is the same in
+    every process, so the main process alone checkpoints it and a run resumes with any number
+    of processes."""
+    shard = current_shard()
+    if shard.world > 1:
+        check_processes(cfg, shard.world)
+    cfg, run = open_run(cfg, DPOConfig, main=shard.is_main)
+    shard.barrier()  # the main process has repaired the folder before any other reads it
+    device = resolve_device(local_device_spec(cfg.device))
     model = _base_policy(cfg, device)
     task = cfg.task or model.config.task
     if not task:
@@ -282,33 +309,52 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     state["env_steps"] = sum(p.stats()["env_steps"] for _, p in given)  # the rollouts behind the given pairs
     if cfg.resume:
         state = _load_checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen)
-    run.write_config(cfg)
-    writer = run.writer(cfg)
+    main = shard.is_main
+    if main:
+        run.write_config(cfg)
+    writer = run.writer(cfg) if main else _NoWriter()
     by_success = task_defines_success(task)
     prefs_dir = run.root / "prefs"
-    print(
-        f"dpo: {cfg.loss} on {cfg.base} ({task}), rounds {state['round']} -> {cfg.rounds}, run folder {cfg.out}",
+    say = print if main else _silent
+    say(
+        f"dpo: {cfg.loss} on {cfg.base} ({task}), rounds {state['round']} -> {cfg.rounds}, run folder {cfg.out}"
+        + (f", {shard.world} processes" if shard.world > 1 else ""),
         flush=True,
     )
+
+    def checkpoint() -> None:
+        if not shard.same_everywhere(list(model.parameters())):
+            raise TrainingError(
+                f"the {shard.world} processes' weights differ at step {state['total_steps']}; their updates fell "
+                "out of step (please report this, with the command)"
+            )
+        if main:
+            _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+        shard.barrier()
+
     at_step_start = None
     t_start, wall0 = time.perf_counter(), state.get("wall_s", 0.0)
     try:
         if state["base_eval"] is None:
-            state["base_eval"] = evaluate_episodes(ref, cfg, cfg.eval_episodes, eval_seed)
+            state["base_eval"] = evaluate_episodes(ref, cfg, cfg.eval_episodes, eval_seed, shard)
             _log_eval(writer, summary(state["base_eval"], by_success), None, 0)
             base_row = {"round": -1, "env_steps": 0, "wall_s": 0.0, "pairs": 0}
-            _append_round(run.root / "evals.jsonl", base_row | summary(state["base_eval"], by_success))
+            if main:
+                _append_round(run.root / "evals.jsonl", base_row | summary(state["base_eval"], by_success))
         while state["round"] < cfg.rounds:
             r = state["round"]
-            prefs = _round_data(cfg, run.root, given, r, model, state)
+            prefs = _round_data(cfg, run.root, given, r, model, state, shard)
             data = PairData(prefs, device, needs_chains, cfg.flip_labels, cfg.seed)
             writer.add_scalar("data/pairs", data.pairs, state["total_steps"])
             writer.add_scalar("data/env_steps", state["env_steps"], state["total_steps"])
             lcfg = LossConfig(cfg.beta, cfg.bc_weight, cfg.clip, cfg.noise_level, loss_gen)
-            bar = tqdm(total=cfg.steps_per_round, initial=state["step"], disable=not cfg.progress, desc=f"round {r}")
+            bar = tqdm(
+                total=cfg.steps_per_round, initial=state["step"], disable=not (cfg.progress and main), desc=f"round {r}"
+            )
             while state["step"] < cfg.steps_per_round:
                 at_step_start = (gen.get_state(), loss_gen.get_state())  # an interrupted step is redone exactly
                 batch = data.sample(cfg.batch_pairs, cfg.chunks_per_pair, gen, shared_index=needs_chains)
+                batch = draw_times_noise(model, batch, loss_gen).part(shard.rank, shard.world)
                 model.train()
                 loss, info = loss_fn(model, ref, batch, lcfg)
                 if not torch.isfinite(loss):
@@ -319,6 +365,12 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if shard.world > 1:  # the mean of the shares' gradients: the whole batch's gradient
+                    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+                    with torch.no_grad():
+                        shard.mean_(grads)
+                    for p, g in zip(model.parameters(), grads):
+                        p.grad = g
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 if ema is not None:
@@ -329,23 +381,26 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                 at_step_start = None  # the step is done: an interrupt from here on keeps the generators as they are
                 bar.update(1)
                 if state["total_steps"] % 20 == 0:
-                    for k, v in info.items():
+                    values = torch.tensor([float(v) for v in info.values()], dtype=torch.float64)
+                    shard.mean_([values])  # over every process's share of the batch
+                    for k, v in zip(info, values.tolist()):
                         writer.add_scalar(f"train/{k}", v, state["total_steps"])
                 if state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps_per_round:
-                    _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+                    checkpoint()
             bar.close()
             policy = ema if ema is not None else model
             policy.eval()
-            outcomes = evaluate_episodes(policy, cfg, cfg.eval_episodes, eval_seed)
+            outcomes = evaluate_episodes(policy, cfg, cfg.eval_episodes, eval_seed, shard)
             state["wall_s"] = wall0 + time.perf_counter() - t_start
             row = {"round": r, "env_steps": state["env_steps"], "wall_s": state["wall_s"], "pairs": data.pairs}
             row |= summary(outcomes, by_success)
             row["win_rate_vs_base"] = win_rate(outcomes, state["base_eval"], by_success)
             row["base"] = summary(state["base_eval"], by_success)
             _log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
-            _append_round(run.root / "evals.jsonl", row)
+            if main:
+                _append_round(run.root / "evals.jsonl", row)
             key = "success_rate" if by_success else "return_mean"
-            print(
+            say(
                 f"round {r}: {key} {row[key]:.3f} (base {row['base'][key]:.3f}), "
                 f"return {row['return_mean']:.1f}, win rate vs base {row['win_rate_vs_base']:.2f}, "
                 f"{data.pairs} pairs, {state['env_steps']} env steps of rollouts",
@@ -354,12 +409,13 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             if cfg.resync_reference:
                 ref.load_state_dict(policy.state_dict())
             state["round"], state["step"] = r + 1, 0
-            _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+            checkpoint()
     except KeyboardInterrupt:
         if at_step_start is not None:
             gen.set_state(at_step_start[0])
             loss_gen.set_state(at_step_start[1])
-        _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+        if main:  # no collective here: the other processes may be stopping too
+            _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
         raise KeyboardInterrupt(
             f"interrupted in round {state['round']} at step {state['step']}; continue with: "
             f"dpft finetune dpo --out {cfg.out} --resume"
@@ -389,27 +445,58 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
         "run": str(cfg.out),
     }
     policy.config = replace(policy.config, provenance=provenance)
+    if not main:
+        return policy
     policy.save(run.policy_dir)
     last = json.loads((run.root / "evals.jsonl").read_text().splitlines()[-1])
-    atomic_write_text(run.root / "final_eval.json", json.dumps(last, indent=2))
+    atomic_write_text(run.root / "final_eval.json", json.dumps(last | {"processes": shard.world}, indent=2))
     print(f"policy saved to {run.policy_dir}", flush=True)
     return policy
 
 
-def _round_data(cfg: DPOConfig, root: Path, given: list, r: int, model: DenoisingPolicy, state: dict) -> Prefs:
+class _NoWriter:
+    """TensorBoard for the processes other than the main one: nothing is written."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+train_dpo.check_processes = check_processes  # type: ignore[attr-defined]  # the CLI checks before launching
+
+
+def _round_data(
+    cfg: DPOConfig, root: Path, given: list, r: int, model: DenoisingPolicy, state: dict, shard: Shard
+) -> Prefs:
     """The pairs of rounds 0..r: given files for round 0 (when any), the rest collected with the
-    policy of that round and written before training on them (a resumed run reads them back)."""
+    policy of that round (each process its share of the rollouts) and written by the main process
+    before training on them (a resumed run reads them back)."""
     files: list[tuple[Path, Prefs]] = list(given)
     for k in range(r + 1):
         if k == 0 and given:
             continue
         path = root / "prefs" / f"round_{k:03d}.hdf5"
-        if not path.exists():
-            model.eval()
-            t0 = time.perf_counter()
-            prefs = collect_prefs(
-                model, f"{cfg.base} (dpo round {k})", cfg, cfg, seed=cfg.seed * 100_003 + k * 10_007, round_=k
-            )
+        if shard.gather([path.exists()])[0]:  # the main process's view decides, for all of them
+            files.append((path, read_prefs(path)))
+            continue
+        model.eval()
+        t0 = time.perf_counter()
+        prefs = collect_prefs(
+            model,
+            f"{cfg.base} (dpo round {k})",
+            cfg,
+            cfg,
+            seed=cfg.seed * 100_003 + k * 10_007,
+            round_=k,
+            shard=shard,
+        )
+        if shard.is_main:
             write_prefs(path, prefs)
             s = prefs.stats()
             print(
@@ -417,6 +504,7 @@ def _round_data(cfg: DPOConfig, root: Path, given: list, r: int, model: Denoisin
                 f"rollout success {s['rollout_success']:.2f}) in {time.perf_counter() - t0:.0f} s",
                 flush=True,
             )
+        shard.barrier()  # written: every process trains on the file's pairs, read back as on a resume
         files.append((path, read_prefs(path)))
     # counted from the files, so a run killed after writing a round's file still counts it
     state["env_steps"] = sum(p.stats()["env_steps"] for _, p in files)
