@@ -180,6 +180,9 @@ CASES = [
     Case("dsrl-target-kl-unreachable", "finetune dsrl --base {A}/policy --out {T}/r --target-kl 1", ("--target-kl",)),
     Case("finetune-steps-zero", "finetune residual --base {A}/policy --out {T}/r --steps 0", ("--steps",)),
     Case("device-unknown", "eval --policy {A}/policy --device tpu", ("tpu",)),
+    # a GPU that is not there: "no CUDA GPU" here, "only N CUDA device(s)" on a machine with GPUs
+    Case("device-cuda-not-there-eval", "eval --policy {A}/policy --device cuda:99", ("--device cuda:99",)),
+    Case("device-cuda-not-there-dpo", "finetune dpo --base {A}/policy --out {T}/r --device cuda:99", ("--device cuda:99",)),
     Case("vectorization-unknown", "eval --policy {A}/policy --vectorization threads", ("--vectorization",)),
     Case("unknown-command", "finetune nope --base {A}/policy", ("unknown command",)),
     # ----- config files -----
