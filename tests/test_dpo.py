@@ -19,6 +19,7 @@ from dpft.finetune import cli
 from dpft.finetune.dpo import train as dpo_train
 from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.losses import LossConfig, PairBatch, d3po, diffusion_dpo, get_loss
+from dpft.finetune.dpo.pair_data import PairData
 from dpft.finetune.dpo.prefs import (
     PrefsError,
     append_label,
@@ -28,7 +29,7 @@ from dpft.finetune.dpo.prefs import (
     read_prefs,
     write_prefs,
 )
-from dpft.finetune.dpo.train import DPOConfig, PairData, train_dpo
+from dpft.finetune.dpo.train import DPOConfig, train_dpo
 
 TASK = "toy_envs:Obstacle-v0"
 

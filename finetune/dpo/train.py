@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -45,9 +44,10 @@ from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
-from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, PairBatch, draw_times_noise, get_loss
+from dpft.finetune.dpo.evaluation import append_round, evaluate_episodes, log_eval, summary, win_rate
+from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, draw_times_noise, get_loss
+from dpft.finetune.dpo.pair_data import PairData, check_chains
 from dpft.finetune.dpo.prefs import Prefs, PrefsError, check_compatible, merge, read_prefs, write_prefs
-from dpft.finetune.evaluate import rollout
 
 
 @dataclass
@@ -131,86 +131,6 @@ class DPOConfig(EnvConfig, PairsConfig):
             raise ConfigError("--checkpoint-every must be >= 1")
 
 
-class PairData:
-    """Every decision of every rollout as one tensor, and the labelled pairs as index arrays, so a
-    batch is a few gathers."""
-
-    def __init__(
-        self, prefs: Prefs, device: torch.device, needs_chains: bool, flip: float = 0.0, seed: int = 0
-    ) -> None:
-        ids = list(prefs.rollouts)
-        pos = {rid: i for i, rid in enumerate(ids)}
-        rs = [prefs.rollouts[rid] for rid in ids]
-        lengths = torch.tensor([len(r.chunks) for r in rs])
-        self.offset = torch.cumsum(lengths, 0) - lengths
-        self.length = lengths
-        self.start = torch.tensor([r.start_decision for r in rs])
-        self.obs = torch.from_numpy(np.concatenate([r.obs for r in rs])).float().to(device)
-        self.chunks = torch.from_numpy(np.concatenate([r.chunks for r in rs])).float().to(device)
-        self.chains = None
-        if needs_chains:
-            if any(r.chains is None for r in rs):
-                raise PrefsError("--loss d3po needs the sampler chains: collect the pairs with --sampler stochastic")
-            self.chains = torch.from_numpy(np.concatenate([r.chains for r in rs])).float().to(device)
-        usable = [(p, p.preferred()) for p in prefs.pairs]
-        usable = [(p, wl) for p, wl in usable if wl is not None]
-        if not usable:
-            raise PrefsError(
-                "the preference data holds no usable pair (all ties or unlabelled): collect more start states or "
-                "streams, "
-                "or label the pairs with `dpft prefs label`"
-            )
-        if flip:  # one draw per pair in file order: a pair keeps its flip as later rounds add pairs
-            flips = np.random.default_rng(seed).random(len(usable)) < flip
-            usable = [(p, (wl[1], wl[0]) if f else wl) for (p, wl), f in zip(usable, flips)]
-        self.w = torch.tensor([pos[wl[0]] for _, wl in usable])
-        self.l = torch.tensor([pos[wl[1]] for _, wl in usable])
-        self.chunk_kind = torch.tensor([p.kind == "chunk" for p, _ in usable])
-        self.pairs = len(usable)
-
-    def sample(self, pairs: int, per_pair: int, gen: torch.Generator, shared_index: bool) -> PairBatch:
-        """``pairs`` random pairs, ``per_pair`` matched decisions each: a chunk pair's branch
-        decision, a trajectory pair's random decisions (the same index in both members when
-        ``shared_index``: D3PO's members share each decision's initial noise)."""
-        p = torch.randint(0, self.pairs, (pairs,), generator=gen).repeat_interleave(per_pair)
-        w, lo, chunk = self.w[p], self.l[p], self.chunk_kind[p]
-        u_w, u_l = torch.rand(len(p), generator=gen), torch.rand(len(p), generator=gen)
-        if shared_index:
-            n = torch.minimum(self.length[w], self.length[lo])
-            i_w = i_l = (u_w * n).long()
-        else:
-            i_w, i_l = (u_w * self.length[w]).long(), (u_l * self.length[lo]).long()
-        i_w = torch.where(chunk, self.start[w], i_w)
-        i_l = torch.where(chunk, self.start[lo], i_l)
-        rows_w, rows_l = self.offset[w] + i_w, self.offset[lo] + i_l
-        dev = self.obs.device
-        rows_w, rows_l = rows_w.to(dev), rows_l.to(dev)
-        return PairBatch(
-            obs_w=self.obs[rows_w],
-            chunk_w=self.chunks[rows_w],
-            obs_l=self.obs[rows_l],
-            chunk_l=self.chunks[rows_l],
-            pair=torch.arange(pairs).repeat_interleave(per_pair).to(dev),
-            pairs=pairs,
-            chain_w=None if self.chains is None else self.chains[rows_w],
-            chain_l=None if self.chains is None else self.chains[rows_l],
-        )
-
-
-def check_chains(path: Path, prefs: Prefs, policy: DenoisingPolicy, noise_level: float | None) -> None:
-    """Chains are scored under the policy's own sampler: same number of steps, same noise level."""
-    steps, level = int(prefs.meta.get("denoising_steps", -1)), prefs.meta.get("noise_level", None)
-    want = policy.default_noise_level if noise_level is None else noise_level
-    if steps != len(policy.timesteps):
-        raise PrefsError(
-            f"{path} holds chains of {steps} denoising steps but the policy samples with {len(policy.timesteps)}"
-        )
-    if level is None or float(level) != float(want):
-        raise PrefsError(
-            f"{path} was sampled at noise level {level} but d3po would score it at {want}; pass --noise-level {level}"
-        )
-
-
 def _base_policy(cfg: DPOConfig, device: torch.device) -> DenoisingPolicy:
     base = load_policy(cfg.base, device)
     if not isinstance(base, DenoisingPolicy):
@@ -219,34 +139,6 @@ def _base_policy(cfg: DPOConfig, device: torch.device) -> DenoisingPolicy:
             "so --base must be a diffusion or flow policy (for a steered or residual artifact, fine-tune its base)"
         )
     return base
-
-
-def evaluate_episodes(
-    policy: DenoisingPolicy, env_cfg: EnvConfig, episodes: int, seed: int, shard: Shard | None = None
-) -> list[tuple[bool, float]]:
-    """(success, return) of each of ``episodes`` fixed episodes (start states and noise from
-    ``seed``), split across the processes of a multi-process run by env slot (the same episodes
-    and numbers as one process)."""
-    shard = shard or Shard()
-    if shard.world > min(env_cfg.envs, episodes):
-        shard = Shard()  # fewer episodes than processes: every process plays them all
-    results, _ = rollout(policy, replace(env_cfg, seed=seed), episodes, shard=shard)
-    return [(r.success, r.episode_return) for r in results]
-
-
-def win_rate(new: list[tuple[bool, float]], base: list[tuple[bool, float]], by_success: bool) -> float:
-    """Share of episodes where ``new`` beats ``base`` on the same start state (ties count half)."""
-    key = (lambda x: (x[0], x[1])) if by_success else (lambda x: (x[1],))
-    score = [1.0 if key(a) > key(b) else 0.5 if key(a) == key(b) else 0.0 for a, b in zip(new, base)]
-    return float(np.mean(score))
-
-
-def summary(outcomes: list[tuple[bool, float]], by_success: bool = True) -> dict[str, float | None]:
-    """Success rate (None for a task without a success signal) and mean return."""
-    return {
-        "success_rate": float(np.mean([s for s, _ in outcomes])) if by_success else None,
-        "return_mean": float(np.mean([r for _, r in outcomes])),
-    }
 
 
 def check_processes(cfg: DPOConfig, world: int) -> None:
@@ -337,10 +229,10 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     try:
         if state["base_eval"] is None:
             state["base_eval"] = evaluate_episodes(ref, cfg, cfg.eval_episodes, eval_seed, shard)
-            _log_eval(writer, summary(state["base_eval"], by_success), None, 0)
+            log_eval(writer, summary(state["base_eval"], by_success), None, 0)
             base_row = {"round": -1, "env_steps": 0, "wall_s": 0.0, "pairs": 0}
             if main:
-                _append_round(run.root / "evals.jsonl", base_row | summary(state["base_eval"], by_success))
+                append_round(run.root / "evals.jsonl", base_row | summary(state["base_eval"], by_success))
         while state["round"] < cfg.rounds:
             r = state["round"]
             prefs = _round_data(cfg, run.root, given, r, model, state, shard)
@@ -396,9 +288,9 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             row |= summary(outcomes, by_success)
             row["win_rate_vs_base"] = win_rate(outcomes, state["base_eval"], by_success)
             row["base"] = summary(state["base_eval"], by_success)
-            _log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
+            log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
             if main:
-                _append_round(run.root / "evals.jsonl", row)
+                append_round(run.root / "evals.jsonl", row)
             key = "success_rate" if by_success else "return_mean"
             say(
                 f"round {r}: {key} {row[key]:.3f} (base {row['base'][key]:.3f}), "
@@ -509,21 +401,6 @@ def _round_data(
     # counted from the files, so a run killed after writing a round's file still counts it
     state["env_steps"] = sum(p.stats()["env_steps"] for _, p in files)
     return merge(files) if len(files) > 1 else files[0][1]
-
-
-def _log_eval(writer, row: dict, win: float | None, step: int) -> None:
-    if row["success_rate"] is not None:
-        writer.add_scalar("eval/success_rate", row["success_rate"], step)
-    writer.add_scalar("eval/return_mean", row["return_mean"], step)
-    if win is not None:
-        writer.add_scalar("eval/win_rate_vs_base", win, step)
-
-
-def _append_round(path: Path, row: dict) -> None:
-    """Rewrite evals.jsonl atomically with this round's line (a resumed run may redo a round)."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    lines = [x for x in lines if x.strip() and json.loads(x)["round"] != row["round"]] + [json.dumps(row)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _checkpoint(folder: Path, model, ref, ema, opt, gen, loss_gen, state: dict) -> None:
