@@ -1,7 +1,7 @@
 """Env steps/s of ``dpft eval``, ``dpft collect`` and DSRL-NA with 1 and 2 processes and 1/4/8 envs each.
 
     python experiments/benchmarks/bench_scaling.py --out experiments/results/scaling.md
-    python experiments/benchmarks/bench_scaling.py --dsrl --out experiments/results/scaling_dsrl.md
+    python experiments/benchmarks/bench_scaling.py --dsrl   # the DSRL-NA table of scaling.md
 
 Meta-World push, 200-step episodes: ``eval`` of the shipped base policy (2 episodes per env) and
 ``collect`` with the scripted expert (action noise 0.3, 2 episodes per env); each process has
