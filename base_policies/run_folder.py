@@ -81,11 +81,15 @@ class RunFolder:
     def clear(self) -> None:
         """Delete what a run wrote here (``--overwrite``), copies moved aside by a kill included;
         other files in the folder are left alone."""
-        for name in ("checkpoint", "policy", "tb"):
+        for name in ("checkpoint", "policy", "tb", "best_policy"):
             shutil.rmtree(self.root / name, ignore_errors=True)
             shutil.rmtree(self.root / f".{name}.old", ignore_errors=True)
             recover_dir(self.root / name)  # deletes the temporaries
-        for name in ("config.yaml", "evals.jsonl", "final_eval.json"):
+        # per-process checkpoints of a multi-process run; a DPO run's rounds of pairs (a new run
+        # must collect its own, not train on the old run's)
+        for name in ("ranks", "prefs"):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        for name in ("config.yaml", "evals.jsonl", "final_eval.json", "best_policy.json"):
             (self.root / name).unlink(missing_ok=True)
 
     clear_before_writing: bool = False
@@ -131,7 +135,7 @@ RESUME_MAY_EXTEND = ("steps", "rounds")
 """Lengths a resumed run may be given larger than they were (more env/gradient steps, more DPO rounds)."""
 
 
-def resumed_config(given: Any, stored: Any, path: Path) -> Any:
+def resumed_config(given: Any, stored: Any, path: Path, announce: bool = True) -> Any:
     """The run's own config, with what the command line may change on ``--resume``: the progress
     bar and device, and a larger ``--steps`` (logged). Any other setting the user gave that
     differs from the run's is refused, naming it; it would silently make another run."""
@@ -149,7 +153,7 @@ def resumed_config(given: Any, stored: Any, path: Path) -> Any:
             "--steps (--rounds for dpo), --device and --progress may change; start a new run with another --out "
             "to change the others"
         )
-    for k in extended:
+    for k in extended if announce else ():
         print(
             f"resume: extending --{k} from {_get(stored, k)} to {_get(given, k)} (schedules that depend on the "
             "length, such as train-bc's learning-rate decay or a replay buffer sized to the run, keep or stretch "
@@ -174,7 +178,7 @@ def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None, main: b
     if not cfg.resume and getattr(cfg, "overwrite", False) and run.holds_run():
         run.clear_before_writing = True
     if cfg.resume:
-        cfg = resumed_config(cfg, run.read_config(cls, missing), run.config_path)
+        cfg = resumed_config(cfg, run.read_config(cls, missing), run.config_path, announce=main)
         if not run.has_checkpoint():
             raise ConfigError(
                 f"cannot resume: {cfg.out} has no checkpoint yet (the run stopped before its first one); "

@@ -69,7 +69,7 @@ class Shard:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([int(flag)])
+        t = torch.tensor([int(flag)], device=_collective_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -88,12 +88,12 @@ class Shard:
         import torch.distributed as dist
 
         _fault_hook(self.rank)
-        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flat = torch.cat([t.reshape(-1) for t in tensors]).to(_collective_device())
         dist.all_reduce(flat)
         flat /= self.world
         offset = 0
         for t in tensors:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))  # back on the tensor's own device
             offset += t.numel()
 
     def same_everywhere(self, tensors: list[Any]) -> bool:
@@ -111,9 +111,22 @@ class Shard:
         return all(torch.equal(gathered[0], s) for s in gathered[1:])
 
 
+def _collective_device() -> Any:
+    """Where a tensor must be for an all-reduce: on this process's GPU when the process group is
+    NCCL's (accelerate's choice whenever CUDA is there, even for a run with ``--device cpu``),
+    else on the CPU (gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _fault_hook(rank: int) -> None:
-    """For tests: ``DPFT_KILL_RANK=R`` kills process R with SIGKILL at its first gather, while
-    the others wait for it there (how a crashed or OOM-killed rank looks to the rest)."""
+    """For tests: ``DPFT_KILL_RANK=R`` kills process R with SIGKILL at its first collective (a
+    gather or a gradient mean), while the others wait for it there (how a crashed or OOM-killed
+    rank looks to the rest)."""
     if os.environ.get("DPFT_KILL_RANK") == str(rank):
         import signal
 

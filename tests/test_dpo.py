@@ -16,6 +16,7 @@ from dpft.base_policies.data import write_robomimic_hdf5
 from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 from dpft.envs.config import EnvConfig
 from dpft.finetune import cli
+from dpft.finetune.distributed import Shard
 from dpft.finetune.dpo import train as dpo_train
 from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.losses import LossConfig, PairBatch, d3po, diffusion_dpo, get_loss
@@ -365,3 +366,34 @@ def test_a_policy_type_without_a_denoiser_is_refused(tmp_path, monkeypatch, base
         train_dpo(quick(tmp_path, base_dir))
     with pytest.raises(ConfigError, match="--sampler stochastic needs a diffusion or flow policy"):
         check_sampler(Steered(), "stochastic")
+
+
+class _OnlyThisProcess(Shard):
+    """A process of a larger run, with the others' gathers left out (no process group here)."""
+
+    def gather(self, items):
+        return list(items)
+
+
+def test_a_process_with_no_rollouts_to_run_still_takes_part():
+    """More processes than rollouts (3 processes, 2 rollouts): the third runs none and returns
+    nothing, instead of failing before the gather that the others wait in."""
+    from dpft.finetune.dpo.sampling import rollout_groups
+
+    policy = tiny_policy("diffusion", obs_dim=2, action_dim=2, obs_horizon=1, pred_horizon=4, action_horizon=2)
+    env = EnvConfig(task="toy_envs:Reach-v0", envs=4)
+    assert rollout_groups(policy, env, [0], 2, shard=_OnlyThisProcess(2, 3)) == []
+    assert len(rollout_groups(policy, env, [0], 2, shard=_OnlyThisProcess(1, 3))) == 1
+
+
+def test_overwrite_does_not_reuse_the_old_runs_pairs(tmp_path):
+    """--overwrite clears what a run wrote, a DPO run's rounds of pairs and a multi-process
+    run's per-process checkpoints included (a new run must not train on the old run's pairs)."""
+    from dpft.base_policies.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    for rel in ("prefs/round_000.hdf5", "ranks/checkpoint1/state.json", "best_policy.json", "config.yaml", "notes.txt"):
+        (run.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run.root / rel).write_text("x")
+    run.clear()
+    assert sorted(p.name for p in run.root.iterdir()) == ["notes.txt"]  # a file of the user's stays

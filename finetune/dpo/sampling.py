@@ -177,7 +177,7 @@ def rollout_groups(
     out: list[Rollout] = []
     envs = [_make_env(env_cfg, policy) for _ in range(min(batch_envs, len(work)))]
     try:
-        for batch in _batches(work, len(envs)):
+        for batch in _batches(work, len(envs)) if work else ():  # more processes than rollouts: none here
             slots = []
             for env, (group, reset_seed, noise) in zip(envs, batch):
                 obs, _ = env.reset(seed=reset_seed)
@@ -228,7 +228,7 @@ def branch_groups(
     out: list[Rollout] = []
     envs = [_make_env(env_cfg, policy) for _ in range(min(batch_envs, len(work)))]
     try:
-        for batch in _batches(work, len(envs)):
+        for batch in _batches(work, len(envs)) if work else ():
             slots = [_restore(env, g, r, t, horizon, noise) for env, (g, r, t, noise) in zip(envs, batch)]
             _drive(policy, slots, sampler, noise_level, batch_envs)
             out += [_rollout(s, round_) for s in slots]

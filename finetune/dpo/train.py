@@ -162,8 +162,11 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     shard = current_shard()
     if shard.world > 1:
         check_processes(cfg, shard.world)
-    cfg, run = open_run(cfg, DPOConfig, main=shard.is_main)
-    shard.barrier()  # the main process has repaired the folder before any other reads it
+    if shard.is_main:
+        cfg, run = open_run(cfg, DPOConfig)
+    shard.barrier()  # the main process has locked and repaired the folder before any other reads it
+    if not shard.is_main:
+        cfg, run = open_run(cfg, DPOConfig, main=False)
     device = resolve_device(local_device_spec(cfg.device))
     model = _base_policy(cfg, device)
     task = cfg.task or model.config.task
@@ -249,19 +252,20 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                 batch = draw_times_noise(model, batch, loss_gen).part(shard.rank, shard.world)
                 model.train()
                 loss, info = loss_fn(model, ref, batch, lcfg)
-                if not torch.isfinite(loss):
+                if shard.any(not torch.isfinite(loss).item()):  # all processes stop, not only the one that saw it
                     raise TrainingError(
-                        f"the {cfg.loss} loss became {loss.item()} at step {state['total_steps']}; "
+                        f"the {cfg.loss} loss became non-finite at step {state['total_steps']}; "
                         "lower --lr or --beta "
                         f"(the last checkpoint in {run.checkpoint_dir} is kept)"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if shard.world > 1:  # the mean of the shares' gradients: the whole batch's gradient
-                    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+                    trained = [p for p in model.parameters() if p.requires_grad]
+                    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trained]
                     with torch.no_grad():
                         shard.mean_(grads)
-                    for p, g in zip(model.parameters(), grads):
+                    for p, g in zip(trained, grads):
                         p.grad = g
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
