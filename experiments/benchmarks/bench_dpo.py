@@ -58,9 +58,14 @@ HEADER = [
     "run's fixed evaluation episodes (50; Hopper 10; seed 1,000,000 + run seed), after each round, mean",
     "± sd over seeds; 'env steps' are the rollouts used for pairs (evaluations not counted). 'final, 100",
     "ep.': the policy after the last round on the residual and DSRL tables' 100 episodes (seed 2000),",
-    "with the base on those episodes (N(0, I) / zero noise). Wall-clock: one run at a time beside one",
-    "other job on this 2-core machine. The fine-tuned policies are not kept here (each is a full 2 MB",
-    "copy of the weights); each run's `config.yaml` beside its results remakes it.",
+    "with the base on those episodes (N(0, I) / zero noise). Wall-clock: seed 0 of the narrow-data rows",
+    "ran one run at a time beside one other job, the rest two runs at a time with final evaluations or",
+    "tests sometimes beside them, on this 2-core machine. Seed 0 of the narrow-data rows ran on the code",
+    "of c3aa36c, the rest on later code (sampling and collection changed in the last float digits; the",
+    "push base scores 37/100 on the final episodes with both). The mixed-data rows (`-mh`, bases of",
+    "issue 15) run Diffusion-DPO and filtered BC only; read them with the base's zero-noise score. The",
+    "fine-tuned policies are not kept here (each is a full 2 MB copy of the weights); each run's",
+    "`config.yaml` beside its results remakes it.",
 ]
 
 NARROW = ("push", "drawer-open", "button-press", "pick-place", "hopper")
@@ -153,6 +158,8 @@ def report() -> None:
                     gain = float(np.mean(finals_by_method[method])) - b
                     fbc = finals_by_method.get("filtered-bc")
                     vs = f", filtered BC {np.mean(fbc) - b:+.2f}" if fbc else ""
+                    if task in MIXED and base100[1]:  # the base's own mode, what a gain should also beat
+                        vs += f"; final {np.mean(finals_by_method[method]):.2f} vs zero noise {score(base100[1]):.2f}"
                     verdicts.append(f"{task} {method}: {gain:+.2f} ({'met' if gain >= 0.30 else 'not met'}{vs})")
             clean, noisy = finals_by_method.get("diffusion-dpo"), finals_by_method.get("diffusion-dpo-flip20")
             if clean and noisy:
