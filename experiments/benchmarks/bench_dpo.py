@@ -80,6 +80,7 @@ DPO = Bench(
     # D3PO (which barely moves the narrow bases) is not run on the mixed-data rows; label noise is
     # measured where the clean run gains (pick-place) as well as on push
     only_on={"d3po": NARROW, "diffusion-dpo-flip20": ("push", "pick-place")},
+    task_seeds={t: (0,) for t in MIXED},  # rows added beside the plan: one seed so far
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
 )
 

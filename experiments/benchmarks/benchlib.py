@@ -53,10 +53,12 @@ class Bench:
     target_method: str = ""
     footer: list[str] = field(default_factory=list)
     only_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Methods run on some tasks only (method -> tasks), e.g. variants tried on one task."""
     keep_policies: bool = True
     """Copy each finished run's policy folder into the results (only when it is small: a policy on a
     shipped base that names the base; a preference-fine-tuned policy is a full copy of the weights)."""
-    """Methods run on some tasks only (method -> tasks), e.g. variants tried on one task."""
+    task_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Seeds run on some tasks only (task -> seeds), e.g. rows added beside the issue's plan."""
 
     @property
     def runs(self) -> Path:
@@ -74,7 +76,9 @@ class Bench:
         """Seed 0 of every method on every task first, then the other seeds: a partial run of the
         plan leaves a whole (n = 1) table rather than a few complete rows."""
         jobs = [Job(self, t, m, s) for t in self.tasks for m, seeds in self.methods.items() for s in seeds]
-        return sorted((j for j in jobs if j.task in self.only_on.get(j.method, self.tasks)), key=lambda j: j.seed)
+        jobs = [j for j in jobs if j.task in self.only_on.get(j.method, self.tasks)]
+        jobs = [j for j in jobs if j.seed in self.task_seeds.get(j.task, (j.seed,))]
+        return sorted(jobs, key=lambda j: j.seed)
 
 
 @dataclass
