@@ -96,6 +96,19 @@ class Shard:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))  # back on the tensor's own device
             offset += t.numel()
 
+    def mean_grads_(self, params: list[Any]) -> None:
+        """Average the gradients of ``params`` over the processes (data-parallel learners). A
+        parameter without a gradient sends zeros: every process must send the same tensors."""
+        if self.world == 1:
+            return
+        import torch
+
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        with torch.no_grad():
+            self.mean_([p.grad for p in params])
+
     def same_everywhere(self, tensors: list[Any]) -> bool:
         """True when every process holds the same values in ``tensors`` (weights that must agree),
         compared through two checksums rather than the tensors themselves."""

@@ -53,12 +53,7 @@ def average_gradients(model: BaseAlgorithm, shard: Shard) -> None:
         step = opt.step
 
         def averaged_step(*args, _step=step, _opt=opt, **kwargs):
-            params = [p for group in _opt.param_groups for p in group["params"]]
-            for p in params:  # every process must send the same tensors, with or without a gradient
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            with torch.no_grad():
-                shard.mean_([p.grad for p in params])
+            shard.mean_grads_([p for group in _opt.param_groups for p in group["params"]])
             return _step(*args, **kwargs)
 
         opt.step = averaged_step

@@ -260,13 +260,8 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if shard.world > 1:  # the mean of the shares' gradients: the whole batch's gradient
-                    trained = [p for p in model.parameters() if p.requires_grad]
-                    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trained]
-                    with torch.no_grad():
-                        shard.mean_(grads)
-                    for p, g in zip(trained, grads):
-                        p.grad = g
+                # the mean of the shares' gradients is the whole batch's gradient
+                shard.mean_grads_([p for p in model.parameters() if p.requires_grad])
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 if ema is not None:
