@@ -44,6 +44,7 @@ class Spec:
     success_only: bool = False
     suffix: str = ""
     eval_envs: int = 1  # the results are a function of the number of envs too (dpft.finetune.rollout)
+    expert_level: str | None = None  # locomotion: the D4RL-style SAC level that collects (dpft collect --expert-level)
 
     @property
     def name(self) -> str:
@@ -54,6 +55,8 @@ class Spec:
         if self.demonstrators:
             kept = "successes only, equal per demonstrator" if self.success_only else "all episodes"
             return f"{self.demos} demos, mix {self.demonstrators} ({kept})"
+        if self.expert_level:
+            return f"{self.demos} episodes of the {self.expert_level} SAC policy + noise {self.action_noise}"
         return f"{self.demos} demos, expert + noise {self.action_noise}"
 
 
@@ -81,6 +84,10 @@ SPECS = [
     mh("metaworld:button-press-v3", "mh-hard", success_only=False),
     mh("metaworld:pick-place-v3"),
     mh("metaworld:peg-insert-side-v3"),
+    # D4RL-style medium level: episodes of a SAC snapshot at about a third of the expert's return
+    # (train_locomotion_expert.py --levels), with a little action noise, as D4RL's *-medium-v2.
+    Spec("gym:Hopper-v5", 100, 0.1, 10_000, suffix="-medium", eval_episodes=50, eval_envs=10, expert_level="medium"),
+    Spec("gym:Walker2d-v5", 100, 0.1, 10_000, suffix="-medium", eval_episodes=50, eval_envs=10, expert_level="medium"),
     # A near-perfect base, as a new user's (issue 15's do-no-harm case): fine-tuning must keep it so.
     Spec("metaworld:door-open-v3", 20, 0.3, 20_000, collect_seed=1, suffix="-near-perfect", eval_envs=10),
 ]
@@ -108,6 +115,8 @@ def build(spec: Spec, work: Path, reuse: bool = False) -> dict:
         collect += ["--demonstrators", spec.demonstrators, "--envs", "6"]
     else:
         collect += ["--action-noise", str(spec.action_noise)]
+    if spec.expert_level:
+        collect += ["--expert-level", spec.expert_level]
     collect += ["--success-only"] * spec.success_only
     collect += ["--seed", str(spec.collect_seed), "--out", str(demos), "--overwrite", "--no-progress"]
     train = ["train-bc", "--dataset", str(demos), "--out", str(run_dir), "--steps", str(spec.bc_steps), "--no-progress"]
@@ -141,7 +150,8 @@ def build(spec: Spec, work: Path, reuse: bool = False) -> dict:
         "task": spec.task,
         "policy": f"shipped:{spec.name}",
         "data": spec.data,
-        "collection": collection_of(log.read_text()) if log.exists() else None,
+        "collection": collection_of(log.read_text(), spec.task.startswith("gym:")) if log.exists() else None,
+        "levels": levels_of(spec),
         "demos": spec.demos,
         "action_noise": spec.action_noise,
         "bc_steps": spec.bc_steps,
@@ -150,13 +160,33 @@ def build(spec: Spec, work: Path, reuse: bool = False) -> dict:
     }
 
 
-def collection_of(report: str) -> str:
+def collection_of(report: str, returns: bool = False) -> str:
     """``dpft collect``'s summary in a few words: each demonstrator's success over the episodes it
-    ran, and how many episodes were run in all (more than kept with --success-only)."""
+    ran, the data's return where it has no success flag, and how many episodes were run in all
+    (more than kept with --success-only)."""
     groups = re.findall(r"^  (\S+): \d+ (?:kept|episodes)(?:, \d+ attempted)?, success ([\d.]+)", report, re.M)
     attempted = re.search(r"; (\d+) attempted", report)
     parts = [" / ".join(f"{name} {rate}" for name, rate in groups)] if groups else []
+    ret = re.search(r"return ([-\d.]+ ± [\d.]+);", report)
+    if ret and returns:  # locomotion: no success flag
+        parts.append(f"data return {ret.group(1)}")
     return "; ".join(parts + ([f"{attempted.group(1)} episodes run"] if attempted else []))
+
+
+def levels_of(spec: Spec) -> dict | None:
+    """The expert's and the collecting level's evaluation returns (the SAC run's own evaluations),
+    read from the exported weights' JSON."""
+    if not spec.expert_level:
+        return None
+    weights = ROOT / "envs" / "experts" / "weights"
+    meta = json.loads((weights / f"{spec.task.split(':')[1]}-{spec.expert_level}.json").read_text())
+    return {
+        "level": spec.expert_level,
+        "expert_return": meta["expert_return"],
+        "level_return": meta["eval_return_mean"],
+        "snapshot_step": meta["snapshot_step"],
+        "sac_steps": meta["train_steps"],
+    }
 
 
 def write_table() -> None:
@@ -177,6 +207,13 @@ def write_table() -> None:
             else "n/a (no success flag)"
         )
         data = row.get("data") or f"{row['demos']} demos, expert + noise {row['action_noise']}"
+        if row.get("levels"):
+            lv = row["levels"]
+            data += (
+                f"; SAC expert return {lv['expert_return']:.0f}, {lv['level']} policy "
+                f"{lv['level_return']:.0f} (snapshot {lv['snapshot_step'] // 1000}k of "
+                f"{lv['sac_steps'] // 1000}k steps)"
+            )
         if row.get("collection"):
             data += f"; {row['collection']}"
         lines.append(

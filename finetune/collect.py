@@ -151,10 +151,12 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
         ep.name = f"demo_{i}"
     write_robomimic_hdf5(cfg.out, episodes, env_args, masks)
     rate = sum(r.success for r in kept) / len(kept)
+    returns = np.array([r.episode_return for r in kept])
     for j, (name, demos) in enumerate(masks.items()):
         print(f"  {name}: {len(demos)} kept, {tried[j]} attempted, success {won[j] / max(tried[j], 1):.2f}")
     print(
-        f"wrote {len(kept)} episodes ({sum(len(e) for e in episodes)} steps, success {rate:.2f}; "
+        f"wrote {len(kept)} episodes ({sum(len(e) for e in episodes)} steps, success {rate:.2f}, "
+        f"return {returns.mean():.1f} ± {returns.std():.1f}; "
         f"{attempts} attempted, {steps_per_s:.0f} env steps/s) to {cfg.out}"
     )
     return kept

@@ -26,6 +26,7 @@ from benchlib import (
     dpft_eval,
     final_evals,
     fmt,
+    has_success,
     load_json,
     run_job,
     score,
@@ -127,7 +128,7 @@ def report() -> None:
     ]
     verdicts = []
     for task in DPO.tasks:
-        success = task != "hopper"
+        success = has_success(task)
         base100 = [load_json(DPO.raw / task / f"{n}.json") for n in ("base_normal", "base_zero")]
         ref = " / ".join(fmt([score(b)], success) if b else "–" for b in base100)
         finals_by_method = {}

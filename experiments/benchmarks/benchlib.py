@@ -37,6 +37,14 @@ TRAIN_EVAL_SEED = 1_000_000  # evaluate_on_fixed_episodes: seed + 1,000,000, min
 SCRATCH = ROOT / "experiments" / "benchmarks" / "sac_scratch.py"
 
 
+LOCOMOTION = ("hopper", "walker2d", "halfcheetah")
+
+
+def has_success(task: str) -> bool:
+    """Whether a benchmark task (config name) scores success; the locomotion ones score return."""
+    return task.split("-")[0] not in LOCOMOTION
+
+
 @dataclass
 class Bench:
     """One benchmark: ``methods`` maps a method to its seeds, ``command(job, cfg_path, resume)``
@@ -50,6 +58,7 @@ class Bench:
     header: list[str]
     borrowed: dict[str, tuple[str, str]] = field(default_factory=dict)
     success_target: float = 0.9
+    return_gain_target: float = 0.3
     target_method: str = ""
     footer: list[str] = field(default_factory=list)
     only_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -259,10 +268,10 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
         "| task | method | base on these episodes | 10k | 25k | 50k | 100k | final, 100 ep. (base) | wall (min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    curves, finals_of = {}, {}
+    curves, finals_of, gains = {}, {}, {}
     for task in bench.tasks:
         base100 = {n: load_json(bench.raw / task / f"{n}.json") for n in ("base_normal", "base_zero")}
-        success = task != "hopper"  # the only task without a success signal
+        success = has_success(task)
         for label, folder, seeds in rows_of(bench, task, benches):
             found = [(s, read_evals(folder / f"seed{s}" / "evals.jsonl")) for s in seeds]
             found = [(s, r) for s, r in found if r]
@@ -280,6 +289,8 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
             final = fmt([score(f) for f in finals if f], success)
             if label == bench.target_method and any(finals):
                 finals_of[task] = float(np.mean([score(f) for f in finals if f]))
+                if not success and base100["base_normal"]:
+                    gains[task] = finals_of[task] / score(base100["base_normal"]) - 1
             final += " (n=1)" if len(found) > 1 and sum(f is not None for f in finals) == 1 else ""
             ref = " / ".join(fmt([score(b)], success) if b else "–" for b in base100.values())
             finished = [s for s, _ in found if (folder / f"seed{s}" / "final_eval.json").exists()]
@@ -294,12 +305,18 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
         verdicts = [
             f"{t} {'met' if v >= bench.success_target else 'not met'} ({v:.2f})"
             for t, v in finals_of.items()
-            if t != "hopper"
+            if has_success(t)
         ]
         lines.append(
             f"Target, >= {bench.success_target:.2f} success within 100k env steps "
             f"({bench.target_method}, 100 episodes): " + (", ".join(verdicts) or "no finished run yet") + "."
         )
+        if gains:
+            lines.append(
+                f"Return gain of {bench.target_method} over the base with N(0, I) noise (100 episodes): "
+                + ", ".join(f"{t} {g:+.0%}" for t, g in gains.items())
+                + f" (target on the medium bases: >= {bench.return_gain_target:+.0%})."
+            )
     lines += bench.footer
     if pending:
         lines.append(f"Not finished (partial curves above where started): {', '.join(pending)}.")
@@ -333,7 +350,7 @@ def plot(bench: Bench, curves: dict) -> None:
             evs = [load_json(f) for f in sorted((bench.raw / task / "base_on_train_evals").glob(f"{name}_seed*.json"))]
             if evs:  # on the same evaluation episodes as the curves
                 ax.axhline(np.mean([score(e) for e in evs]), color="gray", ls=style, label=label)
-        success = task != "hopper"
+        success = has_success(task)
         ax.set_title(f"{task} (band: min-max over seeds)")
         ax.set_xlabel("environment steps")
         ax.set_ylabel("success rate" if success else "return")
