@@ -27,6 +27,7 @@ from dpft.base_policies.divergence import DivergenceGuard
 from dpft.base_policies.ema import EMA
 from dpft.base_policies.errors import ConfigError, TrainingError
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
+from dpft.base_policies.posterior import PosteriorTargets, ensemble_spread
 from dpft.base_policies.registry import all_cores, multi_process
 from dpft.base_policies.run_folder import RunFolder, open_run
 from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
@@ -71,6 +72,14 @@ class TrainBCConfig:
     obs_keys: tuple[str, ...] = ()
     """For HDF5 files whose obs is a group: keys to concatenate, in the order the environment emits them
     (default: the order in the file's env_args "obs_keys"; required for a group of several keys otherwise)."""
+    posterior_members: int = 0
+    """PostBC (arXiv 2512.16911): train this many bootstrapped regressors first and widen each BC
+    target by their spread at its window, so the base covers the demonstrator's actions instead of
+    collapsing onto their mean (easier to fine-tune); 0 = plain BC."""
+    posterior_scale: float = 1.0
+    """PostBC: the noise added to a target is this times the ensemble's spread."""
+    posterior_steps: int = 2000
+    """PostBC: optimiser steps per ensemble member."""
     filter_key: str | None = None
     """Use only the demos listed in mask/<filter_key> of a robomimic HDF5 file, as robomimic's --filter_key."""
     task: str | None = None
@@ -99,6 +108,8 @@ class TrainBCConfig:
         check_device_spec(self.device)
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("--steps and --batch-size must be >= 1")
+        if self.posterior_members == 1 or self.posterior_members < 0 or self.posterior_scale < 0:
+            raise ConfigError("--posterior-members must be 0 (plain BC) or >= 2, and --posterior-scale >= 0")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction ({self.val_fraction}) must be in [0, 1)")
 
@@ -122,8 +133,8 @@ class BatchSampler:
     each process seeds its own generator so data-parallel ranks see different batches.
     """
 
-    def __init__(self, windows: Windows, batch_size: int, seed: int) -> None:
-        self.windows, self.batch_size = windows, min(batch_size, len(windows))
+    def __init__(self, windows: Windows, batch_size: int, seed: int, targets: PosteriorTargets | None = None) -> None:
+        self.windows, self.batch_size, self.targets = windows, min(batch_size, len(windows)), targets
         self.gen = torch.Generator().manual_seed(seed)
         self._perm, self._pos = torch.randperm(len(windows), generator=self.gen), 0
 
@@ -132,7 +143,10 @@ class BatchSampler:
             self._perm, self._pos = torch.randperm(len(self.windows), generator=self.gen), 0
         idx = self._perm[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.windows.obs[idx], self.windows.actions[idx]
+        actions = self.windows.actions[idx]
+        if self.targets is not None:  # PostBC: a fresh draw around the demonstrated chunk
+            actions = self.targets.sample(idx, actions, self.gen)
+        return self.windows.obs[idx], actions
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "perm": self._perm, "pos": self._pos}
@@ -209,7 +223,13 @@ def train_bc(cfg: TrainBCConfig) -> Path:
     ema = EMA(policy, cfg.ema_decay)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
-    sampler = BatchSampler(train_w, max(1, cfg.batch_size // world), seed=cfg.seed * 1000 + rank)
+    targets = None
+    if cfg.posterior_members:  # the same on every process and on a resume (seeded, CPU)
+        episode_of = torch.repeat_interleave(torch.arange(len(train_eps)), torch.tensor([len(e) for e in train_eps]))
+        targets = ensemble_spread(
+            train_w, episode_of, cfg.posterior_members, cfg.posterior_steps, seed=cfg.seed, scale=cfg.posterior_scale
+        )
+    sampler = BatchSampler(train_w, max(1, cfg.batch_size // world), cfg.seed * 1000 + rank, targets)
 
     step, saved = 0, None
     if cfg.resume and run.has_checkpoint():
@@ -221,6 +241,12 @@ def train_bc(cfg: TrainBCConfig) -> Path:
             f"{world} processes, step {step} -> {cfg.steps}, run folder {cfg.out}",
             flush=True,
         )
+        if targets is not None:
+            print(
+                f"train-bc: PostBC targets from {cfg.posterior_members} bootstrapped regressors: spread "
+                f"{targets.spread.mean():.3f} on average (action units), x{cfg.posterior_scale:g}",
+                flush=True,
+            )
         if policy.config.task is None:
             print("train-bc: the dataset's env_args records no 'task'; pass --task to record it", flush=True)
     model, opt = accelerator.prepare(policy, opt)
