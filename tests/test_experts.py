@@ -42,3 +42,17 @@ def test_expert_levels_are_named_clearly():
         get_expert("gym:Ant-v5", "medium")
     with pytest.raises(TaskError, match="one level; drop --expert-level"):
         get_expert("metaworld:push-v3", "medium")
+
+
+@pytest.mark.parametrize("task", ["gym:Hopper-v5"])
+def test_medium_level_is_a_fraction_of_the_expert(task):
+    """D4RL-style levels (train_locomotion_expert.py --levels): the medium policy scores well below
+    the expert and well above standing still, on the same start states."""
+
+    def mean_return(policy) -> float:
+        venv = EnvConfig(task=task, envs=3).make_vector(1, 1, 1)
+        return sum(r.episode_return for r in run_episodes(lambda o: policy(o[:, 0])[:, None], venv, 3, seed=0)) / 3
+
+    expert, medium = get_expert(task, "expert"), get_expert(task, "medium")
+    top, mid, still = mean_return(expert), mean_return(medium), mean_return(lambda o: 0 * expert(o))
+    assert still + 100 < mid < 0.7 * top, (still, mid, top)

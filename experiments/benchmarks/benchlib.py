@@ -188,6 +188,7 @@ def cmd_run(bench: Bench, args) -> None:
         base_evals(bench, t)
     methods = args.methods or list(bench.methods)
     jobs = [j for j in bench.plan() if j.task in tasks and j.method in methods]
+    jobs = [j for j in jobs if args.seeds is None or j.seed in args.seeds]
     with ThreadPoolExecutor(args.workers) as pool:
         for msg in pool.map(run_job, jobs):
             print(msg, flush=True)
@@ -369,6 +370,7 @@ def main(bench: Bench, benches: dict[str, Bench] | None = None) -> None:
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--only", nargs="*", choices=bench.tasks)
     r.add_argument("--methods", nargs="*", choices=list(bench.methods))
+    r.add_argument("--seeds", nargs="*", type=int, help="only these seeds of the plan")
     e = sub.add_parser("evals", help="only the base and final evaluations (run does them too)")
     e.add_argument("--only", nargs="*", choices=bench.tasks)
     sub.add_parser("report")

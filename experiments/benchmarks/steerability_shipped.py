@@ -30,6 +30,9 @@ BASES = [
     "metaworld-pick-place-v3-mh",
     "metaworld-peg-insert-side-v3-mh",
     "metaworld-door-open-v3-near-perfect",
+    # D4RL-style medium locomotion (BC on a SAC policy at about a third of the expert's return)
+    "gym-Hopper-v5-medium",
+    "gym-Walker2d-v5-medium",
 ]
 FLAGS = ["--states", "50", "--streams", "8", "--json", "--no-progress"]
 
