@@ -189,14 +189,27 @@ def levels_of(spec: Spec) -> dict | None:
     }
 
 
+def steerability(row: dict) -> str:
+    """The base's ``dpft steerability`` numbers (``benchmarks/steerability_shipped.py``), if measured."""
+    path = RESULTS / "steerability_shipped" / f"{row['policy'].split(':')[1]}.json"
+    if not path.exists():
+        return "not measured"
+    d = json.loads(path.read_text())
+    reading = "room for DSRL" if d["dsrl_has_room"] else "little room"
+    if "best_of_k_success" in d:
+        return f"{d['zero_noise_success']:.2f} / {d['best_of_k_success']:.2f} ({reading})"
+    return f"{d['zero_noise_return']:.0f} / {d['best_of_k_return']:.0f} ({reading})"
+
+
 def write_table() -> None:
     rows = {}
     for line in (RESULTS / "base_policies.jsonl").read_text().splitlines():
         row = json.loads(line)
         rows[row["policy"]] = row  # the latest run of a base wins
     lines = [
-        "| base | task | data | BC steps | base success (95% CI) | return ± 95% CI | episodes, seed |",
-        "|---|---|---|---|---|---|---|",
+        "| base | task | data | BC steps | base success (95% CI) | return ± 95% CI | episodes, seed "
+        "| steerability: zero noise / best-of-8 (reading) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = {t: r for t, r in rows.items() if (SHIPPED / r["policy"].split(":")[1]).exists()}
     for row in rows.values():
@@ -218,13 +231,18 @@ def write_table() -> None:
             data += f"; {row['collection']}"
         lines.append(
             f"| `{row['policy']}` | {row['task']} | {data} | {row['bc_steps']} | {succ} | "
-            f"{s['return_mean']:.1f} ± {s['return_ci95']:.1f} | {s['episodes']}, {s['seed']} |"
+            f"{s['return_mean']:.1f} ± {s['return_ci95']:.1f} | {s['episodes']}, {s['seed']} | {steerability(row)} |"
         )
     lines += ["", "Commands (run from the repository root; each row's last command re-measures it):", ""]
     rows = {t: r for t, r in rows.items() if (SHIPPED / r["policy"].split(":")[1]).exists()}
     for row in rows.values():
         lines += [f"- `{row['policy']}`:"] + [f"  - `{c}`" for c in row["commands"]]
-    lines += ["", "Every attempt, including rejected settings, is kept in `experiments/results/base_policies.jsonl`."]
+    lines += [
+        "",
+        "Steerability: `dpft steerability --policy shipped:NAME --states 50 --streams 8` (start-state seed 2000; "
+        "all columns in [steerability_shipped.md](steerability_shipped.md)).",
+        "Every attempt, including rejected settings, is kept in `experiments/results/base_policies.jsonl`.",
+    ]
     table = "\n".join(lines) + "\n"
     (RESULTS / "base_policies.md").write_text(table)
     readme = ROOT / "experiments" / "README.md"
