@@ -8,10 +8,9 @@ demonstrator's behaviour given the data. The practical recipe used here: fit an 
 regressors (observation window -> action chunk), each on a bootstrap resample of the *episodes*
 (the independent draws from the demonstrator; resampling windows would let every member see the
 one demo of a rare state and agree on it); the spread of their predictions at a window estimates
-the posterior's width there. The diffusion
-policy is then trained on ``a + scale * spread(s) * eps`` with fresh ``eps`` each time the window
-is drawn: wide where the data is thin or the demonstrators disagree, close to plain BC where many
-demos agree. (A diagonal Gaussian stands in for the paper's full covariance.)
+the posterior's width there. The diffusion policy is then trained on ``a + scale * spread(s) * eps``
+with fresh ``eps`` each time the window is drawn: wide where the data is thin or the demonstrators
+disagree, close to plain BC where many demos agree. (A diagonal Gaussian stands in for the paper's full covariance.)
 """
 
 from __future__ import annotations
@@ -68,13 +67,12 @@ def ensemble_spread(
     y_mean, y_std = y.mean(0), y.std(0).clamp_min(1e-6)
     xs, ys = (x - x_mean) / x_std, (y - y_mean) / y_std
     gen = torch.Generator().manual_seed(seed)
-    preds = []
+    episodes, preds = torch.unique(episode_of), []
     for _ in range(members):
         with torch.random.fork_rng():  # the caller's global stream (per-process seeds) stays as it was
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
             net = _regressor(x.shape[1], y.shape[1], hidden)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
-        episodes = torch.unique(episode_of)
         drawn = episodes[torch.randint(len(episodes), (len(episodes),), generator=gen)]
         boot = torch.cat([torch.nonzero(episode_of == e).flatten() for e in drawn])  # with repeats
         for _ in range(steps):
