@@ -240,7 +240,7 @@ def write_table() -> None:
     lines += [
         "",
         "Steerability: `dpft steerability --policy shipped:NAME --states 50 --streams 8` (start-state seed 2000; "
-        "all columns in [steerability_shipped.md](steerability_shipped.md)).",
+        "all columns in experiments/results/steerability_shipped.md).",
         "Every attempt, including rejected settings, is kept in `experiments/results/base_policies.jsonl`.",
     ]
     table = "\n".join(lines) + "\n"
