@@ -105,11 +105,8 @@ def run(cmd: list[str]) -> str:
     return out
 
 
-def build(spec: Spec, work: Path, reuse: bool = False) -> dict:
-    demos, run_dir = work / f"{spec.name}.hdf5", work / spec.name
-    reuse = reuse and demos.exists() and (run_dir / "policy" / "config.json").exists()
-    if run_dir.exists() and not reuse:
-        shutil.rmtree(run_dir)
+def collect_args(spec: Spec, demos: Path) -> list[str]:
+    """The ``dpft collect`` arguments that write ``spec``'s demonstrations to ``demos``."""
     collect = ["collect", "--task", spec.task, "--episodes", str(spec.demos)]
     if spec.demonstrators:
         collect += ["--demonstrators", spec.demonstrators, "--envs", "6"]
@@ -118,7 +115,15 @@ def build(spec: Spec, work: Path, reuse: bool = False) -> dict:
     if spec.expert_level:
         collect += ["--expert-level", spec.expert_level]
     collect += ["--success-only"] * spec.success_only
-    collect += ["--seed", str(spec.collect_seed), "--out", str(demos), "--overwrite", "--no-progress"]
+    return collect + ["--seed", str(spec.collect_seed), "--out", str(demos), "--overwrite", "--no-progress"]
+
+
+def build(spec: Spec, work: Path, reuse: bool = False) -> dict:
+    demos, run_dir = work / f"{spec.name}.hdf5", work / spec.name
+    reuse = reuse and demos.exists() and (run_dir / "policy" / "config.json").exists()
+    if run_dir.exists() and not reuse:
+        shutil.rmtree(run_dir)
+    collect = collect_args(spec, demos)
     train = ["train-bc", "--dataset", str(demos), "--out", str(run_dir), "--steps", str(spec.bc_steps), "--no-progress"]
     log = demos.with_suffix(".collect.txt")  # collect's report, kept beside the data for --reuse
     if reuse:  # made by exactly these commands before (--reuse); only the evaluation runs again

@@ -20,30 +20,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "experiments" / "results" / "postbc"
 WORK = ROOT / "runs" / "postbc"
-# name -> (task, collect flags, BC steps, shipped base it is compared with, PostBC scale)
+# name -> (shipped base whose data and BC steps it reuses, PostBC scale)
 ROWS = {
-    "drawer-open-postbc": (
-        "metaworld:drawer-open-v3",
-        ["--episodes", "2", "--action-noise", "0.5", "--seed", "100"],
-        1500,
-        "metaworld-drawer-open-v3",
-        1.0,
-    ),
-    "drawer-open-postbc-x3": (
-        "metaworld:drawer-open-v3",
-        ["--episodes", "2", "--action-noise", "0.5", "--seed", "100"],
-        1500,
-        "metaworld-drawer-open-v3",
-        3.0,
-    ),
-    "hopper-postbc": (
-        "gym:Hopper-v5",
-        ["--episodes", "10", "--action-noise", "0.2", "--seed", "100"],
-        5000,
-        "gym-Hopper-v5",
-        1.0,
-    ),
+    "drawer-open-postbc": ("metaworld-drawer-open-v3", 1.0),
+    "drawer-open-postbc-x3": ("metaworld-drawer-open-v3", 3.0),
+    "hopper-postbc": ("gym-Hopper-v5", 1.0),
 }
+
+
+def collect_args(spec, data: Path) -> list[str]:
+    from make_base_policies import collect_args as args
+
+    return args(spec, data)
+
+
+def spec_of(base: str):
+    """The shipped base's row in make_base_policies.py (its collect command and BC steps)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from make_base_policies import SPECS
+
+    return next(s for s in SPECS if s.name == base)
 
 
 def dpft(*args: str) -> str:
@@ -58,11 +54,12 @@ def dpft(*args: str) -> str:
 def run() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    for name, (task, collect, steps, _, scale) in ROWS.items():
+    for name, (base, scale) in ROWS.items():
         if (OUT / f"{name}.json").exists():
             continue
-        data, run_dir = WORK / f"{name}.hdf5", WORK / name
-        dpft("collect", "--task", task, *collect, "--out", str(data), "--overwrite", "--no-progress")
+        spec, data, run_dir = spec_of(base), WORK / f"{name}.hdf5", WORK / name
+        task, steps = spec.task, spec.bc_steps
+        dpft(*collect_args(spec, data))
         bc = dpft(
             "train-bc", "--dataset", str(data), "--out", str(run_dir), "--steps", str(steps), "--overwrite",
             "--posterior-members", "8", "--posterior-scale", str(scale), "--no-progress",
@@ -105,7 +102,7 @@ def report() -> None:
         succ = f"{ev['success_rate']:.2f} ({ev['success_ci95'][0]:.2f}-{ev['success_ci95'][1]:.2f})"
         return [succ, ci(st, "best_of_k_success"), ci(st, "noise_sensitive_states"), f"{st['spread_ratio']:.2f}"]
 
-    for name, (_, _, _, base, scale) in ROWS.items():
+    for name, (base, scale) in ROWS.items():
         path = OUT / f"{name}.json"
         st_bc = ROOT / "experiments" / "results" / "steerability_shipped" / f"{base}.json"
         if st_bc.exists() and base in shipped and f"| {base} | BC |" not in "\n".join(lines):
