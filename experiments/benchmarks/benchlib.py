@@ -259,6 +259,28 @@ def rows_of(bench: Bench, task: str, benches: dict[str, Bench]) -> list[tuple[st
     return out
 
 
+def dip_summary(folder: Path, found: list[tuple[int, list[dict]]]) -> str:
+    """How many periodic evaluations (all after the warm-up) fell below the base with N(0, I)
+    noise on the same episodes, and the lowest one against its seed's base: the issue's "the
+    curve does not dip below the base" made countable. 30-episode evaluations are noisy, so a
+    few points under the base can be chance; a drop to a fraction of it is not."""
+    below, total, worst = 0, 0, None
+    for seed, evals in found:
+        base = load_json(folder.parent / "base_on_train_evals" / f"base_normal_seed{seed}.json")
+        if not base:
+            continue
+        ref = score(base)
+        total += len(evals)
+        below += sum(score(e) < ref for e in evals)
+        low = min(evals, key=score)
+        if worst is None or score(low) - ref < worst[0] - worst[1]:
+            worst = (score(low), ref, low["env_steps"])
+    if worst is None:
+        return "(no base evaluation)"
+    digits = 2 if worst[1] <= 1 else 0
+    return f"{below} of {total} (lowest {worst[0]:.{digits}f} at {worst[2] // 1000}k vs {worst[1]:.{digits}f})"
+
+
 def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
     from dpft.finetune.common.eval_log import read_evals
 
@@ -269,7 +291,7 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
         "| task | method | base on these episodes | 10k | 25k | 50k | 100k | final, 100 ep. (base) | wall (min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    curves, finals_of, gains = {}, {}, {}
+    curves, finals_of, gains, n_final, dips = {}, {}, {}, {}, {}
     for task in bench.tasks:
         base100 = {n: load_json(bench.raw / task / f"{n}.json") for n in ("base_normal", "base_zero")}
         success = has_success(task)
@@ -288,8 +310,11 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
             cells = [fmt([v for v in (at(r, m) for r in runs) if v is not None], success) for m in MILESTONES]
             finals = [load_json(folder / f"seed{s}" / "final_seed2000.json") for s, _ in found]
             final = fmt([score(f) for f in finals if f], success)
+            if label == bench.target_method:
+                dips[task] = dip_summary(folder, found)
             if label == bench.target_method and any(finals):
                 finals_of[task] = float(np.mean([score(f) for f in finals if f]))
+                n_final[task] = sum(f is not None for f in finals)
                 if not success and base100["base_normal"]:
                     gains[task] = finals_of[task] / score(base100["base_normal"]) - 1
             final += " (n=1)" if len(found) > 1 and sum(f is not None for f in finals) == 1 else ""
@@ -303,8 +328,10 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
     pending = [f"{j.task}/{j.method}/seed{j.seed}" for j in plan if j not in done]
     lines += ["", f"Finished runs: {len(done)} of {len(plan)} in the plan."]
     if bench.target_method:
+        n_seeds = len(bench.methods[bench.target_method])
         verdicts = [
-            f"{t} {'met' if v >= bench.success_target else 'not met'} ({v:.2f})"
+            f"{t} {'met' if v >= bench.success_target else 'not met'} ({v:.2f}"
+            + (f", {n_final[t]} of {n_seeds} seeds: provisional)" if n_final[t] < n_seeds else ")")
             for t, v in finals_of.items()
             if has_success(t)
         ]
@@ -317,6 +344,13 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
                 f"Return gain of {bench.target_method} over the base with N(0, I) noise (100 episodes): "
                 + ", ".join(f"{t} {g:+.0%}" for t, g in gains.items())
                 + f" (target on the medium bases: >= {bench.return_gain_target:+.0%})."
+            )
+        if dips:
+            lines.append(
+                f"Periodic evaluations of {bench.target_method} below the base with N(0, I) noise on the same "
+                "episodes (all seeds; lowest evaluation and that seed's base in brackets; target: none): "
+                + ", ".join(f"{t} {d}" for t, d in dips.items())
+                + "."
             )
     lines += bench.footer
     if pending:
