@@ -33,6 +33,7 @@ BASES = [
     # D4RL-style medium locomotion (BC on a SAC policy at about a third of the expert's return)
     "gym-Hopper-v5-medium",
     "gym-Walker2d-v5-medium",
+    "gym-HalfCheetah-v5-medium",
 ]
 FLAGS = ["--states", "50", "--streams", "8", "--json", "--no-progress"]
 
