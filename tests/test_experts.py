@@ -44,7 +44,7 @@ def test_expert_levels_are_named_clearly():
         get_expert("metaworld:push-v3", "medium")
 
 
-@pytest.mark.parametrize("task", ["gym:Hopper-v5", "gym:Walker2d-v5"])
+@pytest.mark.parametrize("task", ["gym:Hopper-v5", "gym:Walker2d-v5", "gym:HalfCheetah-v5"])
 def test_medium_level_is_a_fraction_of_the_expert(task):
     """D4RL-style levels (train_locomotion_expert.py --levels): the medium policy scores well below
     the expert and well above standing still, on the same start states."""
