@@ -3,7 +3,8 @@
 * ``metaworld:*`` -- Meta-World's bundled scripted policies;
 * ``robotics:FetchReach/FetchPush/FetchPickAndPlace-v4`` -- scripted experts written here;
 * ``gym:Hopper-v5`` / ``gym:Walker2d-v5`` -- SAC actors trained by
-  ``experiments/train_locomotion_expert.py`` (weights committed in ``weights/``).
+  ``experiments/train_locomotion_expert.py`` (weights committed in ``weights/``); these and
+  ``gym:HalfCheetah-v5`` also have D4RL-style ``expert`` / ``medium`` levels.
 
 Register another with :func:`register_expert`.
 """
