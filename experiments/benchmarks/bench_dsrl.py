@@ -67,6 +67,10 @@ DSRL = Bench(
         "base with zero noise already scores 1.00 on the same episodes, so there a met target means DSRL",
         "found the base's own mode, not that it beat the base's best (steerability_shipped.md: zero noise",
         "fails on drawer-open-mh and peg-insert-side-mh, the rows that can show more).",
+        "door-open-near-perfect is the do-no-harm row (the defaults of `dpft finetune dsrl`, dense task",
+        "reward): there the question is whether the base stays near-perfect, not the 0.90 line.",
+        "Dips and knife-edge policies on the mixed-data rows, and a smaller --target-kl tried against",
+        "them: [dsrl_mh_probe.md](dsrl_mh_probe.md).",
     ],
 )
 

@@ -291,7 +291,7 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
         "| task | method | base on these episodes | 10k | 25k | 50k | 100k | final, 100 ep. (base) | wall (min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    curves, finals_of, gains, n_final, dips = {}, {}, {}, {}, {}
+    curves, finals_of, gains, n_final, dips, base_final = {}, {}, {}, {}, {}, {}
     for task in bench.tasks:
         base100 = {n: load_json(bench.raw / task / f"{n}.json") for n in ("base_normal", "base_zero")}
         success = has_success(task)
@@ -309,6 +309,8 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
                 base_cells.append(fmt([float(np.mean(vals))], success) if vals else "–")
             cells = [fmt([v for v in (at(r, m) for r in runs) if v is not None], success) for m in MILESTONES]
             finals = [load_json(folder / f"seed{s}" / "final_seed2000.json") for s, _ in found]
+            if base100["base_normal"]:
+                base_final[task] = score(base100["base_normal"])
             final = fmt([score(f) for f in finals if f], success)
             if label == bench.target_method:
                 dips[task] = dip_summary(folder, found)
@@ -331,6 +333,7 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
         n_seeds = len(bench.methods[bench.target_method])
         verdicts = [
             f"{t} {'met' if v >= bench.success_target else 'not met'} ({v:.2f}"
+            + (f" against the base's {base_final[t]:.2f}" if t in base_final else "")
             + (f", {n_final[t]} of {n_seeds} seeds: provisional)" if n_final[t] < n_seeds else ")")
             for t, v in finals_of.items()
             if has_success(t)
