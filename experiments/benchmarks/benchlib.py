@@ -295,6 +295,8 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
     for task in bench.tasks:
         base100 = {n: load_json(bench.raw / task / f"{n}.json") for n in ("base_normal", "base_zero")}
         success = has_success(task)
+        if base100["base_normal"]:
+            base_final[task] = score(base100["base_normal"])
         for label, folder, seeds in rows_of(bench, task, benches):
             found = [(s, read_evals(folder / f"seed{s}" / "evals.jsonl")) for s in seeds]
             found = [(s, r) for s, r in found if r]
@@ -309,8 +311,6 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
                 base_cells.append(fmt([float(np.mean(vals))], success) if vals else "–")
             cells = [fmt([v for v in (at(r, m) for r in runs) if v is not None], success) for m in MILESTONES]
             finals = [load_json(folder / f"seed{s}" / "final_seed2000.json") for s, _ in found]
-            if base100["base_normal"]:
-                base_final[task] = score(base100["base_normal"])
             final = fmt([score(f) for f in finals if f], success)
             if label == bench.target_method:
                 dips[task] = dip_summary(folder, found)
