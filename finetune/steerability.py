@@ -18,9 +18,12 @@ times, each time with another stream of N(0, I) noises, and once with zero noise
 Start state i of env e is the same in every stream (the env seeds are fixed, and a task draws
 its start states only at reset). On a task with a success flag and no ``--reward``, episodes
 end at success (``sparse_success(terminate=True)``): the outcome is the same, the probe faster.
-The reading at the end is a rule of thumb: room for DSRL when best-of-K beats the base by at
-least ``--room`` (success) or by ``--room`` of the base's return; otherwise a residual policy,
-which can leave the base's modes, is the better first try.
+The reading at the end is a rule of thumb: room for DSRL when best-of-K, or the zero noise, beats
+the base by at least ``--room`` (success) or by ``--room`` of the base's return; otherwise a
+residual policy, which can leave the base's modes, is the better first try. The zero noise counts
+because a noise policy can choose it everywhere: on the HalfCheetah medium base, 8 random streams
+gained +15% but the zero noise +37%, and no random stream comes near it. When the zero noise alone
+gets there, the reading says so: ``dpft eval --zero-noise`` is then worth a look before training.
 """
 
 from __future__ import annotations
@@ -147,10 +150,12 @@ def summarise(o: dict[str, np.ndarray], by_success: bool, room: float) -> dict[s
         sensitive = int((s.max(axis=0) != s.min(axis=0)).sum())
         out["noise_sensitive_states"] = sensitive / n
         out["noise_sensitive_states_ci95"] = list(wilson_interval(sensitive, n))
-        gain = out["best_of_k_success"] - out["base_success"]
-        has_room = gain >= room
-        best_share, base_share = out["best_of_k_success"], out["base_success"]
+        base_share, zero = out["base_success"], out["zero_noise_success"]
+        has_room = max(out["best_of_k_success"], zero) - base_share >= room
+        zero_alone = zero - base_share >= room
+        best_share = out["best_of_k_success"]
         what = f"best-of-{k} solves {best_share:.0%} of start states against the base's {base_share:.0%}"
+        what += f", zero noise {zero:.0%}" if zero_alone else ""
     else:
         r = o["return"]
         base, base_ci = mean_ci(list(r.mean(axis=0)))
@@ -158,12 +163,15 @@ def summarise(o: dict[str, np.ndarray], by_success: bool, room: float) -> dict[s
         zero, zero_ci = mean_ci(list(o["zero_return"]))
         out.update(base_return=base, base_return_ci95=base_ci, zero_noise_return=zero, zero_noise_return_ci95=zero_ci)
         out.update(best_of_k_return=best, best_of_k_return_ci95=best_ci)
-        gain = best - base
-        has_room = gain >= room * max(abs(base), 1e-9)
-        what = f"best-of-{k} return {best:.1f} against the base's {base:.1f} ({gain / max(abs(base), 1e-9):+.0%})"
+        scale = max(abs(base), 1e-9)
+        has_room = max(best, zero) - base >= room * scale
+        zero_alone = zero - base >= room * scale
+        what = f"best-of-{k} return {best:.1f} against the base's {base:.1f} ({(best - base) / scale:+.0%})"
+        what += f", zero noise {zero:.1f} ({(zero - base) / scale:+.0%})" if zero_alone else ""
     out["dsrl_has_room"] = bool(has_room)
+    zero_hint = " (the zero noise alone gets there: try dpft eval --zero-noise first)" if zero_alone else ""
     out["reading"] = (
-        f"DSRL has room here: {what}."
+        f"DSRL has room here: {what}{zero_hint}."
         if has_room
         else f"Little room for DSRL: {what}; consider a residual policy (dpft finetune residual), "
         "which can leave the base's modes."

@@ -383,6 +383,23 @@ def test_steerability_sees_room_where_the_noise_picks_the_mode_and_none_where_it
     assert "consider a residual policy" in fixed["reading"]
 
 
+def test_steerability_counts_the_zero_noise_as_a_choice():
+    """A base whose zero noise is far better than any random stream (HalfCheetah medium: +37%
+    against best-of-8's +15%) has room: a noise policy can pick the zero noise everywhere; the
+    reading names it, since evaluating with zero noise costs no training."""
+    from dpft.finetune.steerability import summarise
+
+    rng = np.random.default_rng(0)
+    streams = 1000 + 50 * rng.standard_normal((8, 40))  # best-of-8 ~ +10%, below the 15% rule
+    o = {"success": np.zeros((8, 40)), "return": streams, "zero_success": np.zeros(40), "zero_return": np.full(40, 1400.0)}
+    out = summarise(o, by_success=False, room=0.15)
+    assert out["best_of_k_return"] < 1.15 * out["base_return"] and out["dsrl_has_room"]
+    assert "zero noise 1400.0 (+40%)" in out["reading"] and "dpft eval --zero-noise" in out["reading"]
+    o["zero_return"] = np.full(40, 1000.0)
+    out = summarise(o, by_success=False, room=0.15)
+    assert not out["dsrl_has_room"] and "zero noise" not in out["reading"]
+
+
 def test_steerability_command(base_dir, capsys):
     args = ["steerability", "--policy", str(base_dir), "--states", "16", "--streams", "3", "--envs", "8"]
     assert cli.main([*args, "--json", "--no-progress"]) == 0

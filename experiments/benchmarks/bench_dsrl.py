@@ -56,6 +56,7 @@ DSRL = Bench(
         "door-open-near-perfect",
         "hopper-medium",
         "walker2d-medium",
+        "halfcheetah-medium",
     ),
     methods={"na": (0, 1, 2), "sac": (0,), "scratch": (0,)},
     command=command,
