@@ -23,9 +23,22 @@ import json
 
 import torch
 
-from dpft.base_policies import load_policy
+from benchlib import score as score_of
+
+from dpft.base_policies import CheckpointError, load_policy
 from dpft.envs.config import EnvConfig
 from dpft.finetune.evaluate import evaluate
+
+
+def load_steered(path: str):
+    """The steered policy at ``path``, or one clear message (not a traceback) when it is not one."""
+    try:
+        policy = load_policy(path)
+    except CheckpointError as e:
+        raise SystemExit(f"eval_sensitivity: {e}") from None
+    if not hasattr(policy, "noise_for"):
+        raise SystemExit(f"eval_sensitivity: {path} is not a steered (dsrl) policy; pass a dpft finetune dsrl run's policy")
+    return policy
 
 
 def main() -> None:
@@ -41,19 +54,18 @@ def main() -> None:
 
     def score(policy) -> float:
         cfg = EnvConfig(task=policy.config.task, envs=8, seed=args.seed, reward=args.reward)
-        out = evaluate(policy, cfg, args.episodes)
-        return out["success_rate"] if out.get("success_rate") is not None else out["return_mean"]
+        return score_of(evaluate(policy, cfg, args.episodes))
 
-    rows = [{"change": "none (as saved)", "score": score(load_policy(args.policy))}]
+    rows = [{"change": "none (as saved)", "score": score(load_steered(args.policy))}]
     for draw in range(3):
-        policy = load_policy(args.policy)
+        policy = load_steered(args.policy)
         gen = torch.Generator().manual_seed(draw)
         with torch.no_grad():
             for w in policy.actor.parameters():
                 w += args.step * torch.sign(torch.randn(w.shape, generator=gen))
         rows.append({"change": f"one random step of {args.step:g} per weight, draw {draw}", "score": score(policy)})
     for eps in args.eps:
-        policy = load_policy(args.policy)
+        policy = load_steered(args.policy)
         chosen, gen = policy.noise_for, torch.Generator().manual_seed(1)
 
         def jittered(obs, e=None, chosen=chosen, eps=eps, gen=gen):
