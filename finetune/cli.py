@@ -31,7 +31,7 @@ from dpft.base_policies.config import from_dict
 from dpft.base_policies.errors import ConfigError, DpftError
 from dpft.base_policies.registry import entry_point_names, load_entry_point
 from dpft.base_policies.threads import apply_threads, prepare_threads
-from dpft.finetune.distributed import Shard
+from dpft.finetune.distributed import Shard, close_shard
 from dpft.finetune.launch import check_multi_process, launch, launched_world, parse_processes
 
 
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
+    finally:
+        close_shard()
     return 0
 
 

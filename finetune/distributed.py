@@ -173,6 +173,19 @@ def current_shard() -> Shard:
     return _SHARD
 
 
+def close_shard() -> None:
+    """Leave the launch's process group before the process exits (torch asks for this: a group
+    torn down by the interpreter's exit can abort in its transport threads). Safe to call when
+    no group was joined."""
+    global _SHARD
+    if _SHARD is not None and _SHARD.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _SHARD = None
+
+
 def local_device_spec(spec: str) -> str:
     """``--device`` for this process: under a launch with GPUs, ``cuda``/``auto`` mean this
     process's own GPU (``cuda:<local rank>``)."""

@@ -391,7 +391,12 @@ def test_steerability_counts_the_zero_noise_as_a_choice():
 
     rng = np.random.default_rng(0)
     streams = 1000 + 50 * rng.standard_normal((8, 40))  # best-of-8 ~ +10%, below the 15% rule
-    o = {"success": np.zeros((8, 40)), "return": streams, "zero_success": np.zeros(40), "zero_return": np.full(40, 1400.0)}
+    o = {
+        "success": np.zeros((8, 40)),
+        "return": streams,
+        "zero_success": np.zeros(40),
+        "zero_return": np.full(40, 1400.0),
+    }
     out = summarise(o, by_success=False, room=0.15)
     assert out["best_of_k_return"] < 1.15 * out["base_return"] and out["dsrl_has_room"]
     assert "zero noise 1400.0 (+40%)" in out["reading"] and "dpft eval --zero-noise" in out["reading"]

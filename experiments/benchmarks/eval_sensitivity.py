@@ -22,7 +22,6 @@ import argparse
 import json
 
 import torch
-
 from benchlib import score as score_of
 
 from dpft.base_policies import CheckpointError, load_policy
@@ -37,7 +36,9 @@ def load_steered(path: str):
     except CheckpointError as e:
         raise SystemExit(f"eval_sensitivity: {e}") from None
     if not hasattr(policy, "noise_for"):
-        raise SystemExit(f"eval_sensitivity: {path} is not a steered (dsrl) policy; pass a dpft finetune dsrl run's policy")
+        raise SystemExit(
+            f"eval_sensitivity: {path} is not a steered (dsrl) policy; pass a dpft finetune dsrl run's policy"
+        )
     return policy
 
 
