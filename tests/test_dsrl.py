@@ -439,3 +439,37 @@ def test_the_temperature_is_measured_in_the_critics_units(tmp_path, base_dir):
     )
     assert scale_100 > 5 * scale_plain, (scale_plain, scale_100)
     assert scaled < 2.5 * plain and scaled < 0.6 * raw, (plain, scaled, raw)  # measured: 20.6, 41.1, 97.6
+
+
+@pytest.mark.parametrize("variant", ["na", "sac"])
+def test_critic_warmup_trains_the_critics_only_and_keeps_the_base_noise(tmp_path, base_dir, variant):
+    """--critic-warmup-steps: after the warm-up the critics learn while the actor and the
+    temperature stay as they were and the rollouts keep drawing N(0, I); after it, both move."""
+    cfg = quick(tmp_path, base_dir, variant=variant, task=TASK, critic_warmup_steps=400, steps=2400)
+    base = load_policy(base_dir)
+    venv = make_vec_env(cfg, lambda: DSRL().make_env(cfg, base))
+    model = DSRL().new_model(cfg, base, venv)
+    k = base.action_horizon
+    assert (model.critic_warmup, model.explore_after) == (400 // k, (400 + 400) // k)
+    snapshot = lambda net: {n: p.detach().clone() for n, p in net.state_dict().items()}  # noqa: E731
+    actor0, critic0 = snapshot(model.actor), snapshot(model.critic)
+    alpha0 = float(model.log_ent_coef.detach().exp())
+
+    model.learn(model.explore_after)  # warm-up, then exactly the critic warm-up
+    assert model._n_updates == model.critic_warmup
+    assert all(torch.equal(p, actor0[n]) for n, p in model.actor.state_dict().items()), "the actor waits"
+    assert float(model.log_ent_coef.detach().exp()) == pytest.approx(alpha0), "the temperature waits"
+    assert any(not torch.equal(p, critic0[n]) for n, p in model.critic.state_dict().items())
+    if variant == "na":
+        assert any(p.grad is not None for p in model.action_critic.parameters())
+    # every stored noise so far is the base's own, N(0, I) clipped to the bound: 13% of the
+    # coordinates sit exactly on it (P(|z| > 1.5)), which the actor's tanh-squashed samples never do
+    on_bound = lambda w: np.mean(np.abs(w * cfg.action_magnitude) >= cfg.action_magnitude - 1e-6)  # noqa: E731
+    assert 0.08 < on_bound(model.replay_buffer.actions[: model.explore_after, 0]) < 0.19
+
+    model.learn(10, reset_num_timesteps=False)
+    assert any(not torch.equal(p, actor0[n]) for n, p in model.actor.state_dict().items()), "then it learns"
+    assert on_bound(model.replay_buffer.actions[model.explore_after : model.explore_after + 10, 0]) == 0
+
+    resumed_kwargs = DSRL().load_kwargs(cfg, base)
+    assert (resumed_kwargs["critic_warmup"], resumed_kwargs["explore_after"]) == (400 // k, 800 // k)

@@ -100,17 +100,27 @@ class DSRLNA(DSRLSAC):
         m = float(self.action_space.high[0])
         keys = ("critic", "noise_critic", "actor", "ent_coef", "ent_coef_loss", "log_prob")
         logs: dict[str, list[float]] = {k: [] for k in keys}
-        for _ in range(gradient_steps):
+        for step in range(gradient_steps):
+            critics_only = self.in_critic_warmup(step)
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
             w_pi, log_prob = self.actor.action_log_prob(data.observations)
             log_prob = self._regulariser(w_pi, log_prob, m)
             logs["log_prob"].append(log_prob.mean().item())
-            ent_coef = self._step_temperature(log_prob, logs) * self.q_scale
+            if critics_only:  # the temperature waits with the actor
+                ent_coef = self._current_temperature().detach()
+                logs["ent_coef"].append(ent_coef.item())
+                ent_coef = ent_coef * self.q_scale
+            else:
+                ent_coef = self._step_temperature(log_prob, logs) * self.q_scale
 
             # 1. action critic: soft TD on executed chunks
             with torch.no_grad():
-                w_next, log_prob_next = self.actor.action_log_prob(data.next_observations)
-                log_prob_next = self._regulariser(w_next, log_prob_next, m)
+                if critics_only:  # the value of the base's own behaviour: w' ~ N(0, I), no KL to pay
+                    w_next = self._base_noise(data.next_observations.shape[0], m)
+                    log_prob_next = w_next.new_zeros(w_next.shape[0], 1)
+                else:
+                    w_next, log_prob_next = self.actor.action_log_prob(data.next_observations)
+                    log_prob_next = self._regulariser(w_next, log_prob_next, m)
                 a_next = self.executed(data.next_observations, w_next)
                 q_next = torch.cat(self.action_critic_target(data.next_observations, a_next), dim=1)
                 q_next = q_next.min(dim=1, keepdim=True).values - ent_coef * log_prob_next
@@ -133,7 +143,8 @@ class DSRLNA(DSRLSAC):
             # 3. actor against the noise critic
             q_pi = torch.cat(self.critic(data.observations, w_pi), dim=1).min(dim=1, keepdim=True).values
             actor_loss = (ent_coef * log_prob - q_pi).mean()
-            self._step(self.actor.optimizer, actor_loss)
+            if not critics_only:
+                self._step(self.actor.optimizer, actor_loss)
 
             polyak_update(self.action_critic.parameters(), self.action_critic_target.parameters(), self.tau)
             for key, value in (("critic", critic_loss), ("noise_critic", noise_loss), ("actor", actor_loss)):
@@ -194,6 +205,14 @@ class DSRLNA(DSRLSAC):
             return err.new_zeros(())
         grouped = err[: b * n_distill].view(b, n_distill, -1)
         return (grouped - grouped.mean(dim=1, keepdim=True)).pow(2).mean()
+
+    def _current_temperature(self) -> torch.Tensor:
+        return self.ent_coef_tensor if self.ent_coef_optimizer is None else torch.exp(self.log_ent_coef)
+
+    def _base_noise(self, n: int, m: float) -> torch.Tensor:
+        """N(0, I) noise clipped to the bound, as SB3's scaled action (what the warm-up ran)."""
+        w = torch.randn(n, *self.action_space.shape, device=self.device).clamp(-m, m)
+        return w / m
 
     def _step_temperature(self, log_prob: torch.Tensor, logs: dict[str, list[float]]) -> torch.Tensor:
         if self.ent_coef_optimizer is None:

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from stable_baselines3 import SAC
 
 
 class DSRLSAC(SAC):
     """SAC whose warm-up actions are N(0, I) noise (clipped to the bound) instead of uniform
-    noise: the first transitions in the replay buffer are the base policy's own behaviour."""
+    noise: the first transitions in the replay buffer are the base policy's own behaviour.
+
+    ``critic_warmup`` (gradient steps after learning starts): only the critics learn, and the
+    rollouts go on using the base's N(0, I) noise until ``explore_after`` transitions. The actor
+    (and the temperature) wait until the critics have a value for the base's own behaviour, so
+    the actor's first steps climb a critic fitted on thousands of transitions, not on the
+    warm-up's few hundred (the residual methods' critic warm-up, here over noise)."""
+
+    def __init__(self, *args: Any, critic_warmup: int = 0, explore_after: int = 0, **kwargs: Any) -> None:
+        self.critic_warmup, self.explore_after = critic_warmup, explore_after
+        super().__init__(*args, **kwargs)
+
+    def in_critic_warmup(self, step: int = 0) -> bool:
+        """Whether gradient step ``step`` of the current ``train`` call trains the critics only."""
+        return self._n_updates + step < self.critic_warmup
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
-        if self.num_timesteps < learning_starts:
+        if self.num_timesteps < max(learning_starts, self.explore_after):
             m = self.action_space.high
             unscaled = np.clip(np.random.standard_normal((n_envs, *self.action_space.shape)), -m, m)
             unscaled = unscaled.astype(np.float32)
             return unscaled, self.policy.scale_action(unscaled)
         return super()._sample_action(learning_starts, action_noise, n_envs)
+
+    def _update_learning_rate(self, optimizers) -> None:
+        """SB3's SAC ``train``: during the critic warm-up the actor's and the temperature's
+        learning rates are 0 (DSRL-NA skips their steps instead)."""
+        super()._update_learning_rate(optimizers)
+        if self.in_critic_warmup():
+            for opt in (self.actor.optimizer, self.ent_coef_optimizer):
+                for group in opt.param_groups if opt is not None else []:
+                    group["lr"] = 0.0

@@ -85,6 +85,9 @@ class DSRLConfig(FinetuneConfig):
     """Floor on the entropy temperature (guards against the collapse seen when alpha decays)."""
     warmup_steps: int = 2000
     """Environment steps collected with the base policy's own N(0, I) noise before learning."""
+    critic_warmup_steps: int = 0
+    """Environment steps after the warm-up during which only the critics learn (the value of the
+    base's own N(0, I) noise, which the rollouts keep using); the actor starts after them."""
     gamma: float = 0.99
     """Per-environment-step discount."""
     batch_size: int = 256
@@ -100,6 +103,8 @@ class DSRLConfig(FinetuneConfig):
             self.init_alpha = 0.01 if self.uses_noise_prior else 1.0
         if self.action_magnitude <= 0 or self.utd < 1 or self.init_alpha <= 0:
             raise ConfigError("--action-magnitude, --utd and --init-alpha must be positive")
+        if self.warmup_steps < 0 or self.critic_warmup_steps < 0:
+            raise ConfigError("--warmup-steps and --critic-warmup-steps must be 0 or more")
         if self.critics < 1 or self.distill_samples < 0:
             raise ConfigError("--critics must be at least 1 and --distill-samples at least 0")
 
@@ -132,6 +137,7 @@ class DSRL(SB3Method):
         "distill_policy_noise": False,
         "distill_within_weight": 0.0,
         "q_scaled_temperature": False,
+        "critic_warmup_steps": 0,
     }
 
     def check(self, cfg: DSRLConfig, base: Policy) -> None:
@@ -175,15 +181,15 @@ class DSRL(SB3Method):
             seed=cfg.seed,
             verbose=0,
             device=base.device,
+            **schedule_kwargs(cfg, k),
             **variant_kwargs(cfg, base),
         )
 
     def load_kwargs(self, cfg: DSRLConfig, base: Policy) -> dict[str, Any]:
-        if cfg.variant != "na":
-            return {}
         # the run's config decides the behaviour, whatever the zip's defaults
         keys = ("base", "noise_prior", "distill_policy_noise", "distill_within_weight", "q_scaled_temperature")
-        return {k: v for k, v in variant_kwargs(cfg, base).items() if k in keys}
+        kept = {k: v for k, v in variant_kwargs(cfg, base).items() if k in keys}
+        return {**schedule_kwargs(cfg, base.action_horizon), **kept}
 
     def artifact(self, model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy:
         return steered_from(model, base, cfg)
@@ -220,6 +226,14 @@ def steered_from(model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy
         "provenance": {"method": "finetune dsrl", "base_source": str(cfg.base), "run": str(cfg.out)},
     }
     return SteeredPolicy(base, actor, meta)
+
+
+def schedule_kwargs(cfg: DSRLConfig, k: int) -> dict[str, int]:
+    """The critic warm-up in gradient steps, and the transitions until the actor's noise is used."""
+    return {
+        "critic_warmup": cfg.critic_warmup_steps // k * cfg.utd,
+        "explore_after": (cfg.warmup_steps + cfg.critic_warmup_steps) // k,
+    }
 
 
 def variant_kwargs(cfg: DSRLConfig, base: Policy) -> dict:
