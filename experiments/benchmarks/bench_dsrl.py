@@ -70,8 +70,8 @@ DSRL = Bench(
         "fails on drawer-open-mh and peg-insert-side-mh, the rows that can show more).",
         "door-open-near-perfect is the do-no-harm row (the defaults of `dpft finetune dsrl`, dense task",
         "reward): there the question is whether the base stays near-perfect, not the 0.90 line.",
-        "Dips and knife-edge policies on the mixed-data rows, and a smaller --target-kl tried against",
-        "them: [dsrl_mh_probe.md](dsrl_mh_probe.md).",
+        "Dips and knife-edge policies on the mixed-data rows, and what was tried against them (a smaller",
+        "--target-kl, a longer warm-up, a critic warm-up, 10 critics): [dsrl_mh_probe.md](dsrl_mh_probe.md).",
     ],
 )
 
