@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 
@@ -111,12 +112,14 @@ def _two_machines(cmd: list[str], timeout: float) -> tuple[list[int | None], lis
     base += ["--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", port]
     base += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     env = {**ENV, "DPFT_COLLECTIVE_TIMEOUT": "60"}  # a lost peer ends in an error, not a wait
+    # output to files, not pipes: a launcher that fills a pipe nobody reads yet would block
+    logs = [tempfile.TemporaryFile("w+") for _ in range(4)]
     machines = [
         subprocess.Popen(
             [*base, "--machine_rank", str(r), *cmd],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=logs[2 * r],
+            stderr=logs[2 * r + 1],
             text=True,
             start_new_session=True,
         )
@@ -130,7 +133,12 @@ def _two_machines(cmd: list[str], timeout: float) -> tuple[list[int | None], lis
     for m in machines:
         if m.poll() is None:
             os.killpg(m.pid, signal.SIGKILL)
-    outs = [m.communicate() for m in machines]
+        m.wait()
+    for f in logs:
+        f.seek(0)
+    outs = [(logs[2 * r].read(), logs[2 * r + 1].read()) for r in (0, 1)]
+    for f in logs:
+        f.close()
     return [m.returncode for m in machines], outs
 
 
