@@ -86,8 +86,9 @@ class DSRLConfig(FinetuneConfig):
     warmup_steps: int = 2000
     """Environment steps collected with the base policy's own N(0, I) noise before learning."""
     critic_warmup_steps: int = 0
-    """Environment steps after the warm-up during which only the critics learn (the value of the
-    base's own N(0, I) noise, which the rollouts keep using); the actor starts after them."""
+    """Environment steps after the warm-up during which only the critics learn, while the rollouts
+    keep the base's own N(0, I) noise (na: its TD target evaluates that noise too, so the critics
+    fit the base's value); the actor and the temperature start after them."""
     gamma: float = 0.99
     """Per-environment-step discount."""
     batch_size: int = 256
