@@ -22,12 +22,14 @@ from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import make
 from dpft.finetune import cli
 from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
+from dpft.finetune.common.guard import Guard
 from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.run import make_vec_env
 from dpft.finetune.dsrl.na import DSRLNA
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv
 from dpft.finetune.dsrl.train import DSRL, DSRLConfig, train_dsrl
 from dpft.finetune.evaluate import evaluate
+from dpft.finetune.stats import wilson_interval
 
 TASK = "toy_envs:Obstacle-v0"
 
@@ -57,8 +59,8 @@ def quick(tmp_path, base_dir, **kw):
         out=tmp_path / "dsrl",
         steps=kw.pop("steps", 2400),
         warmup_steps=400,
-        eval_every=10**9,
-        eval_episodes=50,
+        eval_every=kw.pop("eval_every", 10**9),
+        eval_episodes=kw.pop("eval_episodes", 50),
         checkpoint_every=800,
         progress=False,
         **kw,
@@ -473,3 +475,54 @@ def test_critic_warmup_trains_the_critics_only_and_keeps_the_base_noise(tmp_path
 
     resumed_kwargs = DSRL().load_kwargs(cfg, base)
     assert (resumed_kwargs["critic_warmup"], resumed_kwargs["explore_after"]) == (400 // k, 800 // k)
+
+
+def _scores(successes: int, n: int = 30) -> dict:
+    lo, hi = wilson_interval(successes, n)
+    return {"success_rate": successes / n, "success_ci95": [lo, hi], "return_mean": float(successes), "episodes": n}
+
+
+def test_the_guard_deploys_only_what_beats_the_base_with_confidence(tmp_path, base_dir):
+    """--final guarded: a candidate must beat the base's validation score with 95% confidence and
+    be no worse than the deployed one; a resumed run forgets deployments after its checkpoint."""
+    base = load_policy(base_dir)
+    guard = Guard(tmp_path)
+    guard.start(base, validate=lambda p: _scores(18), evaluate=lambda p: _scores(17), env_steps=0)  # base 0.60
+    assert guard.deployed["env_steps"] == 0 and guard.deployed_policy_dir() is None
+    assert guard.offer(base, _scores(30), _scores(22), 100)["env_steps"] == 0  # 0.73 with interval down to 0.56
+    assert guard.offer(base, _scores(9), _scores(27), 200) == {  # 0.90, interval down to 0.74: deployed
+        "success_rate": 0.3, "return_mean": 9.0, "episodes": 30, "env_steps": 200, "val": 0.9
+    }  # the deployed curve reports its evaluation-episode score, whatever the validation said
+    assert guard.offer(base, _scores(30), _scores(25), 300)["env_steps"] == 200  # beats the base, not 0.90
+    assert guard.offer(base, _scores(30), _scores(28), 400)["env_steps"] == 400
+    assert (tmp_path / "guarded" / "400" / "config.json").exists()
+
+    again = Guard(tmp_path)  # resumed from a checkpoint at 300: the base is not measured again
+    again.start(base, validate=lambda p: pytest.fail("measured twice"), evaluate=lambda p: {}, env_steps=300)
+    assert again.deployed["env_steps"] == 200 and not (tmp_path / "guarded" / "400").exists()
+    assert again.deployed_policy_dir() == tmp_path / "guarded" / "200"
+
+
+@pytest.mark.parametrize("outcome", ["fine-tuned", "base"])
+def test_final_guarded_deploys_the_validated_policy_or_keeps_the_base(tmp_path, base_dir, monkeypatch, outcome):
+    """The run's policy/ is the deployed policy, which is the base itself when nothing passed;
+    evals.jsonl and final_eval.json say which, with the validation scores beside the evaluation."""
+    if outcome == "base":
+        monkeypatch.setattr(Guard, "passes", lambda self, val: False)
+    out = train_dsrl(quick(tmp_path, base_dir, final="guarded", eval_every=800, eval_episodes=20))
+    run = tmp_path / "dsrl"
+    evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
+    final = json.loads((run / "final_eval.json").read_text())
+    record = json.loads((run / "guarded.json").read_text())
+    assert len(evals) == 3 and all({"validation", "deployed"} <= set(e) for e in evals)
+    assert final["final"] == "guarded" and final["deployed"] == outcome and "last" in final
+    if outcome == "base":
+        assert record["deployments"] == [] and final["policy_env_steps"] == 0
+        assert json.loads((out / "config.json").read_text())["type"] != "dsrl"
+        assert final["success_rate"] == record["base"]["eval"]["success_rate"]
+        assert all(e["deployed"]["env_steps"] == 0 for e in evals)
+    else:  # the toy base mostly fails and DSRL learns to steer it: a policy passes
+        steps = record["deployments"][-1]["env_steps"]
+        assert final["policy_env_steps"] == steps and final["validation"]["success_rate"] > 0.5
+        kept = (run / "guarded" / str(steps) / "model.safetensors").read_bytes()
+        assert (out / "model.safetensors").read_bytes() == kept

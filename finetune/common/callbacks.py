@@ -167,6 +167,10 @@ class PeriodicEval(EnvStepCallback):
             return True
         summary = self.evaluate()
         row = {k: summary[k] for k in ("success_rate", "return_mean", "episodes")}
+        for extra in ("validation", "deployed"):  # --final guarded
+            if extra in summary:
+                row[extra] = summary[extra]
+                self.record(f"eval/{extra}", summary[extra])
         if self.evals_path is not None:
             row = {"env_steps": self.env_steps, **row, "wall_s": round(self.clock.seconds, 1)}
             append_eval(self.evals_path, row)
@@ -177,6 +181,11 @@ class PeriodicEval(EnvStepCallback):
                 self.bar.bar.set_postfix(success=f"{summary['success_rate']:.2f}")
         self.logger.dump(self.num_timesteps)
         return True
+
+    def record(self, prefix: str, scores: dict) -> None:
+        self.logger.record(f"{prefix}_return_mean", scores["return_mean"])
+        if scores["success_rate"] is not None:
+            self.logger.record(f"{prefix}_success_rate", scores["success_rate"])
 
 
 class Checkpointer(EnvStepCallback):

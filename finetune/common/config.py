@@ -33,9 +33,11 @@ class FinetuneConfig(EnvConfig):
     """Environment steps between evaluations of the fine-tuned policy."""
     eval_episodes: int = 20
     """Episodes per evaluation (the same episodes every time: seed + 1,000,000)."""
-    final: Literal["last", "best"] = "last"
-    """What OUT/policy holds at the end: the last policy, or the best evaluated one (every
-    --eval-every evaluation and the final one, on the same episodes; best_policy.json says which)."""
+    final: Literal["last", "best", "guarded"] = "last"
+    """What OUT/policy holds at the end: the last policy; the best evaluated one (every
+    --eval-every evaluation and the final one, on the same episodes; best_policy.json says which);
+    or guarded: the base until a policy beats it with 95% confidence on validation episodes of its
+    own, then the latest such policy (guarded.json says which; costs one more evaluation each time)."""
     checkpoint_every: int = 10_000
     """Environment steps between atomic checkpoints (what --resume continues from)."""
     resume: bool = False

@@ -37,6 +37,7 @@ from dpft.base_policies.state_io import atomic_write_text, recover_dir
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.replay import ReplayableEpisodes
 from dpft.finetune.common.best import BestPolicy
+from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard, row
 from dpft.finetune.common.callbacks import Checkpointer, PeriodicEval, ProgressBar, Throughput, WallClock
 from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
 from dpft.finetune.common.config import FinetuneConfig
@@ -137,15 +138,39 @@ def make_vec_env(cfg: FinetuneConfig, make_env) -> DummyVecEnv:
     return venv
 
 
-def evaluate_on_fixed_episodes(policy: Policy, cfg: FinetuneConfig, shard: Shard | None = None) -> dict[str, Any]:
-    """The same ``eval_episodes`` episodes at every evaluation (their own seeds, never trained on);
-    split across the processes of a multi-process run (the same numbers as one process)."""
+def evaluate_on_fixed_episodes(
+    policy: Policy, cfg: FinetuneConfig, shard: Shard | None = None, seed: int | None = None
+) -> dict[str, Any]:
+    """The same ``eval_episodes`` episodes at every evaluation (their own seeds, never trained on;
+    ``seed``: other fixed episodes, default the evaluation's); split across the processes of a
+    multi-process run (the same numbers as one process)."""
     shard = shard or Shard()
     envs = min(max(8, shard.world), cfg.eval_episodes)  # 8, as in one process, unless more processes
-    eval_cfg = replace(cfg, envs=envs, seed=cfg.eval_seed)
+    eval_cfg = replace(cfg, envs=envs, seed=cfg.eval_seed if seed is None else seed)
     if shard.world > envs:
         shard = Shard()  # fewer episodes than processes: every process evaluates them all
     return evaluate(policy, eval_cfg, cfg.eval_episodes, shard=shard)
+
+
+def validation_seed(cfg: FinetuneConfig) -> int:
+    """--final guarded's validation episodes: neither trained on nor the reported evaluation's."""
+    return cfg.seed + VALIDATION_SEED_OFFSET
+
+
+def start_guard(cfg: FinetuneConfig, root: Path, base: Policy | None, shard: Shard, env_steps: int) -> Guard | None:
+    """The deployed-policy guard of ``--final guarded`` (None otherwise), with the base measured."""
+    if cfg.final != "guarded":
+        return None
+    if base is None:
+        raise ConfigError("--final guarded compares against a base policy; training from scratch has none")
+    guard = Guard(root, writes=shard.is_main)
+    guard.start(
+        base,
+        validate=lambda p: evaluate_on_fixed_episodes(p, cfg, shard, seed=validation_seed(cfg)),
+        evaluate=lambda p: evaluate_on_fixed_episodes(p, cfg, shard),
+        env_steps=env_steps,
+    )
+    return guard
 
 
 def rank_checkpoint_dir(run, rank: int) -> Path:
@@ -231,11 +256,17 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     if best is not None:
         best.forget_after(model.num_timesteps * k)
 
+    guard = start_guard(cfg, run.root, base, shard, model.num_timesteps * k)
+
     def evaluate_now() -> dict[str, Any]:
         policy = method.artifact(model, base, cfg)
         summary = evaluate_on_fixed_episodes(policy, cfg, shard)
         if best is not None:
             best.offer(policy, summary, model.num_timesteps * k)
+        if guard is not None:
+            val = evaluate_on_fixed_episodes(policy, cfg, shard, seed=validation_seed(cfg))
+            summary = {**summary, "deployed": guard.offer(policy, summary, val, model.num_timesteps * k)}
+            summary["validation"] = row(val)
         return summary
 
     bar = ProgressBar(cfg.steps, k, method.command.split()[-1], cfg.progress and shard.is_main)
@@ -269,6 +300,20 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         chosen = best.best()
         policy = load_policy(best.dir, device)
         final = {**final, **chosen["eval"], "final": "best", "policy_env_steps": chosen["env_steps"]}
+    if guard is not None:  # --final guarded: policy/ is the deployed policy, maybe the base itself
+        val = evaluate_on_fixed_episodes(policy, cfg, shard, seed=validation_seed(cfg))
+        guard.offer(policy, summary, val, final["env_steps"])
+        chosen, folder = guard.deployed, guard.deployed_policy_dir()
+        policy = base if folder is None else load_policy(folder, device)
+        final = {
+            **final,
+            **chosen["eval"],
+            "final": "guarded",
+            "deployed": "base" if folder is None else "fine-tuned",
+            "policy_env_steps": chosen["env_steps"],
+            "validation": row(chosen["val"]),
+            "last": row(summary),
+        }
     policy.save(run.policy_dir)
     atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
     success = "n/a" if final["success_rate"] is None else f"{final['success_rate']:.3f}"
