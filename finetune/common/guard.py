@@ -71,9 +71,11 @@ class Guard:
         self.state: dict[str, Any] = json.loads(self.record.read_text()) if self.record.exists() else {}
 
     def start(self, base: Policy, validate: Evaluate, evaluate: Evaluate, env_steps: int) -> None:
-        """Measure the base once (kept across resumes) and forget deployments after ``env_steps``."""
-        if "base" not in self.state:
-            self.state = {"base": {"val": validate(base), "eval": evaluate(base)}, "deployments": []}
+        """Measure the base and forget deployments after ``env_steps`` (a resumed run). The base is
+        measured on every start, resumed or not: the evaluations are split across the processes of
+        a multi-process run, so every process must run them, whatever files it sees."""
+        measured = {"val": validate(base), "eval": evaluate(base)}
+        self.state = {"base": measured, "deployments": self.state.get("deployments", [])}
         kept = [d for d in self.state["deployments"] if d["env_steps"] <= env_steps]
         for dropped in self.state["deployments"][len(kept) :]:
             if self.writes:
@@ -93,7 +95,9 @@ class Guard:
     def offer(self, policy: Policy, summary: dict[str, Any], val: dict[str, Any], env_steps: int) -> dict[str, Any]:
         """Deploy ``policy`` (evaluated as ``summary``, validated as ``val``) if it passes; returns
         the row for the deployed curve."""
-        if env_steps != self.deployed["env_steps"] and self.passes(val):  # (the final policy may be the last evaluated one)
+        if env_steps != self.deployed["env_steps"] and self.passes(
+            val
+        ):  # (the final policy may be the last evaluated one)
             if self.writes:
                 policy.save(self.dir / str(env_steps))  # the folder first, then the record
             self.state["deployments"].append({"env_steps": env_steps, "val": val, "eval": summary})

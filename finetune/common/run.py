@@ -37,7 +37,6 @@ from dpft.base_policies.state_io import atomic_write_text, recover_dir
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.replay import ReplayableEpisodes
 from dpft.finetune.common.best import BestPolicy
-from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard, row
 from dpft.finetune.common.callbacks import Checkpointer, PeriodicEval, ProgressBar, Throughput, WallClock
 from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
 from dpft.finetune.common.config import FinetuneConfig
@@ -48,6 +47,7 @@ from dpft.finetune.common.data_parallel import (
     broadcast_weights,
     check_in_sync,
 )
+from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard, row
 from dpft.finetune.common.interrupt import graceful_stop
 from dpft.finetune.common.logger import EnvStepLogger
 from dpft.finetune.distributed import Shard, current_shard, local_device_spec
@@ -293,6 +293,13 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     summary = evaluate_on_fixed_episodes(policy, cfg, shard)
     final = {**summary, "env_steps": model.num_timesteps * k, "train_wall_s": round(clock.seconds, 1)}
     final["processes"] = shard.world
+    if guard is not None:  # every process takes part in the evaluation, so before the others return
+        guard.offer(
+            policy,
+            summary,
+            evaluate_on_fixed_episodes(policy, cfg, shard, seed=validation_seed(cfg)),
+            final["env_steps"],
+        )
     if not shard.is_main:
         return run.policy_dir
     if best is not None:  # --final best: policy/ is the best evaluated policy, and final_eval.json says so
@@ -301,8 +308,6 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         policy = load_policy(best.dir, device)
         final = {**final, **chosen["eval"], "final": "best", "policy_env_steps": chosen["env_steps"]}
     if guard is not None:  # --final guarded: policy/ is the deployed policy, maybe the base itself
-        val = evaluate_on_fixed_episodes(policy, cfg, shard, seed=validation_seed(cfg))
-        guard.offer(policy, summary, val, final["env_steps"])
         chosen, folder = guard.deployed, guard.deployed_policy_dir()
         policy = base if folder is None else load_policy(folder, device)
         final = {
