@@ -407,6 +407,17 @@ def test_final_best_keeps_the_best_evaluated_policy(tmp_path, base_dir):
     assert (out / "model.safetensors").read_bytes() == kept
 
 
+def test_final_guarded_works_for_residual_policies_too(tmp_path, base_dir):
+    """--final guarded lives in the shared run loop: a residual run's policy/ is its deployed
+    policy (the base or a residual policy that passed), as final_eval.json says."""
+    out = train_residual(quick(tmp_path, base_dir, steps=900, eval_every=300, eval_episodes=10, final="guarded"))
+    final = json.loads((tmp_path / "res" / "final_eval.json").read_text())
+    record = json.loads((tmp_path / "res" / "guarded.json").read_text())
+    assert final["final"] == "guarded" and final["deployed"] in ("base", "fine-tuned")
+    kind = json.loads((out / "config.json").read_text())["type"]
+    assert (kind == "residual") == (final["deployed"] == "fine-tuned") == bool(record["deployments"])
+
+
 def test_the_best_policy_is_replaced_only_by_a_better_one(tmp_path, base_dir):
     best, policy = BestPolicy(tmp_path), load_policy(base_dir)
     assert best.offer(policy, {"success_rate": 0.5, "return_mean": -3.0}, 100)
