@@ -2,10 +2,10 @@
 
 Why: fine-tuning can make a policy worse before it makes it better. DSRL's periodic evaluations
 on the mixed-data Meta-World bases fall far below the base mid-run (0.00-0.30 against 0.55-0.67,
-``experiments/results/dsrl_mh_probe.md``), and a longer warm-up, a critic warm-up or ten critics
-did not stop that. A user who deploys what the run holds wants a policy that is never worse
-than the one they started with, so the guard keeps a *deployed* policy apart from the one that
-is learning:
+``experiments/results/dsrl_mh_probe.md``), and none of a longer warm-up, a critic warm-up, ten
+critics, a higher UTD, wider networks or a looser noise bound stopped that. A user who deploys
+what the run holds wants a policy that is never worse than the one they started with, so the
+guard keeps a *deployed* policy apart from the one that is learning:
 
 * the deployed policy starts as the base itself;
 * at every periodic evaluation the policy being trained (the candidate) is also run on
@@ -19,7 +19,7 @@ is learning:
 
 The deployed policy's score on the evaluation episodes costs nothing extra: those episodes are
 fixed and the policy is deterministic given them, so it is the score it got when it was the
-candidate (the base's is measured once). TensorBoard ``eval/deployed_*`` and the ``deployed``
+candidate (the base's is measured when the run starts or resumes). TensorBoard ``eval/deployed_*`` and the ``deployed``
 field of ``evals.jsonl`` are that curve; ``eval/*`` stays the learning policy's.
 
 Every deployment is kept in ``guarded/<env_steps>/`` with ``guarded.json``; a resumed run forgets
@@ -74,6 +74,7 @@ class Guard:
         """Measure the base and forget deployments after ``env_steps`` (a resumed run). The base is
         measured on every start, resumed or not: the evaluations are split across the processes of
         a multi-process run, so every process must run them, whatever files it sees."""
+        self.validate = validate
         measured = {"val": validate(base), "eval": evaluate(base)}
         self.state = {"base": measured, "deployments": self.state.get("deployments", [])}
         kept = [d for d in self.state["deployments"] if d["env_steps"] <= env_steps]
@@ -95,9 +96,8 @@ class Guard:
     def offer(self, policy: Policy, summary: dict[str, Any], val: dict[str, Any], env_steps: int) -> dict[str, Any]:
         """Deploy ``policy`` (evaluated as ``summary``, validated as ``val``) if it passes; returns
         the row for the deployed curve."""
-        if env_steps != self.deployed["env_steps"] and self.passes(
-            val
-        ):  # (the final policy may be the last evaluated one)
+        repeated = env_steps == self.deployed["env_steps"]  # the final policy may be the last evaluated one
+        if not repeated and self.passes(val):
             if self.writes:
                 policy.save(self.dir / str(env_steps))  # the folder first, then the record
             self.state["deployments"].append({"env_steps": env_steps, "val": val, "eval": summary})

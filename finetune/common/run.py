@@ -264,7 +264,7 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         if best is not None:
             best.offer(policy, summary, model.num_timesteps * k)
         if guard is not None:
-            val = evaluate_on_fixed_episodes(policy, cfg, shard, seed=validation_seed(cfg))
+            val = guard.validate(policy)
             summary = {**summary, "deployed": guard.offer(policy, summary, val, model.num_timesteps * k)}
             summary["validation"] = row(val)
         return summary
@@ -294,12 +294,7 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     final = {**summary, "env_steps": model.num_timesteps * k, "train_wall_s": round(clock.seconds, 1)}
     final["processes"] = shard.world
     if guard is not None:  # every process takes part in the evaluation, so before the others return
-        guard.offer(
-            policy,
-            summary,
-            evaluate_on_fixed_episodes(policy, cfg, shard, seed=validation_seed(cfg)),
-            final["env_steps"],
-        )
+        guard.offer(policy, summary, guard.validate(policy), final["env_steps"])
     if not shard.is_main:
         return run.policy_dir
     if best is not None:  # --final best: policy/ is the best evaluated policy, and final_eval.json says so
