@@ -19,8 +19,9 @@ guard keeps a *deployed* policy apart from the one that is learning:
 
 The deployed policy's score on the evaluation episodes costs nothing extra: those episodes are
 fixed and the policy is deterministic given them, so it is the score it got when it was the
-candidate (the base's is measured when the run starts or resumes). TensorBoard ``eval/deployed_*`` and the ``deployed``
-field of ``evals.jsonl`` are that curve; ``eval/*`` stays the learning policy's.
+candidate (the base's is measured when the run starts or resumes). TensorBoard
+``eval/deployed_*`` and the ``deployed`` field of ``evals.jsonl`` are that curve; ``eval/*``
+stays the learning policy's.
 
 Every deployment is kept in ``guarded/<env_steps>/`` with ``guarded.json``; a resumed run forgets
 the ones after the checkpoint it continues from, as :mod:`.best` does.
@@ -69,11 +70,13 @@ class Guard:
     def __init__(self, root: Path, writes: bool = True) -> None:
         self.dir, self.record, self.writes = Path(root) / FOLDER, Path(root) / RECORD, writes
         self.state: dict[str, Any] = json.loads(self.record.read_text()) if self.record.exists() else {}
+        self.validate: Evaluate | None = None  # set by start(): how candidates are validated
 
     def start(self, base: Policy, validate: Evaluate, evaluate: Evaluate, env_steps: int) -> None:
-        """Measure the base and forget deployments after ``env_steps`` (a resumed run). The base is
-        measured on every start, resumed or not: the evaluations are split across the processes of
-        a multi-process run, so every process must run them, whatever files it sees."""
+        """Measure the base, keep ``validate`` for the candidates, and forget deployments after
+        ``env_steps`` (a resumed run). The base is measured on every start, resumed or not: the
+        evaluations are split across the processes of a multi-process run, so every process must
+        run them, whatever files it sees."""
         self.validate = validate
         measured = {"val": validate(base), "eval": evaluate(base)}
         self.state = {"base": measured, "deployments": self.state.get("deployments", [])}
