@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_threads(asked_threads, getattr(cmd.run, "all_cores", False))
         cfg = parse(name, args)
         cmd.run(cfg)
+        close_shard(finished=True)
     except DpftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

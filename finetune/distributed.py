@@ -173,15 +173,24 @@ def current_shard() -> Shard:
     return _SHARD
 
 
-def close_shard() -> None:
+def close_shard(finished: bool = False) -> None:
     """Leave the launch's process group before the process exits (torch asks for this: a group
     torn down by the interpreter's exit can abort in its transport threads). Safe to call when
-    no group was joined."""
+    no group was joined.
+
+    ``finished``: the command ended normally on this process, so every other process gets
+    there too; they meet at a barrier first. Without it, a process that returns early (the
+    ones other than the main one skip writing the results) tears its connections down while the
+    main one may still be finishing its last collective; one CI run lost a two-process DSRL run
+    that way (the other process aborted in gloo: "terminate called without an active
+    exception"). After an error no barrier is tried: the others may never come."""
     global _SHARD
     if _SHARD is not None and _SHARD.world > 1:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
     _SHARD = None
 
