@@ -513,13 +513,17 @@ def test_final_guarded_deploys_the_validated_policy_or_keeps_the_base(tmp_path, 
     evals.jsonl and final_eval.json say which, with the validation scores beside the evaluation."""
     if outcome == "base":
         monkeypatch.setattr(Guard, "passes", lambda self, val: False)
-    out = train_dsrl(quick(tmp_path, base_dir, final="guarded", eval_every=800, eval_episodes=20))
+    out = train_dsrl(
+        quick(tmp_path, base_dir, final="guarded", eval_every=800, eval_episodes=20, validation_episodes=24)
+    )
     run = tmp_path / "dsrl"
     evals = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
     final = json.loads((run / "final_eval.json").read_text())
     record = json.loads((run / "guarded.json").read_text())
     assert len(evals) == 3 and all({"validation", "deployed"} <= set(e) for e in evals)
     assert final["final"] == "guarded" and final["deployed"] == outcome and "last" in final
+    assert record["base"]["val"]["episodes"] == 24 and record["base"]["eval"]["episodes"] == 20
+    assert final["validation"]["episodes"] == 24 and all(e["validation"]["episodes"] == 24 for e in evals)
     if outcome == "base":
         assert record["deployments"] == [] and final["policy_env_steps"] == 0
         assert json.loads((out / "config.json").read_text())["type"] != "dsrl"

@@ -9,8 +9,9 @@ guard keeps a *deployed* policy apart from the one that is learning:
 
 * the deployed policy starts as the base itself;
 * at every periodic evaluation the policy being trained (the candidate) is also run on
-  ``eval_episodes`` *validation* episodes (seed + 2,000,000: never trained on, and not the
-  evaluation episodes whose scores the curves report, so the choice is not fitted to them);
+  ``validation_episodes`` (default ``eval_episodes``) *validation* episodes (seed +
+  2,000,000: never trained on, and not the evaluation episodes whose scores the curves report,
+  so the choice is not fitted to them);
 * the candidate replaces the deployed policy when the lower end of its 95% interval on the
   validation episodes (Wilson for a success rate, normal for a return) is at least the base's
   score there, and its own score is at least the deployed policy's;

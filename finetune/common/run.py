@@ -139,17 +139,22 @@ def make_vec_env(cfg: FinetuneConfig, make_env) -> DummyVecEnv:
 
 
 def evaluate_on_fixed_episodes(
-    policy: Policy, cfg: FinetuneConfig, shard: Shard | None = None, seed: int | None = None
+    policy: Policy,
+    cfg: FinetuneConfig,
+    shard: Shard | None = None,
+    seed: int | None = None,
+    episodes: int | None = None,
 ) -> dict[str, Any]:
     """The same ``eval_episodes`` episodes at every evaluation (their own seeds, never trained on;
-    ``seed``: other fixed episodes, default the evaluation's); split across the processes of a
-    multi-process run (the same numbers as one process)."""
+    ``seed`` and ``episodes``: other fixed episodes, default the evaluation's); split across the
+    processes of a multi-process run (the same numbers as one process)."""
     shard = shard or Shard()
-    envs = min(max(8, shard.world), cfg.eval_episodes)  # 8, as in one process, unless more processes
+    episodes = episodes or cfg.eval_episodes
+    envs = min(max(8, shard.world), episodes)  # 8, as in one process, unless more processes
     eval_cfg = replace(cfg, envs=envs, seed=cfg.eval_seed if seed is None else seed)
     if shard.world > envs:
         shard = Shard()  # fewer episodes than processes: every process evaluates them all
-    return evaluate(policy, eval_cfg, cfg.eval_episodes, shard=shard)
+    return evaluate(policy, eval_cfg, episodes, shard=shard)
 
 
 def validation_seed(cfg: FinetuneConfig) -> int:
@@ -166,7 +171,9 @@ def start_guard(cfg: FinetuneConfig, root: Path, base: Policy | None, shard: Sha
     guard = Guard(root, writes=shard.is_main)
     guard.start(
         base,
-        validate=lambda p: evaluate_on_fixed_episodes(p, cfg, shard, seed=validation_seed(cfg)),
+        validate=lambda p: evaluate_on_fixed_episodes(
+            p, cfg, shard, seed=validation_seed(cfg), episodes=cfg.validation_episodes
+        ),
         evaluate=lambda p: evaluate_on_fixed_episodes(p, cfg, shard),
         env_steps=env_steps,
     )
