@@ -213,6 +213,10 @@ CASES = [
     Case("processes-more-than-episodes", "eval --policy {A}/policy --episodes 2 --envs 4 --processes 3", ("3 processes", "--processes 2")),
     Case("processes-for-a-one-process-command", "prefs merge --files {T}/a.hdf5 {T}/b.hdf5 --out {T}/c.hdf5 --processes 2", ("runs in one process only",)),
     Case("processes-dpo-batch-does-not-split", "finetune dpo --base {A}/policy --out {T}/r --batch-pairs 5 --processes 2", ("--batch-pairs 5", "multiple of 2")),
+    Case("set-sampling-nothing-to-change", "set-sampling --policy {A}/policy --out {T}/s", ("nothing to change",)),
+    Case("set-sampling-horizon-too-long", "set-sampling --policy {A}/policy --out {T}/s --action-horizon 99", ("--action-horizon", "pred_horizon")),
+    Case("set-sampling-steps-zero", "set-sampling --policy {A}/policy --out {T}/s --denoising-steps 0", ("--denoising-steps", ">= 1")),
+    Case("set-sampling-out-holds-files", "set-sampling --policy {A}/policy --out {A}/run --action-horizon 1", ("--overwrite",)),
     Case("threads-zero", "eval --policy {A}/policy --episodes 1 --threads 0", ("--threads 0", "at least 1")),
     Case("user-task-module-error", "eval --policy {A}/policy --task mytask:Broken-v0", ("Broken-v0",), _write("mytask.py", "import gymnasium\ngymnasium.register('Broken-v0', entry_point='mytask:Nope')\n")),
 ]  # fmt: skip

@@ -7,8 +7,8 @@ Neither setting needs a re-trained base. ``action_horizon`` is how many of the `
 predicted actions the wrapper executes before it asks for a new chunk (the base was trained on
 the whole chunk, so any value in 1..pred_horizon is one it has predicted), and
 ``num_inference_steps`` is how many DDIM steps share the 100 training noise levels. Each variant
-is a copy of the shipped base whose ``config.json`` differs in one field; the same copy is how a
-user runs a base with other settings (``--base FOLDER``).
+is a copy of the shipped base whose ``config.json`` differs in one field, written by ``dpft
+set-sampling`` (the command a user runs for the same), then passed as ``--base FOLDER``.
 
 Per variant: the changed base with N(0, I) and zero noise on the benchmark seed's 30 evaluation
 episodes (``dpft eval --seed 1000000``), then ``dpft finetune dsrl`` with the benchmark's config,
@@ -53,14 +53,13 @@ def dpft(*args: str, log: Path | None = None) -> str:
 
 
 def base_copy(name: str) -> Path:
-    """The shipped base with one arch field changed."""
+    """The shipped base with one sampling setting changed (``dpft set-sampling``)."""
     field, value = VARIANTS[name]
     folder = WORK / "bases" / name
     if not (folder / "config.json").exists():
-        shutil.copytree(SHIPPED, folder, dirs_exist_ok=True)
-        meta = json.loads((folder / "config.json").read_text())
-        meta["arch"][field] = value
-        (folder / "config.json").write_text(json.dumps(meta, indent=2))
+        flag = {"action_horizon": "--action-horizon", "num_inference_steps": "--denoising-steps"}[field]
+        args = ["--policy", f"shipped:{SHIPPED.name}", "--out", str(folder), flag, str(value), "--overwrite"]
+        dpft("set-sampling", *args)
     return folder
 
 
