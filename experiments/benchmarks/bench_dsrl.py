@@ -71,8 +71,9 @@ DSRL = Bench(
         "door-open-near-perfect is the do-no-harm row (the defaults of `dpft finetune dsrl`, dense task",
         "reward): there the question is whether the base stays near-perfect, not the 0.90 line.",
         "Dips and knife-edge policies on the mixed-data rows, and what was tried against them (a smaller",
-        "--target-kl, a longer warm-up, a critic warm-up, 10 critics, UTD 2, width 512, a looser noise bound), and",
-        "`--final guarded`, whose deployed policy stayed at or above the base on five of these runs while the",
+        "--target-kl, a longer warm-up, a critic warm-up, 10 critics, UTD 2, width 512, a looser noise bound,",
+        "the chunk length, the denoising steps), and",
+        "`--final guarded`, whose deployed policy stayed at or above the base on six of these runs while the",
         "learning policy (the curves above) dipped: [dsrl_mh_probe.md](dsrl_mh_probe.md) (section 4).",
     ],
 )
