@@ -39,3 +39,14 @@ def check_output_file(path: Path, overwrite: bool, flag: str = "--out", suffixes
     if path.exists() and not overwrite:
         raise ConfigError(f"{flag} {path} already exists; pass --overwrite to replace it, or choose another name")
     check_writable_folder(path.parent, flag, path)
+
+
+def check_output_folder(path: Path, overwrite: bool, flag: str = "--out") -> None:
+    """Before any work: ``path`` is not a file, and a folder with files in it is replaced only
+    with ``--overwrite``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file; name a folder")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise ConfigError(f"{path} exists and is not empty; pass --overwrite to replace it")
+    check_writable_folder(path.parent, flag, path)

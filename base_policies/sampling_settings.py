@@ -29,6 +29,7 @@ from pathlib import Path
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, read_meta, resolve_policy_dir
 from dpft.base_policies.config import validate_arch
 from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.paths import check_output_folder
 from dpft.base_policies.state_io import atomic_dir
 
 
@@ -53,10 +54,7 @@ def set_sampling(cfg: SetSamplingConfig) -> Path:
     if cfg.action_horizon is None and cfg.denoising_steps is None:
         raise ConfigError("nothing to change: give --action-horizon N and/or --denoising-steps K")
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; name a folder")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ConfigError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    check_output_folder(out, cfg.overwrite)
     policy = load_policy(cfg.policy)
     if policy.type_name not in ("diffusion", "flow"):
         raise ConfigError(

@@ -19,6 +19,7 @@ from dpft.base_policies import load_policy
 from dpft.base_policies.composed import ComposedPolicy
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.lerobot.policy import LeRobotDiffusionPolicy
+from dpft.base_policies.paths import check_output_folder
 from dpft.base_policies.policy import Policy
 
 LEARNED_FOLDER = "dpft"
@@ -48,10 +49,7 @@ def lerobot_root(policy: Policy) -> tuple[LeRobotDiffusionPolicy | None, list[st
 def export_lerobot(cfg: ExportLeRobotConfig) -> Path:
     """``dpft export lerobot``: see the module docstring."""
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; name a folder")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ConfigError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    check_output_folder(out, cfg.overwrite)
     policy = load_policy(cfg.policy)
     root, chain = lerobot_root(policy)
     if root is None:
