@@ -14,7 +14,7 @@ from dpft.finetune import cli
 
 
 @pytest.mark.parametrize("kind", ["diffusion", "flow"])
-def test_a_copy_predicts_the_same_chunks_and_executes_what_it_was_told(kind, tmp_path):
+def test_a_copy_keeps_the_weights_and_changes_only_what_was_asked(kind, tmp_path):
     src = tmp_path / "base"
     tiny_policy(kind).save(src)
     short, fewer = tmp_path / "ah2", tmp_path / "k3"
