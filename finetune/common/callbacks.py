@@ -177,8 +177,11 @@ class PeriodicEval(EnvStepCallback):
         self.logger.record("eval/return_mean", summary["return_mean"])
         if summary["success_rate"] is not None:
             self.logger.record("eval/success_rate", summary["success_rate"])
-            if self.bar is not None:
-                self.bar.bar.set_postfix(success=f"{summary['success_rate']:.2f}")
+            if self.bar is not None:  # with --final guarded, also what policy/ would hold now
+                shown = {"success": f"{summary['success_rate']:.2f}"}
+                if "deployed" in summary:
+                    shown["deployed"] = f"{summary['deployed']['success_rate']:.2f}"
+                self.bar.bar.set_postfix(ordered_dict=shown)
         self.logger.dump(self.num_timesteps)
         return True
 
