@@ -507,6 +507,15 @@ def test_the_guard_deploys_only_what_beats_the_base_with_confidence(tmp_path, ba
     assert again.deployed_policy_dir() == tmp_path / "guarded" / "200"
 
 
+def test_the_guard_does_not_deploy_a_tie_at_zero(tmp_path, base_dir):
+    """A base that fails all its validation episodes is not replaced by a policy that fails them too."""
+    base = load_policy(base_dir)
+    guard = Guard(tmp_path)
+    guard.start(base, validate=lambda p: _scores(0), evaluate=lambda p: _scores(0), env_steps=0)
+    assert guard.offer(base, _scores(0), _scores(0), 100)["env_steps"] == 0
+    assert guard.offer(base, _scores(3), _scores(3), 200)["env_steps"] == 200  # 0.10, interval down to 0.03
+
+
 @pytest.mark.parametrize("outcome", ["fine-tuned", "base"])
 def test_final_guarded_deploys_the_validated_policy_or_keeps_the_base(tmp_path, base_dir, monkeypatch, outcome):
     """The run's policy/ is the deployed policy, which is the base itself when nothing passed;

@@ -13,7 +13,7 @@ guard keeps a *deployed* policy apart from the one that is learning:
   2,000,000: never trained on, and not the evaluation episodes whose scores the curves report,
   so the choice is not fitted to them);
 * the candidate replaces the deployed policy when the lower end of its 95% interval on the
-  validation episodes (Wilson for a success rate, normal for a return) is at least the base's
+  validation episodes (Wilson for a success rate, normal for a return) is above the base's
   score there, and its own score is at least the deployed policy's;
 * ``policy/`` ends as the deployed policy, which may be the base unchanged: ``final_eval.json``
   says which (``deployed``: ``base`` or ``fine-tuned``, with its env steps).
@@ -94,8 +94,10 @@ class Guard:
         return self.state["deployments"][-1] if self.state["deployments"] else {"env_steps": 0, **self.state["base"]}
 
     def passes(self, val: dict[str, Any]) -> bool:
-        """A candidate's validation beats the base with 95% confidence and is no worse than the deployed one's."""
-        return lower_bound(val) >= point(self.state["base"]["val"]) and point(val) >= point(self.deployed["val"])
+        """A candidate's validation beats the base with 95% confidence and is no worse than the deployed one's.
+        Strictly above: a candidate that fails every validation episode of a base that fails them
+        all (lower end 0 against 0) has shown nothing."""
+        return lower_bound(val) > point(self.state["base"]["val"]) and point(val) >= point(self.deployed["val"])
 
     def offer(self, policy: Policy, summary: dict[str, Any], val: dict[str, Any], env_steps: int) -> dict[str, Any]:
         """Deploy ``policy`` (evaluated as ``summary``, validated as ``val``) if it passes; returns
