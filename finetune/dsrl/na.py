@@ -49,6 +49,7 @@ from gymnasium import spaces
 from stable_baselines3.common.utils import polyak_update
 
 from dpft.finetune.common.networks import action_critic
+from dpft.finetune.common.updates import optimizer_kwargs
 from dpft.finetune.dsrl.sac import DSRLSAC
 
 
@@ -80,7 +81,9 @@ class DSRLNA(DSRLSAC):
         self.action_critic, self.action_critic_target = make().to(self.device), make().to(self.device)
         self.action_critic_target.load_state_dict(self.action_critic.state_dict())
         self.action_critic_target.set_training_mode(False)
-        self.action_critic.optimizer = torch.optim.Adam(self.action_critic.parameters(), lr=self.lr_schedule(1))
+        self.action_critic.optimizer = torch.optim.Adam(
+            self.action_critic.parameters(), lr=self.lr_schedule(1), **optimizer_kwargs(self.device)
+        )
 
     def executed(self, obs_flat: torch.Tensor, scaled_noise: torch.Tensor) -> torch.Tensor:
         """The rows of the base policy's chunk that would run, flattened (no gradient)."""

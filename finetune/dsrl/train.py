@@ -32,6 +32,7 @@ from dpft.finetune.common.callbacks import RecordScalars, TemperatureFloor, q_st
 from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.networks import LayerNormSACPolicy
 from dpft.finetune.common.run import SB3Method, run_sb3
+from dpft.finetune.common.updates import check_utd, gradient_steps_for, optimizer_kwargs, update_frequency
 from dpft.finetune.dsrl.na import DSRLNA
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv, NoiseVecEnv
 from dpft.finetune.dsrl.replay import ChunkReplayBuffer
@@ -67,8 +68,9 @@ class DSRLConfig(FinetuneConfig):
     """na: also distil the noise critic on the actor's own noise (the chunks the TD target denoises anyway)."""
     distill_within_weight: float = 0.0
     """na: extra weight on the noise critic's error across noises within a state (what the actor follows)."""
-    utd: int = 1
-    """Gradient steps per collected transition (update-to-data ratio)."""
+    utd: float = 1.0
+    """Gradient steps per collected transition (update-to-data ratio): 1, 2, ... or 0.5 (one
+    update every 2 transitions; about half the wall-clock, see experiments/results/speed.md)."""
     target_entropy: float = 0.0
     """SAC target entropy (per noise vector); not used by na with --noise-prior."""
     noise_prior: bool = True
@@ -102,8 +104,9 @@ class DSRLConfig(FinetuneConfig):
             raise ConfigError(f"unknown --variant {self.variant!r}; available: {list(VARIANTS)}")
         if self.init_alpha is None:
             self.init_alpha = 0.01 if self.uses_noise_prior else 1.0
-        if self.action_magnitude <= 0 or self.utd < 1 or self.init_alpha <= 0:
-            raise ConfigError("--action-magnitude, --utd and --init-alpha must be positive")
+        if self.action_magnitude <= 0 or self.init_alpha <= 0:
+            raise ConfigError("--action-magnitude and --init-alpha must be positive")
+        check_utd(self.utd)
         if self.warmup_steps < 0 or self.critic_warmup_steps < 0:
             raise ConfigError("--warmup-steps and --critic-warmup-steps must be 0 or more")
         if self.critics < 1 or self.distill_samples < 0:
@@ -170,14 +173,14 @@ class DSRL(SB3Method):
             learning_starts=cfg.warmup_steps // k,
             batch_size=cfg.batch_size,
             gamma=cfg.gamma**k,
-            train_freq=1,
-            gradient_steps=cfg.utd * cfg.envs,
+            **update_frequency(cfg.utd, cfg.envs),
             target_entropy=-cfg.target_kl if cfg.uses_noise_prior else cfg.target_entropy,
             ent_coef=f"auto_{cfg.init_alpha}",
             policy_kwargs={
                 "net_arch": [cfg.hidden] * cfg.layers,
                 "n_critics": cfg.critics,
                 "layer_norm": cfg.layer_norm,
+                "optimizer_kwargs": optimizer_kwargs(base.device),
             },
             seed=cfg.seed,
             verbose=0,
@@ -232,7 +235,7 @@ def steered_from(model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy
 def schedule_kwargs(cfg: DSRLConfig, k: int) -> dict[str, int]:
     """The critic warm-up in gradient steps, and the transitions until the actor's noise is used."""
     return {
-        "critic_warmup": cfg.critic_warmup_steps // k * cfg.utd,
+        "critic_warmup": gradient_steps_for(cfg.critic_warmup_steps // k, cfg.utd),
         "explore_after": (cfg.warmup_steps + cfg.critic_warmup_steps) // k,
     }
 

@@ -33,6 +33,7 @@ from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.networks import LayerNormSACPolicy, LayerNormTD3Policy
 from dpft.finetune.common.normalize import RewardNormalizer
 from dpft.finetune.common.run import SB3Method, run_sb3
+from dpft.finetune.common.updates import check_utd, gradient_steps_for, optimizer_kwargs, update_frequency
 from dpft.finetune.residual.algos import ResidualSAC, ResidualTD3
 from dpft.finetune.residual.env import ResidualVecEnv
 from dpft.finetune.residual.policy import FORMS, Features, ResidualNet, ResidualPolicy
@@ -74,8 +75,9 @@ class ResidualConfig(FinetuneConfig):
     explore_ramp_steps: int = 10_000
     """sac/td3: env steps over which the share of actions that use the residual ramps from 0 to 1
     (after the critic warm-up); 0 uses the residual from the start."""
-    utd: int = 1
-    """sac/td3: gradient steps per collected transition (update-to-data ratio)."""
+    utd: float = 1.0
+    """sac/td3: gradient steps per collected transition (update-to-data ratio): 1, 2, ... or 0.5
+    (one update every 2 transitions)."""
     n_step: int = 1
     """sac/td3: n-step returns for the critic's target."""
     critics: int = 2
@@ -115,8 +117,9 @@ class ResidualConfig(FinetuneConfig):
                 f"--residual-scale {self.residual_scale} must be in (0, 1]: it is the largest correction as a "
                 "share of half the action range (0.1 is a good start)"
             )
-        if min(self.utd, self.n_step, self.critics, self.epochs, self.rollout_steps, self.batch_size) < 1:
-            raise ConfigError("--utd, --n-step, --critics, --epochs, --rollout-steps and --batch-size must be >= 1")
+        if min(self.n_step, self.critics, self.epochs, self.rollout_steps, self.batch_size) < 1:
+            raise ConfigError("--n-step, --critics, --epochs, --rollout-steps and --batch-size must be >= 1")
+        check_utd(self.utd)
         if min(self.warmup_steps, self.critic_warmup_steps, self.explore_ramp_steps) < 0:
             raise ConfigError("--warmup-steps, --critic-warmup-steps and --explore-ramp-steps must be >= 0")
 
@@ -189,13 +192,13 @@ class Residual(SB3Method):
             "buffer_size": max(cfg.steps // k + 1, 1000),
             "learning_starts": cfg.warmup_steps // k,
             "batch_size": cfg.batch_size,
-            "train_freq": 1,
-            "gradient_steps": cfg.utd * cfg.envs,
+            **update_frequency(cfg.utd, cfg.envs),
             "n_steps": cfg.n_step,
             "policy_kwargs": {
                 "net_arch": [cfg.hidden] * cfg.layers,
                 "n_critics": cfg.critics,
                 "layer_norm": cfg.layer_norm,
+                "optimizer_kwargs": optimizer_kwargs(base.device),
             },
         }
         if cfg.algo == "sac":
@@ -217,7 +220,7 @@ class Residual(SB3Method):
             return {}
         k = self.env_steps_per_transition(cfg, base)
         return {
-            "critic_warmup": cfg.critic_warmup_steps // k * cfg.utd,
+            "critic_warmup": gradient_steps_for(cfg.critic_warmup_steps // k, cfg.utd),
             "explore_after": (cfg.warmup_steps + cfg.critic_warmup_steps) // k,
             "explore_ramp": cfg.explore_ramp_steps // k,
         }
