@@ -153,7 +153,9 @@ def report(summary: dict[str, Any], policy: str) -> str:
             f"  success rate  {summary['success_rate']:.3f}  (95% CI {lo:.3f}-{hi:.3f}; "
             f"{summary['successes']}/{summary['episodes']})"
         )
-    lines.append(f"  return        {summary['return_mean']:.2f} ± {summary['return_ci95']:.2f} (95% CI)")
+    reward = summary.get("reward", "dense")
+    ret, ci = summary["return_mean"], summary["return_ci95"]
+    lines.append(f"  return        {ret:.2f} ± {ci:.2f} (95% CI; reward {reward})")
     lines.append(f"  episode length {summary['length_mean']:.1f}, {summary['env_steps_per_s']:.0f} env steps/s")
     return "\n".join(lines)
 
@@ -174,6 +176,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     progress = cfg.progress and not cfg.json and shard.is_main
     summary = evaluate(policy, cfg, cfg.episodes, progress=progress, zero_noise=cfg.zero_noise, shard=shard)
     summary["noise"] = "zero" if cfg.zero_noise else "gaussian"
+    summary["reward"] = cfg.reward or "dense"
     summary["processes"] = shard.world
     if not shard.is_main:
         return summary  # the main process reports, writes TensorBoard and the video
@@ -189,4 +192,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
         record_video(policy, cfg, cfg.video, cfg.video_episodes, zero_noise=cfg.zero_noise)
     print(json.dumps(json_safe(summary), allow_nan=False) if cfg.json else report(summary, cfg.policy))
+    trained_with = getattr(policy, "meta", {}).get("reward")
+    if trained_with and trained_with != summary["reward"] and not cfg.json:
+        print(
+            f"note: returns use the reward {summary['reward']!r}; the policy was fine-tuned with {trained_with!r} "
+            f"(pass --reward {trained_with!r} to score it that way; success rates do not depend on it)"
+        )
     return summary

@@ -173,6 +173,7 @@ def test_pair_collection_is_reproducible_and_the_file_round_trips(prefs_file, ba
     assert s["pairs"] == len(prefs.pairs) > 0 and s["start_states"] == 6 and s["rollouts"] == 24
     merged = merge([(path, back), (path, back)])
     assert len(merged.pairs) == 2 * len(back.pairs) and len(merged.rollouts) == 48
+    assert merged.stats()["start_states"] == 12, "each file's start states stay apart after a merge"
 
 
 def test_chunk_pairs_branch_from_a_replayed_state(tmp_path):

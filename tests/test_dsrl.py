@@ -54,6 +54,9 @@ def base_dir(tmp_path_factory):
 
 
 def quick(tmp_path, base_dir, **kw):
+    """A short run with the settings these tests were built on: the toy task's own reward, the last
+    policy as the result, batch 256 (the defaults' presets are tested in test_presets.py)."""
+    kw = {"reward": "dense", "final": "last", "batch_size": 256, **kw}
     return DSRLConfig(
         base=str(base_dir),
         out=tmp_path / "dsrl",
@@ -172,6 +175,7 @@ def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp
         checkpoint_every=10**9,
         progress=False,
         seed=7,
+        final="last",  # one evaluation per line below; the guarded default resumes in test_distributed.py
     )
     train_dsrl(DSRLConfig(out=tmp_path / "straight", **kw))
     original = DSRL.callbacks

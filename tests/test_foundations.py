@@ -231,6 +231,7 @@ def test_an_on_policy_run_stopped_mid_episode_resumes_to_the_same_weights(tmp_pa
     base.config.task = "toy_envs:Obstacle-v0"
     base.save(tmp_path / "base")
     kw = dict(base=str(tmp_path / "base"), envs=2, steps=256, eval_every=128, eval_episodes=2, progress=False)
+    kw.update(warmup_steps=0, final="last")  # PPO has no warm-up; the guard is not what is tested here
     run_sb3(DSRLConfig(out=tmp_path / "straight", **kw), PPOSteer())
     stopping = PPOSteer()
     stopping.stop_at = 104  # 13 chunks per env: mid-episode (2 chunks per episode), mid-rollout (8 per rollout)

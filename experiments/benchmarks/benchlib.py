@@ -110,13 +110,24 @@ class Job:
         return self.bench.command(self, self.bench.config(self.task), saved)
 
 
+def read_bench_config(cfg_path: Path) -> dict:
+    """A benchmark config with what it leaves to dpft filled in: the task (the base's), the reward
+    and evaluation episodes of the task's preset, and the budget and schedule defaults."""
+    from dpft.finetune.common.presets import preset_for
+
+    cfg = yaml.safe_load(cfg_path.read_text())
+    method = cfg_path.name.split("_")[0]
+    task = cfg.get("task") or task_of(cfg["base"])
+    preset = preset_for(method, task).settings if method in ("dsrl", "residual") else {}  # dpo: no presets
+    return {"task": task, "steps": 100_000, "eval_every": 5000, **preset, **cfg}
+
+
 def scratch_command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
     """SAC from scratch on the task of ``cfg_path``, with its budget, reward and evaluations."""
-    cfg = yaml.safe_load(cfg_path.read_text())
-    task = cfg.get("task") or task_of(cfg["base"])
-    cmd = [sys.executable, str(SCRATCH), "--task", task, "--seed", str(job.seed), "--steps", str(cfg["steps"])]
+    cfg = read_bench_config(cfg_path)
+    cmd = [sys.executable, str(SCRATCH), "--task", cfg["task"], "--seed", str(job.seed), "--steps", str(cfg["steps"])]
     cmd += ["--out", str(job.out), "--eval-every", str(cfg["eval_every"]), "--eval-episodes", str(cfg["eval_episodes"])]
-    cmd += ["--reward", cfg["reward"]] if cfg.get("reward") else []
+    cmd += ["--reward", cfg["reward"]]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -163,7 +174,7 @@ def dpft_eval(
 
 def base_evals(bench: Bench, task: str) -> None:
     """The base with N(0, I) and with zero noise: on 100 episodes, and on each seed's training-eval episodes."""
-    cfg = yaml.safe_load(bench.config(task).read_text())
+    cfg = read_bench_config(bench.config(task))
     seeds = sorted({s for seeds in bench.methods.values() for s in seeds})
     for name, flags in (("base_normal", []), ("base_zero", ["--zero-noise"])):
         out = bench.runs / task / f"{name}.json"
@@ -175,7 +186,7 @@ def base_evals(bench: Bench, task: str) -> None:
 
 def final_evals(bench: Bench, task: str) -> None:
     """Each finished fine-tuning run's policy on the base's 100 episodes."""
-    cfg = yaml.safe_load(bench.config(task).read_text())
+    cfg = read_bench_config(bench.config(task))
     for job in (j for j in bench.plan() if j.task == task and j.method != "scratch"):
         if (job.out / "final_eval.json").exists():
             out = job.out / "final_seed2000.json"

@@ -31,10 +31,15 @@ class FinetuneConfig(EnvConfig):
     the replay batches live."""
     eval_every: int = 5000
     """Environment steps between evaluations of the fine-tuned policy."""
-    eval_episodes: int = 20
-    """Episodes per evaluation (the same episodes every time: seed + 1,000,000)."""
-    final: Literal["last", "best", "guarded"] = "last"
-    """What OUT/policy holds at the end: the last policy; the best evaluated one (every
+    reward: str | None = None
+    """Reward spec, e.g. dense (the task's own), sparse_success(terminate=True), or my_module:my_fn
+    (default: from the task's preset: the sparse success reward that ends the episode on a task that
+    reports success, the task's own reward otherwise)."""
+    eval_episodes: int | None = None
+    """Episodes per evaluation, the same episodes every time: seed + 1,000,000 (default: from the
+    task's preset: 30 on a task that reports success, 10 otherwise)."""
+    final: Literal["last", "best", "guarded"] | None = None
+    """What OUT/policy holds at the end (default: guarded): the last policy; the best evaluated one (every
     --eval-every evaluation and the final one, on the same episodes; best_policy.json says which);
     or guarded: the base until a policy beats it with 95% confidence on validation episodes of its
     own, then the latest such policy (guarded.json says which; costs one more evaluation each time)."""
@@ -50,11 +55,14 @@ class FinetuneConfig(EnvConfig):
     """Replace the run already in --out (its checkpoint, policy, logs); without it that is an error."""
     progress: bool = True
     """Show a progress bar."""
+    preset: str | None = None
+    """The preset the unset settings above were taken from (recorded by the run; see
+    dpft.finetune.common.presets)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_device_spec(self.device)
-        if self.steps < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.eval_episodes < 1:
+        if self.steps < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or (self.eval_episodes or 1) < 1:
             raise ConfigError("--steps, --eval-every, --eval-episodes and --checkpoint-every must be positive")
         if self.validation_episodes is not None and self.validation_episodes < 1:
             raise ConfigError(f"--validation-episodes must be positive, got {self.validation_episodes}")

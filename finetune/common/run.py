@@ -50,6 +50,7 @@ from dpft.finetune.common.data_parallel import (
 from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard, row
 from dpft.finetune.common.interrupt import graceful_stop
 from dpft.finetune.common.logger import EnvStepLogger
+from dpft.finetune.common.presets import apply_preset
 from dpft.finetune.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.evaluate import evaluate
 
@@ -64,10 +65,17 @@ class SB3Method(abc.ABC):
     """False for a baseline trained from scratch (``base`` is then None everywhere below)."""
     before_key_existed: ClassVar[dict[str, Any]] = {}
     """Settings added after runs were made, with the behaviour such a run had before them."""
+    preset_family: ClassVar[str] = "dsrl"
+    """Whose presets fill the unset settings (:mod:`.presets`)."""
 
     def check(self, cfg: Any, base: Policy) -> None:
         """Refuse settings that cannot work with this base (one clear ConfigError)."""
         return None
+
+    def warmups(self, cfg: Any) -> dict[str, int]:
+        """The warm-up settings (flag name -> env steps) that run before the learned part acts:
+        a budget that ends inside them learns nothing and is refused."""
+        return {}
 
     def env_steps_per_transition(self, cfg: Any, base: Policy) -> int:
         """Env steps one agent transition executes (a chunk method: the base's action horizon)."""
@@ -198,6 +206,17 @@ def check_resume_processes(run, world: int) -> None:
         )
 
 
+def check_budget(cfg: FinetuneConfig, warmups: dict[str, int]) -> None:
+    """Refuse a --steps that ends before the learned part ever acts (it would hand back the
+    untrained policy as if it were fine-tuned)."""
+    if warmups and cfg.steps <= sum(warmups.values()):
+        parts = " + ".join(f"--{k.replace('_', '-')} {v}" for k, v in warmups.items())
+        raise ConfigError(
+            f"--steps {cfg.steps} ends before learning starts ({parts}): nothing would be learned; "
+            f"pass a --steps above {sum(warmups.values())} or shorten the warm-ups"
+        )
+
+
 def check_finite(model: BaseAlgorithm, cfg: FinetuneConfig, checkpoint_dir: Path, k: int) -> None:
     """Stop with a clear message when training diverged (a non-finite weight anywhere in the
     policy: actor, critics, targets), before anything is saved over the last good checkpoint."""
@@ -222,6 +241,11 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         raise ConfigError("--task is required when training from scratch")
     else:
         base = None
+    if not cfg.resume:  # a resumed run keeps the settings it recorded
+        cfg, chosen = apply_preset(cfg, method.preset_family, method.uses_base)
+        if chosen and shard.is_main:
+            print(chosen, flush=True)
+    check_budget(cfg, method.warmups(cfg))
     method.check(cfg, base)
     if shard.world > 1:
         method.check_processes(cfg, shard.world)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +337,8 @@ def check_compatible(prefs: list[tuple[Path, Prefs]], policy: Any | None = None)
 
 
 def merge(prefs: list[tuple[Path, Prefs]]) -> Prefs:
-    """One :class:`Prefs` from several files: rollout and pair ids get a per-file prefix."""
+    """One :class:`Prefs` from several files: rollout and pair ids get a per-file prefix, and start-state
+    group ids an offset past the previous files' (group 0 of two files is two start states, not one)."""
     check_compatible(prefs)
     meta = dict(prefs[0][1].meta)
     if len(prefs) > 1:
@@ -346,9 +347,11 @@ def merge(prefs: list[tuple[Path, Prefs]]) -> Prefs:
         meta["sampler"] = samplers.pop() if len(samplers) == 1 else "mixed"
     rollouts: dict[str, Rollout] = {}
     pairs: list[Pair] = []
+    offset = 0
     for i, (_, p) in enumerate(prefs):
         tag = f"f{i}_" if len(prefs) > 1 else ""
-        rollouts.update({tag + rid: r for rid, r in p.rollouts.items()})
+        rollouts.update({tag + rid: replace(r, group=r.group + offset) for rid, r in p.rollouts.items()})
+        offset += max((r.group for r in p.rollouts.values()), default=-1) + 1
         for pair in p.pairs:
             pairs.append(
                 Pair(

@@ -50,8 +50,9 @@ class DSRLConfig(FinetuneConfig):
     """Run folder; the steered policy is written to OUT/policy."""
     variant: str = "na"
     """na: noise aliasing (action-chunk critic distilled into a noise critic); sac: noise-space SAC."""
-    steps: int = 50_000
-    """Environment-step budget (transitions are chunks of action_horizon steps)."""
+    steps: int = 100_000
+    """Environment-step budget (transitions are chunks of action_horizon steps); 100k in every
+    DSRL benchmark row."""
     action_magnitude: float = 1.5
     """Bound on each noise coordinate chosen by the agent."""
     hidden: int = 256
@@ -93,8 +94,8 @@ class DSRLConfig(FinetuneConfig):
     fit the base's value); the actor and the temperature start after them."""
     gamma: float = 0.99
     """Per-environment-step discount."""
-    batch_size: int = 256
-    """SAC batch size."""
+    batch_size: int = 128
+    """SAC batch size (128: every DSRL benchmark row)."""
     lr: float = 3e-4
     """Learning rate of actor, critic and temperature."""
 
@@ -146,6 +147,9 @@ class DSRL(SB3Method):
 
     def check(self, cfg: DSRLConfig, base: Policy) -> None:
         check_target_kl(cfg, int(np.prod(base.noise_shape)))
+
+    def warmups(self, cfg: DSRLConfig) -> dict[str, int]:
+        return {"warmup_steps": cfg.warmup_steps, "critic_warmup_steps": cfg.critic_warmup_steps}
 
     def env_steps_per_transition(self, cfg: DSRLConfig, base: Policy) -> int:
         return base.action_horizon
@@ -225,6 +229,7 @@ def steered_from(model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy
     meta = {
         "variant": cfg.variant,
         "task": cfg.task,
+        "reward": cfg.reward,
         "action_magnitude": cfg.action_magnitude,
         "hidden": [cfg.hidden] * cfg.layers,
         "provenance": {"method": "finetune dsrl", "base_source": str(cfg.base), "run": str(cfg.out)},

@@ -52,8 +52,9 @@ class ResidualConfig(FinetuneConfig):
     reward it beat SAC clearly (experiments/results/residual_bench.md)."""
     form: str = "step"
     """step: correct every executed action (ResiP); chunk: correct a whole chunk at its start (Policy Decorator)."""
-    residual_scale: float = 0.1
-    """Largest correction, as a share of half the action range (in (0, 1])."""
+    residual_scale: float | None = None
+    """Largest correction, as a share of half the action range, in (0, 1] (default: from the task's
+    preset: 0.1 on a task that reports success, 0.25 otherwise)."""
     steps: int = 100_000
     """Environment-step budget."""
     hidden: int = 256
@@ -64,8 +65,8 @@ class ResidualConfig(FinetuneConfig):
     """Learning rate."""
     gamma: float = 0.99
     """Per-environment-step discount."""
-    batch_size: int = 256
-    """Batch size of a gradient step (PPO: minibatch size)."""
+    batch_size: int = 128
+    """Batch size of a gradient step (PPO: minibatch size); 128 in every residual benchmark row."""
     # ----- off-policy (sac, td3) -----
     warmup_steps: int = 5000
     """sac/td3: env steps collected with the base alone (r = 0) before learning starts."""
@@ -78,8 +79,8 @@ class ResidualConfig(FinetuneConfig):
     utd: float = 1.0
     """sac/td3: gradient steps per collected transition (update-to-data ratio): 1, 2, ... or 0.5
     (one update every 2 transitions)."""
-    n_step: int = 1
-    """sac/td3: n-step returns for the critic's target."""
+    n_step: int = 3
+    """sac/td3: n-step returns for the critic's target (3 in every residual benchmark row)."""
     critics: int = 2
     """sac/td3: size of the critic ensemble (targets use the minimum)."""
     layer_norm: bool = True
@@ -112,7 +113,7 @@ class ResidualConfig(FinetuneConfig):
             raise ConfigError(f"unknown --algo {self.algo!r}; choose one of {list(ALGOS)}")
         if self.form not in FORMS:
             raise ConfigError(f"unknown --form {self.form!r}; choose one of {list(FORMS)}")
-        if not 0 < self.residual_scale <= 1:
+        if self.residual_scale is not None and not 0 < self.residual_scale <= 1:
             raise ConfigError(
                 f"--residual-scale {self.residual_scale} must be in (0, 1]: it is the largest correction as a "
                 "share of half the action range (0.1 is a good start)"
@@ -129,6 +130,12 @@ class Residual(SB3Method):
 
     command = "finetune residual"
     config_cls = ResidualConfig
+    preset_family = "residual"
+
+    def warmups(self, cfg: ResidualConfig) -> dict[str, int]:
+        if cfg.algo == "ppo":
+            return {}
+        return {"warmup_steps": cfg.warmup_steps, "critic_warmup_steps": cfg.critic_warmup_steps}
 
     def check_processes(self, cfg: ResidualConfig, world: int) -> None:
         if cfg.algo == "ppo" and cfg.target_kl:
@@ -233,6 +240,7 @@ class Residual(SB3Method):
             "form": cfg.form,
             "scale": cfg.residual_scale,
             "task": cfg.task,
+            "reward": cfg.reward,
             "algo": cfg.algo,
             "provenance": {"method": "finetune residual", "base_source": str(cfg.base), "run": str(cfg.out)},
         }

@@ -1,0 +1,254 @@
+"""Do the defaults hold on tasks nobody tuned for? Bare ``dpft finetune`` runs, and their table.
+
+    python experiments/benchmarks/bench_defaults.py bases              # collect -> train-bc -> base evaluations
+    python experiments/benchmarks/bench_defaults.py run --workers 2    # every pending run (resumes cut ones)
+    python experiments/benchmarks/bench_defaults.py report             # experiments/results/defaults.md
+
+The Meta-World bases are made here with the documented pipeline (150 episodes of the simulated
+mixed demonstrators, successes only; 10k BC steps), on tasks that are in no other benchmark. Every
+fine-tuning run is ``dpft finetune <method> --base B --task T --out R --seed S`` and nothing else:
+the settings come from the defaults and the task's preset (dpft.finetune.common.presets), which
+deploy with ``--final guarded``. The report shows the learning policy's and the deployed policy's
+evaluations (30 episodes, seed 1,000,000 + run seed) against the base on the same episodes, and
+the deployed policy on the base's 100 episodes (seed 2000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpft.finetune.common.guard import RECORD, lower_bound, point
+from dpft.finetune.common.presets import preset_for
+from dpft.finetune.stats import mean_ci
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "runs" / "bench_defaults"
+RAW = ROOT / "experiments" / "results" / "defaults_bench"
+MILESTONES = (10_000, 25_000, 50_000, 100_000)
+NEW_TASKS = ("sweep-into-v3", "window-open-v3", "plate-slide-v3")
+"""Meta-World tasks in no other benchmark (DSRL, residual and DPO use push, drawer-open,
+button-press, pick-place, peg-insert-side and door-open)."""
+
+SEEDS = {NEW_TASKS[0]: (0, 1, 2)}
+"""Three seeds on the first task, one on the others."""
+
+
+@dataclass(frozen=True)
+class Row:
+    task: str
+    base: str
+    method: str
+    seed: int
+
+    @property
+    def out(self) -> Path:
+        return RUNS / self.task.split(":")[1] / self.method / f"seed{self.seed}"
+
+    @property
+    def rel(self) -> Path:
+        return self.out.relative_to(RUNS)
+
+
+def base_of(task: str) -> str:
+    return str(RUNS / "bases" / task / "policy")
+
+
+PLAN = [
+    *(
+        Row(f"metaworld:{t}", base_of(t), "dsrl", s)
+        for t in NEW_TASKS
+        for s in ((0, 1, 2) if t == NEW_TASKS[0] else (0,))
+    ),
+    Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dsrl", 0),
+    *(Row(f"metaworld:{t}", base_of(t), "residual", 0) for t in NEW_TASKS),
+    Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "residual", 0),
+]
+
+
+def dpft(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dpft.finetune.cli", *args]
+
+
+def call(cmd: list[str], log: Path) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        return subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def make_base(task: str) -> None:
+    """The documented pipeline: ``dpft collect --demonstrators mh --success-only``, then ``dpft train-bc``."""
+    folder = RUNS / "bases" / task
+    if (folder / "policy" / "config.json").exists():
+        return
+    data = RUNS / "bases" / f"{task}.hdf5"
+    collect = ["collect", "--task", f"metaworld:{task}", "--demonstrators", "mh", "--episodes", "150"]
+    collect += ["--success-only", "--envs", "6", "--seed", "100", "--out", str(data), "--overwrite", "--no-progress"]
+    train = ["train-bc", "--dataset", str(data), "--out", str(folder), "--steps", "10000", "--no-progress"]
+    for cmd in (collect, train):
+        if call(dpft(*cmd), RUNS / "bases" / f"{task}.log") != 0:
+            raise SystemExit(f"building the base for {task} failed; see {RUNS / 'bases' / f'{task}.log'}")
+
+
+def evaluate(policy: str, task: str, out: Path, episodes: int, seed: int, flags: list[str]) -> None:
+    if out.exists() or (RAW / out.relative_to(RUNS)).exists():
+        return
+    reward = preset_for("dsrl", task).settings["reward"]
+    cmd = dpft("eval", "--policy", policy, "--task", task, "--episodes", str(episodes), "--seed", str(seed))
+    cmd += ["--envs", str(min(8, episodes)), "--reward", reward, "--json", "--no-progress", *flags]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if res.returncode != 0:
+        raise SystemExit(f"evaluation of {policy} failed:\n{res.stderr}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(res.stdout.strip().splitlines()[-1])
+
+
+def base_evals(task: str, base: str) -> None:
+    folder = RUNS / task.split(":")[1]
+    for name, flags in (("base_normal", []), ("base_zero", ["--zero-noise"])):
+        evaluate(base, task, folder / f"{name}.json", 100, 2000, flags)
+
+
+def run_row(row: Row) -> str:
+    if (row.out / "final_eval.json").exists() or (RAW / row.rel / "final_eval.json").exists():
+        return f"{row.rel}: done already"
+    resume = (row.out / "checkpoint").exists() or (row.out / ".checkpoint.old").exists()
+    cmd = ["finetune", row.method, "--out", str(row.out), "--no-progress"]
+    cmd += ["--resume"] if resume else ["--base", row.base, "--task", row.task, "--seed", str(row.seed)]
+    code = call(dpft(*cmd), row.out.parent / f"seed{row.seed}.log")
+    if code == 0:
+        evaluate(str(row.out), row.task, row.out / "final_seed2000.json", 100, 2000, [])
+    return f"{row.rel}: exit {code}"
+
+
+def sync() -> None:
+    """Small files of every run (and the bases' evaluations and configs) into the results."""
+    keep = ("evals.jsonl", "final_eval.json", "final_seed2000.json", "config.yaml", RECORD, "base_normal.json")
+    keep += ("base_zero.json",)
+    for f in RUNS.rglob("*"):
+        rel = f.relative_to(RUNS)
+        in_policy = "policy" in rel.parts or "checkpoint" in rel.parts or "guarded" in rel.parts
+        if f.is_file() and f.name in keep and not in_policy:
+            (RAW / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, RAW / rel)
+    for task in NEW_TASKS:  # what a base is, without its weights (the commands remake them)
+        src = RUNS / "bases" / task / "policy" / "config.json"
+        if src.exists():
+            (RAW / "bases" / task).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, RAW / "bases" / task / "config.json")
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def fmt(x: float | None, success: bool) -> str:
+    return "–" if x is None else (f"{x:.2f}" if success else f"{x:.0f}")
+
+
+def report() -> None:
+    sync()
+    lines = [
+        "# Defaults on tasks nobody tuned for (generated by `python experiments/benchmarks/bench_defaults.py report`)",
+        "",
+        "Every run is `dpft finetune <method> --base B --task T --out R --seed S` and nothing else (the",
+        "defaults and the task's preset: on Meta-World the sparse success reward that ends the episode, 30",
+        "evaluation episodes; on Hopper the task's own reward, 10; `--final guarded` for both). Meta-World",
+        "bases: `python experiments/benchmarks/bench_defaults.py bases` (150 episodes of `dpft collect",
+        "--demonstrators mh --success-only --seed 100`, 10k steps of `dpft train-bc`; their configs in",
+        "`defaults_bench/bases/`). Cells: learning policy / deployed policy on the run's evaluation episodes",
+        "(30 Meta-World, 10 Hopper; seed 1,000,000 + run seed), against the base's first evaluation on the",
+        "same episodes. 'final' is the deployed policy on 100 episodes (seed 2000) against the base with",
+        "N(0, I) / zero noise on them. 'dips' counts the learning policy's evaluations after 25k env steps",
+        "below the base; 'deployed < base low' counts deployed evaluations below the base's lower 95% bound.",
+        "",
+        "| task | base | method, seed | base on eval ep. | 10k | 25k | 50k | 100k | final, 100 ep. (base) | dips | "
+        "deployed < base low |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in PLAN:
+        folder = RAW / row.rel
+        evals = [json.loads(x) for x in (folder / "evals.jsonl").read_text().splitlines()] if folder.exists() else []
+        record = load(folder / RECORD)
+        if not evals or record is None:
+            continue
+        success = row.task.startswith("metaworld")
+        base_eval = record["base"]["eval"]
+        ref, low = point(base_eval), lower_bound(base_eval)
+        cells = []
+        for m in MILESTONES:
+            hit = [e for e in evals if e["env_steps"] == m]
+            cells.append(f"{fmt(point(hit[-1]), success)} / {fmt(point(hit[-1]['deployed']), success)}" if hit else "–")
+        final, final100 = load(folder / "final_eval.json"), load(folder / "final_seed2000.json")
+        bases = [load(RAW / row.task.split(":")[1] / f"{n}.json") for n in ("base_normal", "base_zero")]
+        base100 = " / ".join(fmt(point(b), success) if b else "–" for b in bases)
+        done = f"{fmt(point(final100), success)} ({base100})" if final100 and final else "–"
+        if final100 and final:
+            done += f", deployed: {final.get('deployed', '?')} from {final.get('policy_env_steps', 0) // 1000}k"
+        late = [e for e in evals if e["env_steps"] > 25_000]
+        dips = f"{sum(point(e) < ref for e in late)} of {len(late)}"
+        below = f"{sum(point(e['deployed']) < low for e in evals)} of {len(evals)}"
+        base_name = row.base.replace(str(RUNS) + "/", "")
+        lines.append(
+            f"| {row.task} | {base_name} | {row.method}, {row.seed} | {fmt(ref, success)} | "
+            + " | ".join(cells)
+            + f" | {done} | {dips} | {below} |"
+        )
+    lines += ["", *summary_lines()]
+    (ROOT / "experiments" / "results" / "defaults.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def summary_lines() -> list[str]:
+    """Per task and method: the mean final score over the seeds that finished, with a 95% interval."""
+    out = []
+    for task in sorted({r.task for r in PLAN}):
+        for method in ("dsrl", "residual"):
+            rows = [r for r in PLAN if r.task == task and r.method == method]
+            finals = [load(RAW / r.rel / "final_seed2000.json") for r in rows]
+            scores = [point(f) for f in finals if f]
+            if scores:
+                mean, ci = mean_ci(scores)
+                spread = f" ± {ci:.2f} (95% CI)" if len(scores) > 1 else ""
+                out.append(f"- {task} {method}: final {mean:.2f}{spread} over {len(scores)} seed(s)")
+    pending = [str(r.rel) for r in PLAN if not (RAW / r.rel / "final_seed2000.json").exists()]
+    if pending:
+        out.append(f"- not finished: {', '.join(pending)}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("bases")
+    r = sub.add_parser("run")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--methods", nargs="*", default=["dsrl", "residual"])
+    sub.add_parser("report")
+    args = ap.parse_args()
+    if args.cmd == "bases":
+        for task in NEW_TASKS:
+            make_base(task)
+        for task, base in sorted({(r.task, r.base) for r in PLAN}):
+            base_evals(task, base)
+    elif args.cmd == "run":
+        rows = sorted((r for r in PLAN if r.method in args.methods), key=lambda r: (r.method != "dsrl", r.seed))
+        with ThreadPoolExecutor(args.workers) as pool:
+            for msg in pool.map(run_row, rows):
+                print(msg, flush=True)
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Defaults are the benchmarks' recipe: presets fill what the user left unset, and say so."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpft.finetune import cli
+from dpft.finetune.common.presets import apply_preset, preset_for
+from dpft.finetune.dsrl.train import DSRLConfig
+from dpft.finetune.residual.train import ResidualConfig
+
+BENCH = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "bench"
+
+
+def test_the_preset_follows_whether_the_task_reports_success():
+    assert preset_for("dsrl", "metaworld:push-v3").settings["reward"] == "sparse_success(terminate=True)"
+    assert preset_for("dsrl", "gym:Hopper-v5").settings["reward"] == "dense"
+    assert preset_for("residual", "gym:Hopper-v5").settings["residual_scale"] == 0.25
+    for task in ("metaworld:push-v3", "gym:Hopper-v5"):
+        assert preset_for("dsrl", task).settings["final"] == "guarded"
+
+
+def test_a_preset_fills_only_what_was_left_unset_and_says_so():
+    cfg, line = apply_preset(DSRLConfig(task="metaworld:drawer-close-v3", eval_episodes=7), "dsrl")
+    assert (cfg.reward, cfg.final, cfg.eval_episodes, cfg.preset) == (
+        "sparse_success(terminate=True)",
+        "guarded",
+        7,
+        "success",
+    )
+    assert line.startswith("settings: reward sparse_success(terminate=True), final guarded (preset 'success'")
+    assert "override with --reward, --final" in line
+    cfg, line = apply_preset(ResidualConfig(task="gym:Walker2d-v5", reward="dense", final="last"), "residual")
+    assert (cfg.residual_scale, cfg.eval_episodes, cfg.final) == (0.25, 10, "last")
+    cfg, _ = apply_preset(DSRLConfig(task="metaworld:push-v3"), "dsrl", uses_base=False)
+    assert cfg.final == "last", "training from scratch has no base to guard against"
+
+
+@pytest.mark.parametrize(
+    "path", sorted([*BENCH.glob("dsrl_*.yaml"), *BENCH.glob("residual_*.yaml")]), ids=lambda p: p.stem
+)
+def test_benchmark_configs_hold_only_what_differs_from_the_defaults(path):
+    """So the defaults cannot drift from what the benchmarks measured without a config saying it."""
+    method = path.stem.split("_")[0]
+    cfg = yaml.safe_load(path.read_text())
+    task = {"metaworld": "metaworld:push-v3", "gym": "gym:Hopper-v5"}[cfg["base"].split(":")[1].split("-")[0]]
+    defaults = {**vars({"dsrl": DSRLConfig, "residual": ResidualConfig}[method]()), **preset_for(method, task).settings}
+    same = {k: v for k, v in cfg.items() if defaults.get(k) == v and k not in ("base", "final")}
+    assert not same, f"{path.name} repeats defaults: {same}"
+
+
+def test_a_bare_run_prints_and_records_its_preset(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["finetune", "dsrl", "--base", "shipped:metaworld-push-v3-mh", "--steps", "2080", "--eval-every", "10000"]
+    assert (
+        cli.main([*args, "--eval-episodes", "2", "--validation-episodes", "2", "--out", str(out), "--no-progress"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert (
+        "settings: reward sparse_success(terminate=True), final guarded (preset 'success' for metaworld:push-v3)"
+        in printed
+    )
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert (recorded["reward"], recorded["final"], recorded["preset"], recorded["batch_size"]) == (
+        "sparse_success(terminate=True)",
+        "guarded",
+        "success",
+        128,
+    )
+
+
+def test_a_budget_that_ends_inside_the_warm_up_is_refused(tmp_path, capsys):
+    code = cli.main(
+        ["finetune", "dsrl", "--base", "shipped:metaworld-push-v3-mh", "--steps", "300", "--out", str(tmp_path)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--steps 300 ends before learning starts (--warmup-steps 2000" in err
+    assert not (tmp_path / "config.yaml").exists()
