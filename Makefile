@@ -1,6 +1,6 @@
 # Set-up and main commands. Each target creates .venv and installs what it needs.
 #   make demo   -- the main job on the shipped default
-#   make test   -- the test suite
+#   make test   -- the fast test tier (the slow tier: make test-slow; CI runs both)
 # TORCH selects the torch build installed before the project. The default is the CPU wheel
 # (2.13.0); on a GPU machine use e.g. `make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
 PYTHON ?= python3
@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-bc test lint clean lerobot-check
+.PHONY: install demo demo-bc test test-slow lint docs clean lerobot-check
 
 $(BIN)/dpft: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,15 @@ demo-bc: install
 	$(BIN)/dpft eval --policy runs/demo_bc/bc --task metaworld:push-v3 --episodes 20
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+# The docs site (MkDocs Material) into site/, warnings as errors.
+docs: install
+	$(BIN)/pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

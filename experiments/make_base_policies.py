@@ -91,7 +91,7 @@ SPECS = [
     Spec(
         "gym:HalfCheetah-v5", 100, 0.1, 10_000, suffix="-medium", eval_episodes=50, eval_envs=10, expert_level="medium"
     ),
-    # A near-perfect base, as a new user's (issue 15's do-no-harm case): fine-tuning must keep it so.
+    # A near-perfect base, as a new user's (the do-no-harm case): fine-tuning must keep it so.
     Spec("metaworld:door-open-v3", 20, 0.3, 20_000, collect_seed=1, suffix="-near-perfect", eval_envs=10),
 ]
 

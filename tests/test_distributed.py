@@ -145,7 +145,7 @@ def _two_machines(cmd: list[str], timeout: float) -> tuple[list[int | None], lis
 def test_two_machines_on_localhost():
     """``--num_machines 2`` as a cluster is launched, each "machine" a launcher on 127.0.0.1.
 
-    Once (CI of stop 25) machine 0 hung for the whole timeout and machine 1's process aborted
+    Once (in CI) machine 0 hung for the whole timeout and machine 1's process aborted
     inside gloo; it did not happen again in 60 runs here, loaded or not. So a failed launch is
     tried once more on a fresh port, and both attempts' output is shown when that fails too."""
     cmd = ["-m", "dpft.finetune.cli", "eval", *HOPPER, "--episodes", "4", "--envs", "2", "--json", "--no-progress"]

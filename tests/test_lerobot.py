@@ -121,9 +121,10 @@ def test_dsrl_residual_and_eval_run_on_a_lerobot_base(tmp_path, monkeypatch, cap
     monkeypatch.chdir(Path(__file__).parent)  # toy_envs
     base = f"lerobot:{TOY44}"
     common = ["--task", TOY, "--steps", "200", "--warmup-steps", "100", "--eval-every", "200", "--eval-episodes", "2"]
-    common += ["--checkpoint-every", "200", "--no-progress"]
+    common += ["--checkpoint-every", "200", "--no-progress", "--final", "last"]  # the artifacts themselves
     assert cli.main(["finetune", "dsrl", "--base", base, *common, "--out", str(tmp_path / "dsrl")]) == 0
-    assert cli.main(["finetune", "residual", "--base", base, *common, "--out", str(tmp_path / "res")]) == 0
+    res = ["--critic-warmup-steps", "0", "--out", str(tmp_path / "res")]
+    assert cli.main(["finetune", "residual", "--base", base, *common, *res]) == 0
     assert (tmp_path / "dsrl" / "policy" / "base" / "lerobot" / "config.json").exists()  # the base in LeRobot form
     assert cli.main(["eval", "--policy", str(tmp_path / "res"), "--task", TOY, "--episodes", "2", "--json"]) == 0
     capsys.readouterr()

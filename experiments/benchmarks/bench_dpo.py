@@ -64,13 +64,13 @@ HEADER = [
     "tests sometimes beside them, on this 2-core machine. Seed 0 of the narrow-data rows ran on the code",
     "of c3aa36c, the rest on later code (sampling and collection changed in the last float digits; the",
     "push base scores 37/100 on the final episodes with both). The mixed-data rows (`-mh`, bases of",
-    "issue 15) run Diffusion-DPO and filtered BC only; read them with the base's zero-noise score. The",
+    "the mixed-data bases) run Diffusion-DPO and filtered BC only; read them with the base's zero-noise score. The",
     "fine-tuned policies are not kept here (each is a full 2 MB copy of the weights); each run's",
     "`config.yaml` beside its results remakes it.",
 ]
 
 NARROW = ("push", "drawer-open", "button-press", "pick-place", "hopper")
-MIXED = ("push-mh", "pick-place-mh")  # the mixed-data bases (issue 15), whose zero-noise mode is at 1.00
+MIXED = ("push-mh", "pick-place-mh")  # the mixed-data bases, whose zero-noise mode is at 1.00
 
 DPO = Bench(
     name="dpo",

@@ -44,7 +44,7 @@ HEADER = [
 
 DSRL = Bench(
     name="dsrl",
-    # the narrow-data rows (2-10 demos), then the mixed-data bases (issue 15) and a near-perfect one
+    # the narrow-data rows (2-10 demos), then the mixed-data bases and a near-perfect one
     tasks=(
         "push",
         "drawer-open",

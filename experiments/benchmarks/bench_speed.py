@@ -73,7 +73,7 @@ def harness(env_steps: int, envs: int) -> float:
     done, t = 0, time.perf_counter()
     for chunk in chunks:
         _, _, _, _, infos = venv.step(chunk)
-        done += int(np.sum(infos["steps"]))
+        done += executed(infos)
         if done >= env_steps:
             break
     elapsed = time.perf_counter() - t
@@ -81,7 +81,17 @@ def harness(env_steps: int, envs: int) -> float:
     return elapsed * env_steps / done
 
 
-def gradient_steps(steps: int) -> dict[str, float]:
+def executed(infos: dict) -> int:
+    """Env steps of one vector step: running envs report them in ``steps``; an env whose episode
+    ended (and was reset in the same step) in ``final_info``."""
+    n = int(np.sum(infos["steps"][infos["_steps"]])) if "steps" in infos else 0
+    final = infos.get("final_info")
+    if final is not None and "steps" in final:
+        n += int(np.sum(final["steps"][final["_steps"]]))
+    return n
+
+
+def gradient_steps(steps: int, device: str) -> dict[str, float]:
     """Milliseconds per gradient step: DSRL-NA (the benchmark's settings) and plain SB3 SAC of the
     same width, batch and sizes, each on a buffer of 500 transitions collected on push."""
     from stable_baselines3 import SAC
@@ -94,14 +104,17 @@ def gradient_steps(steps: int) -> dict[str, float]:
 
     cfg = DSRLConfig(base=BASE, batch_size=128, init_alpha=0.01, warmup_steps=2000, steps=100_000)
     method = DSRL()
-    cfg, base = resolve_base(cfg, resolve_device("cpu"))
+    cfg, base = resolve_base(cfg, resolve_device(device))
     venv = method.wrap_vec_env(cfg, base, make_vec_env(cfg, lambda: method.make_env(cfg, base)))
+    plain = DummyVecEnv([lambda: method.make_env(cfg, base)])  # the same spaces, made before any tracing
     na = method.new_model(cfg, base, venv)
     na.set_logger(Logger(folder=None, output_formats=[]))
     na.learn(total_timesteps=500, progress_bar=False)  # warm-up transitions only: no update yet
     na._n_updates = 10**9  # past every warm-up: the full update (actor and temperature too)
-    sac = SAC("MlpPolicy", DummyVecEnv([lambda: method.make_env(cfg, base)]), batch_size=128, seed=0, verbose=0)
-    sac.replay_buffer = na.replay_buffer  # the same transitions (SB3 reads the fields it knows)
+    size = na.replay_buffer.buffer_size
+    sac = SAC("MlpPolicy", plain, batch_size=128, buffer_size=size, seed=0, device=base.device)
+    for field in ("observations", "actions", "next_observations", "rewards", "dones", "timeouts", "pos", "full"):
+        setattr(sac.replay_buffer, field, getattr(na.replay_buffer, field))  # the same transitions
     sac.set_logger(Logger(folder=None, output_formats=[]))
     out = {}
     for name, model in (("dsrl_na_ms", na), ("sb3_sac_ms", sac)):
@@ -119,7 +132,9 @@ def whole_run(name: str, env_steps: int, device: str, workdir: Path) -> dict[str
     cmd += ["--out", str(out), "--no-progress", "--device", device, "--seed", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{res.stderr[-2000:]}")
     wall = time.perf_counter() - t
     final = json.loads((out / "final_eval.json").read_text())
     return {"wall_s": wall, "train_wall_s": final["train_wall_s"], "env_steps": final["env_steps"]}
@@ -142,7 +157,7 @@ def main() -> None:
     result["raw_sim_steps_per_s"] = args.sim_steps / raw
     result["harness_1env_vs_raw"] = raw / harness(args.sim_steps, 1)
     result["harness_8env_vs_raw"] = raw / harness(args.sim_steps, 8)
-    result.update(gradient_steps(args.grad_steps))
+    result.update(gradient_steps(args.grad_steps, args.device))
     result["dsrl_na_step_vs_sac_step"] = result["dsrl_na_ms"] / result["sb3_sac_ms"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -36,3 +36,6 @@ timeout 110 python3 experiments/benchmarks/bench_base_policy.py --device $DEV --
 echo "bench exit $?"; tail -25 "$OUT/base_policy_bench_cuda.md"
 timeout 170 python3 -m pytest -q -n 14 -p no:cacheprovider -rfE tests > "$OUT/tests.log" 2>&1
 echo "tests exit $?"; tail -40 "$OUT/tests.log"
+# 4. the speed benchmark's ratios on the GPU (short runs; the CPU's 100k-step numbers are in speed.md)
+timeout 300 python3 experiments/benchmarks/bench_speed.py --device $DEV --env-steps 10000 --sim-steps 5000 --runs na na-utd0.5 td3 --out "$OUT/speed_cuda.json" > "$OUT/speed.log" 2>&1
+echo "speed exit $?"; cat "$OUT/speed_cuda.json"
