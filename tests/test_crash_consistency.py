@@ -47,6 +47,7 @@ def complete_copy(path: Path) -> str:
     return tag
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["body", *PUBLISH_STEPS])
 def test_a_kill_at_any_step_of_a_folder_write_leaves_a_complete_copy(tmp_path, step):
     path = tmp_path / "checkpoint"
@@ -107,6 +108,7 @@ def test_resume_with_nothing_to_resume_is_refused(tmp_path, dataset, capsys):
     assert "has no checkpoint yet" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_two_processes_cannot_train_into_one_run_folder(tmp_path, dataset):
     """A second run (or a second --resume) into a folder another process is training in is refused."""
     out = tmp_path / "run"

@@ -61,6 +61,7 @@ def test_mh_data_is_of_mixed_quality(mh_push):
     assert len(worse.episodes) == 6
 
 
+@pytest.mark.slow
 def test_collection_is_a_function_of_the_seed(mh_push, tmp_path):
     path, _ = mh_push
     args = ["collect", "--task", "metaworld:push-v3", "--episodes", "18", "--envs", "3", "--demonstrators", "mh"]

@@ -70,6 +70,7 @@ def test_a_sharded_rollout_plays_the_episodes_of_one_process(zero_noise):
         np.testing.assert_array_equal(a.decisions["noise"], b.decisions["noise"])
 
 
+@pytest.mark.slow
 def test_two_process_eval_equals_one_process():
     one = dpft("eval", *HOPPER, "--episodes", "6", "--envs", "4", "--json", "--no-progress")
     two = dpft("eval", *HOPPER, "--episodes", "6", "--envs", "4", "--json", "--no-progress", "--processes", "2")
@@ -80,6 +81,7 @@ def test_two_process_eval_equals_one_process():
     assert len(two.stdout.strip().splitlines()) == 1  # only the main process reports
 
 
+@pytest.mark.slow
 def test_two_process_collect_writes_the_same_demonstrations(tmp_path):
     args = ["collect", "--task", "gym:Hopper-v5", "--episodes", "5", "--envs", "4", "--max-episode-steps", "30"]
     args += ["--action-noise", "0.2", "--no-progress"]
@@ -93,6 +95,7 @@ def test_two_process_collect_writes_the_same_demonstrations(tmp_path):
                 np.testing.assert_array_equal(a["data"][demo][key][()], b["data"][demo][key][()])
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_run_with_its_rank():
     """Process 1 is SIGKILLed while process 0 waits for it at the gather: the launch ends (no
     hang) with one line naming the process."""
@@ -142,6 +145,7 @@ def _two_machines(cmd: list[str], timeout: float) -> tuple[list[int | None], lis
     return [m.returncode for m in machines], outs
 
 
+@pytest.mark.slow
 def test_two_machines_on_localhost():
     """``--num_machines 2`` as a cluster is launched, each "machine" a launcher on 127.0.0.1.
 
@@ -164,6 +168,7 @@ def test_two_machines_on_localhost():
     assert same_numbers(main, json.loads(one.stdout.splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_two_process_prefs_collect_writes_the_same_pairs(tmp_path):
     args = ["prefs", "collect", *HOPPER, "--states", "3", "--streams", "2", "--chunk-states", "2", "--envs", "4"]
     args += ["--rank", "return"]
@@ -188,6 +193,7 @@ def _policy_weights(checkpoint) -> dict:
         return torch.load(io.BytesIO(z.read("policy.pth")), map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_two_process_dsrl_learns_the_same_weights_from_different_data_and_resumes(tmp_path):
     """Data-parallel DSRL-NA: each process collects its own episodes (their replay buffers
     differ), the averaged updates keep the weights identical; a resume needs the same number
@@ -274,6 +280,7 @@ def _weights(folder) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_two_process_dpo_takes_one_process_steps_and_resumes_with_one(tmp_path):
     """Data-parallel DPO: 2 processes collect the same round-0 pairs as 1, each takes half of
     every batch and the averaged gradient is the whole batch's, so the weights after a round

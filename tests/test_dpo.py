@@ -61,6 +61,7 @@ def quick(tmp_path, base_dir, **kw) -> DPOConfig:
     return DPOConfig(**{**args, **kw})
 
 
+@pytest.mark.slow
 def test_dpo_moves_the_mode_and_keeps_the_reference(tmp_path, base_dir):
     base = load_policy(base_dir)
     before = right_share(base)
@@ -83,6 +84,7 @@ def test_dpo_moves_the_mode_and_keeps_the_reference(tmp_path, base_dir):
     assert len(list((tmp_path / "dpo" / "tb").iterdir())) > 0
 
 
+@pytest.mark.slow
 def test_d3po_moves_the_mode(tmp_path, base_dir):
     policy = train_dpo(quick(tmp_path, base_dir, loss="d3po", sampler="stochastic", beta=10.0))
     assert right_share(policy) >= 0.75
@@ -319,6 +321,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, base_dir):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(tmp_path, base_dir, monkeypatch):
     full = train_dpo(quick(tmp_path / "a", base_dir, steps_per_round=60, checkpoint_every=25))
     calls = {"n": 0}

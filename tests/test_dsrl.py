@@ -80,6 +80,7 @@ def test_noise_env_passes_gymnasium_and_sb3_checkers(base_dir):
         sb3_check_env(env, warn=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["na", "sac"])
 def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir, capsys, variant):
     base = load_policy(base_dir)
@@ -159,6 +160,7 @@ def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_d
     assert loaded.replay_buffer.chunks.shape == model.replay_buffer.chunks.shape
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, monkeypatch):
     """A stop mid-episode (Meta-World push: 50 chunks per episode, stop after 37), with 2 envs and
     DSRL-NA, then --resume: the weights, optimiser moments, replay buffer and evaluations equal
@@ -420,6 +422,7 @@ def test_steerability_command(base_dir, capsys):
     assert cli.main([*args, "--streams", "1"]) == 2  # one stream has no best-of-K
 
 
+@pytest.mark.slow
 def test_the_temperature_is_measured_in_the_critics_units(tmp_path, base_dir):
     """The same run with the reward times 100: with the scaled temperature the noise stays as
     close to N(0, I) as with the reward as it is; with the raw temperature the KL term is 100x
@@ -520,6 +523,7 @@ def test_the_guard_does_not_deploy_a_tie_at_zero(tmp_path, base_dir):
     assert guard.offer(base, _scores(3), _scores(3), 200)["env_steps"] == 200  # 0.10, interval down to 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outcome", ["fine-tuned", "base"])
 def test_final_guarded_deploys_the_validated_policy_or_keeps_the_base(tmp_path, base_dir, monkeypatch, outcome):
     """The run's policy/ is the deployed policy, which is the base itself when nothing passed;

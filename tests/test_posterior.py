@@ -47,6 +47,7 @@ def _chunk_std(path, at: list[float]) -> float:
     return float(chunks.std(0).mean())
 
 
+@pytest.mark.slow
 def test_postbc_base_is_wider_where_one_demo_is_all_there_is(tmp_path):
     data = tmp_path / "thin.hdf5"
     write_robomimic_hdf5(data, _thin_and_thick_episodes(), {"task": "toy_envs:Reach-v0"})

@@ -199,6 +199,7 @@ def _shows(browser: Browser, pair: str, progress: str) -> None:
     browser.wait_for(VIDEOS_PLAY, timeout=60)  # rendered on demand, served, decoded and playing
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tmp_path: Path):
     server = Server(prefs)
@@ -338,6 +339,7 @@ def _without_gl(backends: str) -> dict[str, str]:
     return env | {"DPFT_VIDEO_BACKENDS": backends, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_videos_fall_back_to_the_next_gl_backend_in_a_fresh_process(prefs: Path):
     """glfw cannot render here (no display); EGL then renders in a fresh process, since PyOpenGL
     picks its platform once per process."""

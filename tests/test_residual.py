@@ -221,6 +221,7 @@ def best_of_noise_streams(policy, streams: int = 16, episodes: int = 16) -> floa
     return float(solved.mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["sac", "ppo"])
 def test_residual_fixes_a_constant_offset_that_no_noise_can(tmp_path, base_dir, algo):
     base = load_policy(base_dir)
@@ -244,6 +245,7 @@ def test_artifact_round_trip_and_dpft_eval(tmp_path, base_dir, capsys):
     assert summary["task"] == TASK and summary["episodes"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["sac", "ppo"])
 def test_interrupted_run_resumes_exactly(tmp_path, base_dir, algo):
     """Stopped mid-episode and resumed: the same weights as a run that was never stopped."""

@@ -119,6 +119,7 @@ def test_video_reports_a_missing_renderer_but_not_a_policy_bug(tmp_path, monkeyp
         record_video(policy, EnvConfig(task="RolloutTick-v0"), tmp_path / "b.gif")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backends, works", [("glfw,egl", True), ("glfw,nope", False)])
 def test_video_falls_back_to_the_next_gl_backend(tmp_path, backends, works):
     """When the first GL back end cannot render (glfw has no display here), the next one is tried

@@ -44,6 +44,7 @@ def _fit_mse_regressor(path) -> nn.Module:
     return net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["diffusion", "flow"])
 def test_generative_policy_keeps_both_modes_where_mse_averages(bimodal_file, tmp_path, kind):
     cfg = TrainBCConfig(
@@ -130,6 +131,7 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path, monkeypatch, args, message)
     assert message in err and "Traceback" not in err and err.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_data_parallel_under_accelerate_launch(bimodal_file, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
