@@ -196,6 +196,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if trained_with and trained_with != summary["reward"] and not cfg.json:
         print(
             f"note: returns use the reward {summary['reward']!r}; the policy was fine-tuned with {trained_with!r} "
-            f"(pass --reward {trained_with!r} to score it that way; success rates do not depend on it)"
+            f"(pass --reward {trained_with!r} to score its returns that way)"
         )
     return summary

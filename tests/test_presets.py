@@ -77,3 +77,11 @@ def test_a_budget_that_ends_inside_the_warm_up_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--steps 300 ends before learning starts (--warmup-steps 2000" in err
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_eval_says_which_reward_its_returns_use(capsys):
+    args = ["eval", "--policy", "shipped:metaworld-push-v3-mh", "--episodes", "2", "--envs", "2", "--no-progress"]
+    assert cli.main([*args, "--json"]) == 0
+    assert '"reward": "dense"' in capsys.readouterr().out
+    assert cli.main([*args, "--reward", "sparse_success"]) == 0
+    assert "(95% CI; reward sparse_success)" in capsys.readouterr().out

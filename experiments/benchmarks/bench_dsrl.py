@@ -79,6 +79,10 @@ DSRL = Bench(
         "the chunk length, the denoising steps), and",
         "`--final guarded`, whose deployed policy stayed at or above the base on six of these runs while the",
         "learning policy (the curves above) dipped: [dsrl_mh_probe.md](dsrl_mh_probe.md) (section 4).",
+        "`na-utd0.5`: DSRL-NA with one gradient step every two transitions (`--utd 0.5`, the speed benchmark's",
+        "trade of work for time, [speed.md](speed.md)), run from a git worktree of commit 091b3c4 (fused Adam",
+        "already in, the `na` rows before it), two runs sharing the machine and paused for 40 minutes while",
+        "the speed benchmark ran alone, so their wall-clock column is not a speed measurement.",
     ],
 )
 
