@@ -5,9 +5,10 @@ task nobody tuned for. Two settings cannot be one number for every task, so they
 preset picked by whether the task reports success:
 
 * ``success`` (Meta-World, gymnasium-robotics, a user's env that sets ``info["success"]``): the
-  sparse success reward that ends the episode at success, 30 evaluation episodes. A dense shaped
-  reward was measured to walk DSRL away from a 0.66 base to 0.00-0.35 on a task in no benchmark,
-  where the sparse recipe reached 1.00 (experiments/results/defaults.md);
+  sparse success reward that ends the episode at success, 30 evaluation episodes. With the task's
+  dense shaped reward DSRL walked away from the base on tasks in no benchmark, where the sparse
+  recipe of the benchmark rows improved it (docs/concepts/defaults.md; experiments/results/defaults.md
+  for the bare runs);
 * ``return`` (locomotion, no success flag): the task's own reward, 10 evaluation episodes of up
   to 1000 steps each.
 
