@@ -84,7 +84,7 @@ def test_a_steered_artifact_exports_its_lerobot_base(fresh, tmp_path, monkeypatc
     version, out = fresh
     monkeypatch.chdir(HERE)
     args = ["finetune", "dsrl", "--base", f"lerobot:{out / 'toy_ddim'}", "--task", TOY, "--steps", "200"]
-    args += ["--warmup-steps", "100", "--eval-every", "200", "--eval-episodes", "2", "--no-progress"]
+    args += ["--warmup-steps", "100", "--eval-every", "200", "--eval-episodes", "2", "--no-progress", "--final", "last"]
     assert cli.main([*args, "--out", str(tmp_path / "dsrl")]) == 0
     assert cli.main(["export", "lerobot", "--policy", str(tmp_path / "dsrl"), "--out", str(tmp_path / "x")]) == 0
     e, _ = read(out / "toy_ddim.expected.safetensors")
