@@ -19,7 +19,7 @@ def test_updates_per_transition_are_what_the_utd_says(utd, envs, freq, steps):
     assert out["gradient_steps"] / (out["train_freq"] * envs) == pytest.approx(utd)
 
 
-@pytest.mark.parametrize("utd", [0, -1, 0.3, 1.5, float("nan")])
+@pytest.mark.parametrize("utd", [0, -1, 0.3, 1.5, float("nan"), float("inf")])
 def test_a_utd_sb3_cannot_run_is_refused_in_one_line(utd):
     with pytest.raises(ConfigError, match="--utd"):
         check_utd(utd)

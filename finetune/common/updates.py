@@ -10,6 +10,7 @@ few transitions; SB3 expresses that as ``train_freq`` (vector steps between upda
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import torch
@@ -20,7 +21,7 @@ from dpft.base_policies.errors import ConfigError
 def check_utd(utd: float) -> None:
     """A UTD SB3 can run: a whole number of updates per transition, or one update per whole
     number of transitions (0.5, 0.25, ...)."""
-    if not (utd > 0 and (float(utd).is_integer() or float(1 / utd).is_integer())):
+    if not (math.isfinite(utd) and utd > 0 and (float(utd).is_integer() or float(1 / utd).is_integer())):
         raise ConfigError(
             f"--utd {utd} must be a whole number (1, 2, 4: updates per transition) or one over a whole "
             "number (0.5, 0.25: one update every 2 or 4 transitions)"
