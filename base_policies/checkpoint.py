@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.files import read_text
 from dpft.base_policies.policy import FORMAT_VERSION, Policy, policy_type, policy_type_names
 from dpft.base_policies.state_io import readable_copy
 from dpft.base_policies.weights import load_weights, policy_config_from_meta  # noqa: F401  (re-exported)
@@ -52,7 +53,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     if not cfg.exists():
         raise CheckpointError(f"{path} is not a policy folder: config.json is missing")
     try:
-        meta = json.loads(cfg.read_text())
+        meta = json.loads(read_text(cfg, "policy config"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg} is not valid JSON ({e}); re-export the policy") from None
     if not isinstance(meta, dict) or "type" not in meta:

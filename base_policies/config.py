@@ -22,11 +22,25 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.ranges import check_ranges
 
 
 @dataclass
 class ArchConfig:
     """Hyper-parameters a user tunes; everything else is derived from the data."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "obs_horizon": ">= 1",
+        "pred_horizon": ">= 1",
+        "action_horizon": ">= 1",
+        "hidden_dim": ">= 1",
+        "num_blocks": ">= 1",
+        "kernel_size": ">= 1",
+        "time_embed_dim": ">= 2",
+        "num_train_steps": ">= 1",
+        "num_inference_steps": ">= 1",
+    }
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     obs_horizon: int = 2
     """Number of past observations (including the current one) the policy sees."""
@@ -108,6 +122,7 @@ class PolicyConfig:
 
 def validate_arch(arch: ArchConfig, backbone: str) -> None:
     """Raise :class:`ConfigError` with a suggested fix for an inconsistent architecture."""
+    check_ranges(arch, "arch.")
     if arch.obs_horizon < 1:
         raise ConfigError(f"obs_horizon ({arch.obs_horizon}) must be >= 1")
     if not 1 <= arch.action_horizon <= arch.pred_horizon:

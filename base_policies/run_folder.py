@@ -21,8 +21,9 @@ import yaml
 
 from dpft.base_policies.config import from_dict, to_dict
 from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.files import read_text
 from dpft.base_policies.paths import check_writable_folder
-from dpft.base_policies.state_io import atomic_write_text, readable_copy, recover_dir
+from dpft.base_policies.state_io import atomic_write_text, clean_leftovers, readable_copy, recover_dir
 
 
 @dataclass
@@ -107,7 +108,12 @@ class RunFolder:
         before they existed -- the behaviour the run actually had, which need not be today's default."""
         if not self.config_path.exists():
             raise ConfigError(f"cannot resume: {self.config_path} does not exist (was {self.root} started by dpft?)")
-        stored = yaml.safe_load(self.config_path.read_text()) or {}
+        try:
+            stored = yaml.safe_load(read_text(self.config_path, "run config")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"run config {self.config_path} is not valid YAML ({' '.join(str(e).split())})") from None
+        if not isinstance(stored, dict):
+            raise ConfigError(f"run config {self.config_path} must hold a mapping of settings")
         return from_dict(cls, {**(missing or {}), **stored})
 
     def writer(self, cfg: Any):
@@ -175,6 +181,7 @@ def open_run(cfg: Any, cls: type, missing: dict[str, Any] | None = None, main: b
         run.lock()
         recover_dir(run.checkpoint_dir)  # a kill mid-write may have left them moved aside
         recover_dir(run.policy_dir)
+        clean_leftovers(run.root)  # temporaries of single-file writes a kill interrupted
     if not cfg.resume and getattr(cfg, "overwrite", False) and run.holds_run():
         run.clear_before_writing = True
     if cfg.resume:

@@ -25,6 +25,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, read_meta, resolve_policy_dir
 from dpft.base_policies.config import validate_arch
@@ -36,6 +37,9 @@ from dpft.base_policies.state_io import atomic_dir
 @dataclass
 class SetSamplingConfig:
     """Copy a base policy with another executed chunk length or number of denoising steps (no re-training)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"action_horizon": ">= 1", "denoising_steps": ">= 1"}
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     out: Path
     """Folder to write the copy to."""

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.files import file_error, interpreting
 
 _TENSOR = "__tensor__"
 _NDARRAY = "__ndarray__"
@@ -86,22 +87,41 @@ def publish_mode(path: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_umask())
 
 
+FILE_STEPS = ("file-tmp-created", "file-durable", "file-published")
+"""Kill points of a single-file write (:func:`set_fault_hook` / ``DPFT_KILL_AT``)."""
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see either the old or the new file, never half."""
+    """Write ``text`` to ``path`` so readers see either the old or the new file, never half.
+    Temporaries of an earlier write of ``path`` that a kill interrupted are deleted first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _leftovers(path):
+        _delete(stale)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        _reach("file-tmp-created")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         publish_mode(Path(tmp))
+        _reach("file-durable")
         os.replace(tmp, path)
+        _reach("file-published")
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def clean_leftovers(folder: Path) -> None:
+    """Delete every temporary a kill left in ``folder`` (not below it): ``.NAME.XXXXXXXX.tmp`` and
+    ``.NAME.XXXXXXXX.trash`` of interrupted writes. Only the holder of the folder's run lock calls it."""
+    pattern = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.(tmp|trash)")
+    for p in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        if pattern.fullmatch(p.name):
+            _delete(p)
 
 
 # ----- crash-consistent folders ---------------------------------------------------------------
@@ -244,13 +264,22 @@ def load_state(folder: Path) -> dict[str, Any]:
     """Inverse of :func:`save_state`; raises :class:`CheckpointError` on a missing/corrupt file."""
     folder = Path(folder)
     try:
-        skeleton = json.loads((folder / "state.json").read_text())
+        skeleton = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         tensors = load_file(str(folder / "state.safetensors"))
     except FileNotFoundError as e:
         raise CheckpointError(f"training state in {folder} is incomplete: {e.filename} is missing") from None
-    except (json.JSONDecodeError, SafetensorError, OSError) as e:
+    except (OSError, UnicodeError) as e:  # unreadable, a folder, ...: the file system's class, not "corrupt"
+        raise file_error(e, None, "training state file") from None
+    except (json.JSONDecodeError, SafetensorError) as e:
         raise CheckpointError(f"training state in {folder} is corrupt ({e}); delete it to start over") from None
-    return _unflatten(skeleton, tensors)
+    with interpreting(folder / "state.json", "training state", CheckpointError, RESTART):
+        if not isinstance(skeleton, dict):
+            raise TypeError(f"a JSON {type(skeleton).__name__} at the top level")
+        return _unflatten(skeleton, tensors)
+
+
+RESTART = "restore the checkpoint folder, or start a new run with another --out (or --overwrite)"
+"""What to do about a damaged training state."""
 
 
 def rng_state() -> dict[str, Any]:

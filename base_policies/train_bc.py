@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,17 +26,38 @@ from dpft.base_policies.data.windows import Windows
 from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.divergence import DivergenceGuard
 from dpft.base_policies.ema import EMA
-from dpft.base_policies.errors import ConfigError, TrainingError
+from dpft.base_policies.errors import CheckpointError, ConfigError, TrainingError
+from dpft.base_policies.files import check_keys, interpreting
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
 from dpft.base_policies.posterior import PosteriorTargets, ensemble_spread
+from dpft.base_policies.ranges import check_ranges
 from dpft.base_policies.registry import all_cores, multi_process
 from dpft.base_policies.run_folder import RunFolder, open_run
-from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
+from dpft.base_policies.state_io import RESTART, atomic_dir, load_state, rng_state, save_state, set_rng_state
 
 
 @dataclass
 class TrainBCConfig:
     """Train a base policy by behaviour cloning on a demonstration file."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "steps": ">= 1",
+        "batch_size": ">= 1",
+        "lr": "(0, 1]",
+        "weight_decay": ">= 0",
+        "warmup_steps": ">= 0",
+        "grad_clip": "> 0",
+        "ema_decay": "[0, 1)",
+        "val_fraction": "[0, 1)",
+        "val_every": ">= 1",
+        "checkpoint_every": ">= 1",
+        "log_every": ">= 1",
+        "posterior_members": ">= 0",
+        "posterior_scale": ">= 0",
+        "posterior_steps": ">= 1",
+        "seed": "[0, 1000000000]",
+    }
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     dataset: Path | None = None
     """Demonstrations: robomimic-layout .hdf5, .npz file/folder, or a local Minari dataset folder."""
@@ -96,6 +118,7 @@ class TrainBCConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         cls = policy_type(self.policy)
         if cls is None or not issubclass(cls, DenoisingPolicy):
             trainable = [k for k in policy_type_names() if issubclass(policy_type(k) or object, DenoisingPolicy)]
@@ -329,9 +352,11 @@ def _load_checkpoint(folder: Path, policy, ema, opt, sched, sampler, restore_rng
     load_weights(policy, folder, "model.safetensors")
     load_weights(ema.shadow, folder, "ema.safetensors")
     state = load_state(folder)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if restore_rng:
-        sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-    return int(state["step"])
+    with interpreting(folder / "state.json", "training state", CheckpointError, RESTART):
+        check_keys(state, {"step": int}, folder / "state.json", "training state", CheckpointError)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if restore_rng:
+            sampler.load_state_dict(state["sampler"])
+            set_rng_state(state["rng"])
+        return int(state["step"])

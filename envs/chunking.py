@@ -15,6 +15,7 @@ fine-tuning method step tasks through this module.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,6 +195,25 @@ def check_policy_fits(policy, env: gym.Env | gym.vector.VectorEnv, task: str) ->
             f"the policy expects observations of size {policy.obs_dim}{parts} and actions of size {policy.action_dim}, "
             f"but task {task!r} has {obs_dim} and {act_dim}; use a policy trained on this task"
         )
+    trained_on = recorded_task(policy)
+    if trained_on and task and trained_on != task and (trained_on, task) not in _shown_notes:
+        _shown_notes.add((trained_on, task))  # once per process: every command checks the fit more than once
+        print(
+            f"note: the policy was trained on {trained_on!r} and runs on {task!r} (the sizes fit, the task may not)",
+            file=sys.stderr,
+        )
+
+
+_shown_notes: set[tuple[str, str]] = set()
+
+
+def recorded_task(policy) -> str | None:
+    """The task a policy records it was trained for (its config's, or its base's), if any."""
+    for p in (policy, getattr(policy, "base", None)):
+        task = getattr(getattr(p, "config", None), "task", None) or getattr(p, "task", None)
+        if isinstance(task, str) and task:
+            return task
+    return None
 
 
 class ReportSuccess(gym.Wrapper, gym.utils.RecordConstructorArgs):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import gymnasium as gym
 
 from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.ranges import check_ranges
 from dpft.envs.chunking import ChunkedEnv, Horizons, horizons_of, make_vector_env
 from dpft.envs.rewards import resolve_reward
 from dpft.envs.tasks import make
@@ -15,6 +17,11 @@ from dpft.envs.tasks import make
 
 @dataclass
 class EnvConfig:
+    """Settings shared by every command that steps a task."""
+
+    RANGES: ClassVar[dict[str, str]] = {"envs": ">= 1", "seed": "[0, 1000000000]", "max_episode_steps": ">= 1"}
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+
     task: str = "metaworld:push-v3"
     """Task id: gym:<id>, metaworld:<task>-v3, robotics:<id>, or any registered gymnasium id."""
     envs: int = 8
@@ -29,6 +36,7 @@ class EnvConfig:
     """sync (fastest on few cores) or async (one subprocess per env)."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.envs < 1:
             raise ConfigError(f"--envs ({self.envs}) must be >= 1")
         if self.vectorization not in ("sync", "async"):

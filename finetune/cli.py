@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import SafetensorError
 
 try:
     import tomllib
@@ -29,6 +30,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from dpft.base_policies.config import from_dict
 from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.base_policies.files import file_error, read_text
+from dpft.base_policies.ranges import check_ranges
 from dpft.base_policies.registry import entry_point_names, load_entry_point
 from dpft.base_policies.threads import apply_threads, prepare_threads
 from dpft.finetune.distributed import Shard, close_shard
@@ -111,7 +114,7 @@ def _version() -> str:
 def read_config_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
+    text = read_text(path, "config file")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
@@ -149,6 +152,7 @@ def parse(name: str, args: list[str]) -> Any:
     default = from_dict(cmd.config_cls, read_config_file(path)) if path else None
     description = f"{cmd.help}\n\n{CONFIG_HELP}"
     cfg = tyro.cli(cmd.config_cls, args=rest, default=default, prog=f"dpft {name}", description=description)
+    check_ranges(cfg)  # the commands' own configs check in __post_init__; this covers a plug-in's
     cfg.explicit = explicit_settings(cmd.config_cls, rest) | (_leaf_keys(read_config_file(path)) if path else set())
     return cfg
 
@@ -226,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         close_shard(finished=True)
     except DpftError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeError, SafetensorError) as e:  # the file system or a file's bytes: one line by class
+        print(f"error: {file_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}", file=sys.stderr)

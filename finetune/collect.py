@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from dpft.finetune.rollout import EnvSlots, EpisodeResult, run_episodes
 @dataclass
 class CollectConfig(EnvConfig):
     """Roll out the task's expert and write demonstrations (robomimic-layout HDF5)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"episodes": ">= 1", "action_noise": ">= 0"}
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     episodes: int = 50
     """Number of episodes to write."""

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,6 +29,9 @@ from dpft.finetune.stats import mean_ci, wilson_interval
 @dataclass
 class EvalConfig(EnvConfig):
     """Evaluate a policy folder on a task: success rate and return with 95% intervals."""
+
+    RANGES: ClassVar[dict[str, str]] = {"episodes": ">= 1", "video_episodes": ">= 1"}
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     task: str | None = None  # type: ignore[assignment]
     """Task id (default: the task the policy was trained for)."""

@@ -106,6 +106,10 @@ class _Tee:
     def __init__(self, out) -> None:
         self.out, self.pending, self.text = out, "", ""
         self.dpft_errors: set[str] = set()
+        self.held: list[str] | None = None
+        """A traceback being read: shown at the next one or at the end, unless it is the launcher's
+        own report of a failed process (``ChildFailedError``, ~40 lines), which dpft's one line
+        replaces. A traceback of a process (a bug) is always shown."""
 
     def feed(self, data: str) -> None:
         self.text += data
@@ -116,6 +120,12 @@ class _Tee:
                 self.dpft_errors.add(line)
             elif self.dpft_errors:
                 continue
+            if line.startswith("Traceback (most recent call last)"):
+                self._show_held()
+                self.held = []
+            if self.held is not None:
+                self.held.append(line)
+                continue
             self.out.write(line + "\n")
         if "\r" in self.pending and not self.dpft_errors:  # a progress bar redrawing its line
             head, _, self.pending = self.pending.rpartition("\r")
@@ -124,6 +134,13 @@ class _Tee:
 
     def close(self) -> None:
         self.feed("\n" if self.pending else "")
+        self._show_held()
+        self.out.flush()
+
+    def _show_held(self) -> None:
+        block, self.held = self.held, None
+        if block and not any("ChildFailedError" in line for line in block):
+            self.out.write("\n".join(block) + "\n")
 
 
 def _failed_rank(stderr: str) -> tuple[int, str] | None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ STREAM_SEED = 10_000
 @dataclass
 class SteerabilityConfig(EnvConfig):
     """How much the initial noise can change a base policy's outcome: best-of-K noise streams on fixed start states."""
+
+    RANGES: ClassVar[dict[str, str]] = {"states": ">= 1", "streams": ">= 2", "spread_states": ">= 0", "room": "> 0"}
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     task: str | None = None  # type: ignore[assignment]
     """Task id (default: the task the policy was trained for)."""

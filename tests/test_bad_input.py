@@ -10,7 +10,6 @@ contain, and optionally a ``setup(T)`` that writes the files the case needs. Sha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import sys
@@ -22,6 +21,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import tiny_policy
+from refusal import snapshot
 from synthetic import bimodal_episodes
 
 from dpft.base_policies.data import write_robomimic_hdf5
@@ -123,6 +123,29 @@ def _damaged_checkpoint(t: Path) -> None:
     (t / "run" / "checkpoint" / "state.json").write_text("{not json")
 
 
+def _run_with(rel: str, data: bytes) -> Callable[[Path], None]:
+    """A copy of the shared run whose file ``rel`` holds ``data``."""
+
+    def setup(t: Path) -> None:
+        import shutil
+
+        shutil.copytree(ASSETS / "run", t / "run")
+        (t / "run" / rel).write_bytes(data)
+
+    return setup
+
+
+def _obs_lengths_differ(f: h5py.File) -> None:
+    g = f.create_group("data/demo_0")
+    g.create_dataset("obs/a", data=np.zeros((5, 2), np.float32))
+    g.create_dataset("obs/b", data=np.zeros((4, 2), np.float32))
+    g.create_dataset("actions", data=np.zeros((5, 2), np.float32))
+
+
+def _link_loop(t: Path) -> None:
+    (t / "loop").symlink_to("loop")
+
+
 def _config_only_run(t: Path) -> None:
     import shutil
 
@@ -187,6 +210,17 @@ CASES = [
     Case("unknown-command", "finetune nope --base {A}/policy", ("unknown command",)),
     # ----- config files -----
     Case("config-missing", "eval --config {T}/nope.yaml", ("does not exist",)),
+    # ----- classes of file-system and byte errors (base_policies/files.py), one example each -----
+    Case("config-not-utf8", "eval --config {T}/c.yaml", ("not UTF-8",), lambda t: (t / "c.yaml").write_bytes(b"episodes: \xff\n")),
+    Case("config-is-a-folder", "train-bc --config {T}", ("is a folder",)),
+    Case("config-flag-without-value", "train-bc --dataset {A}/demos.hdf5 --out {T}/r --config", ("is a folder",)),
+    Case("policy-is-a-link-loop", "eval --policy {T}/loop", ("loop",), _link_loop),
+    Case("policy-config-not-utf8", "eval --policy {T}/p", ("not UTF-8",), lambda t: ((t / "p").mkdir(), (t / "p" / "config.json").write_bytes(b'{"type": "\xc3\x28"}'))),
+    Case("resume-config-yaml-not-utf8", "train-bc --out {T}/run --resume", ("config.yaml", "not UTF-8"), _run_with("config.yaml", b"steps: \xff\n")),
+    Case("resume-state-not-utf8", "train-bc --out {T}/run --resume", ("state", "not UTF-8"), _run_with("checkpoint/state.json", b"{\"step\": \"\xff\"}")),
+    Case("resume-state-of-another-shape", "train-bc --out {T}/run --resume", ("state.json", "layout dpft writes"), _run_with("checkpoint/state.json", b"[1, 2]")),
+    Case("resume-state-step-not-a-number", "train-bc --out {T}/run --resume", ("state.json", "'step'"), _run_with("checkpoint/state.json", b'{"step": "x"}')),
+    Case("dataset-obs-lengths-differ", "train-bc --dataset {T}/d.hdf5 --out {T}/r --obs-keys a b", ("different lengths",), _hdf5(_obs_lengths_differ)),
     Case("config-not-yaml", "eval --config {T}/c.yaml", ("is not valid",), _write("c.yaml", "a: [1, 2\n")),
     Case("config-not-a-mapping", "eval --config {T}/c.yaml", ("mapping",), _write("c.yaml", "- 1\n- 2\n")),
     Case("config-unknown-key", "eval --config {T}/c.yaml", ("unknown", "epsiodes"), _write("c.yaml", "epsiodes: 3\n")),
@@ -238,13 +272,6 @@ def assets(tmp_path_factory) -> Path:
     (a / "exists.hdf5").write_text("precious demos")
     (a / "afile").write_text("a plain file")
     return a
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """Every file under ``roots`` (hidden ones too) with the hash of its bytes."""
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for root in roots for p in root.rglob("*") if p.is_file()
-    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -15,7 +15,7 @@ from synthetic import bimodal_episodes
 
 from dpft.base_policies.data import write_robomimic_hdf5
 from dpft.base_policies.run_folder import RunFolder
-from dpft.base_policies.state_io import PUBLISH_STEPS, atomic_dir, recover_dir
+from dpft.base_policies.state_io import FILE_STEPS, PUBLISH_STEPS, atomic_dir, atomic_write_text, recover_dir
 from dpft.finetune import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,43 @@ def test_a_kill_at_any_step_of_a_folder_write_leaves_a_complete_copy(tmp_path, s
         (tmp / "tag").write_text("C")
     assert complete_copy(path) == "C"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # nothing left behind
+
+
+FILE_WRITER = """
+import os, sys
+from pathlib import Path
+from dpft.base_policies.state_io import atomic_write_text
+
+path, kill_at = Path(sys.argv[1]), sys.argv[2]
+atomic_write_text(path, "A" * 100_000)
+os.environ["DPFT_KILL_AT"] = kill_at
+atomic_write_text(path, "B" * 100_000)
+"""
+
+
+@pytest.mark.parametrize("step", FILE_STEPS)
+def test_a_kill_at_any_step_of_a_file_write_leaves_a_whole_file_and_no_leftover(tmp_path, step):
+    """A single-file write (config.yaml, final_eval.json, guarded.json, ...) killed at each step: the
+    file is whole (old or new), and the next write of it -- or opening the run folder -- deletes the
+    temporary the kill left."""
+    path = tmp_path / "final_eval.json"
+    res = subprocess.run([sys.executable, "-c", FILE_WRITER, str(path), step], capture_output=True, text=True)
+    assert res.returncode == 137, res.stderr
+    assert path.read_text() in ("A" * 100_000, "B" * 100_000)
+    assert path.read_text() == ("B" if step == "file-published" else "A") * 100_000
+    atomic_write_text(path, "C")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final_eval.json"]
+
+
+def test_opening_a_run_folder_deletes_the_leftovers_of_killed_single_file_writes(tmp_path, dataset):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in (".config.yaml.a1b2c3d4.tmp", ".final_eval.json.zz_9ZZ9z.tmp", ".guarded.json.q1w2e3r4.trash"):
+        (run / name).write_text("half")
+    (run / ".notes.tmp").write_text("a user's file")  # not a temporary's name: left alone
+    argv = ["train-bc", "--dataset", str(dataset), "--out", str(run), "--steps", "2", "--arch.hidden-dim", "8"]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock", ".notes.tmp"]
 
 
 @pytest.fixture()

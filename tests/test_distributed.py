@@ -105,6 +105,37 @@ def test_a_killed_process_ends_the_run_with_its_rank():
     )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("error: process 1 (SIGKILL) of 2 failed")
+    assert "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr, res.stderr  # the launcher's report
+
+
+LAUNCHER_REPORT = """Traceback (most recent call last):
+  File "accelerate_cli.py", line 50, in <module>
+    main()
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+Root Cause (first observed failure):
+[0]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 4615)
+============================================================
+"""
+
+
+def test_the_launchers_report_is_replaced_but_a_process_traceback_is_shown():
+    import io
+
+    from dpft.finetune.launch import _failed_rank, _Tee
+
+    child = 'Traceback (most recent call last):\n  File "x.py", line 1\nZeroDivisionError: division by zero\n'
+    out = io.StringIO()
+    tee = _Tee(out)
+    for chunk in ("progress 1/2\n", child, "W1204 sending SIGTERM\n", LAUNCHER_REPORT[:50], LAUNCHER_REPORT[50:]):
+        tee.feed(chunk)
+    tee.close()
+    shown = out.getvalue()
+    assert "ZeroDivisionError" in shown and "progress 1/2" in shown and "SIGTERM" in shown
+    assert "ChildFailedError" not in shown and "accelerate_cli" not in shown
+    assert _failed_rank(tee.text) == (1, "exit code -9")
 
 
 def _two_machines(cmd: list[str], timeout: float) -> tuple[list[int | None], list[tuple[str, str]]]:

@@ -180,10 +180,10 @@ def _foreign_step(d: Path) -> None:
     (d / "policy_preprocessor.json").write_text(json.dumps(pipeline))
 
 
-def _processor_step(edit):
+def _processor_step(edit, name: str = "normalizer_processor"):
     def damage(d: Path) -> None:
         pipeline = json.loads((d / "policy_preprocessor.json").read_text())
-        edit(next(st for st in pipeline["steps"] if st["registry_name"] == "normalizer_processor"))
+        edit(next(st for st in pipeline["steps"] if st["registry_name"] == name))
         (d / "policy_preprocessor.json").write_text(json.dumps(pipeline))
 
     return damage
@@ -205,6 +205,8 @@ BAD = {
                                           "needs a 'config' object and a 'state_file'"),
     "a processor eps that is not a number": (TOY44, lambda c: None, _processor_step(
         lambda st: st["config"].update(eps="x")), "eps must be a number"),
+    "a cast of the observations to float16": (TOY44, lambda c: None, _processor_step(
+        lambda st: st.setdefault("config", {}).update(float_dtype="float16"), "device_processor"), "casts to float16"),
     "no U-Net levels": (TOY44, lambda c: c.update(down_dims=[]), None, "down_dims must be a non-empty list"),
     "groups that do not divide the channels": (TOY44, lambda c: c.update(n_groups=5), None, "divisible by n_groups"),
     "a boolean step count": (TOY44, lambda c: c.update(num_inference_steps=True), None, "num_inference_steps must be"),

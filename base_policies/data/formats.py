@@ -79,6 +79,11 @@ def _read_obs(group: h5py.Group | h5py.Dataset, keys: Sequence[str] | None, wher
     if missing:
         raise DatasetError(f"{where}: observation key(s) {missing} not found; available: {sorted(group.keys())}")
     parts = [np.asarray(group[k][()], dtype=np.float32) for k in keys]
+    lengths = {k: len(p) if p.ndim else 0 for k, p in zip(keys, parts)}
+    if len(set(lengths.values())) > 1 or 0 in lengths.values():
+        raise DatasetError(
+            f"{where}: the observation keys have different lengths {lengths}; every key needs one row per step"
+        )
     return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
 
 

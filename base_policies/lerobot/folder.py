@@ -297,6 +297,7 @@ def _from_processors(path: Path, config: dict[str, Any]) -> tuple[dict, dict[str
             raise CheckpointError(
                 f"{file} has processor step(s) {foreign} dpft does not reproduce; dpft covers {covered}"
             )
+        _check_device_steps(steps, file)
         if len(found) != 1:
             raise CheckpointError(f"{file} has {len(found)} {wanted} steps, expected one: the normaliser is missing")
         step = found[0]
@@ -321,6 +322,21 @@ def _from_processors(path: Path, config: dict[str, Any]) -> tuple[dict, dict[str
             if key in mine:
                 stats.setdefault(key, {})[stat] = tensor.float()
     return stats, modes, eps
+
+
+def _check_device_steps(steps: list[dict[str, Any]], file: Path) -> None:
+    """A ``device_processor`` that casts to another float type (float16, bfloat16) changes LeRobot's
+    chunks (by up to 5e-3 measured with float16); dpft runs float32, so it refuses rather than
+    differ in silence."""
+    for st in steps:
+        if st.get("registry_name") != "device_processor":
+            continue
+        dtype = (st.get("config") or {}).get("float_dtype") if isinstance(st.get("config"), dict) else None
+        if dtype not in (None, "float32", "torch.float32"):
+            raise CheckpointError(
+                f"{file}: its device_processor casts to {dtype}, which dpft does not reproduce (it runs float32, and "
+                "the chunks would differ from LeRobot's); set that step's float_dtype to null to load it"
+            )
 
 
 def _check_stats(folder: LeRobotFolder, path: Path) -> None:

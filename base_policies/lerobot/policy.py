@@ -32,6 +32,7 @@ policy is still a LeRobot folder inside; ``dpft export lerobot`` writes it out o
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -237,10 +238,17 @@ def load_lerobot(path: str | Path, task: str | None = None, provenance: dict | N
     raises on the way (a value of an unexpected type deep in a config) still ends in one
     :class:`CheckpointError`, never a traceback."""
     try:
-        return LeRobotDiffusionPolicy(read_folder(path), task=task, provenance=provenance).eval()
+        policy = LeRobotDiffusionPolicy(read_folder(path), task=task, provenance=provenance).eval()
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
         raise CheckpointError(
             f"could not read the LeRobot policy in {path} ({type(e).__name__}: {e}); {SUPPORTED}"
         ) from None
+    if policy.scheduler == "DDPM":
+        print(
+            f"note: {path} is a DDPM policy: LeRobot samples it stochastically, dpft maps a noise to a chunk "
+            "with deterministic DDIM on the same noise levels, so scores can differ from LeRobot's",
+            file=sys.stderr,
+        )
+    return policy

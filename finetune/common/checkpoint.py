@@ -40,7 +40,8 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from dpft.base_policies.errors import CheckpointError
-from dpft.base_policies.state_io import atomic_dir, load_state, rng_state, save_state, set_rng_state
+from dpft.base_policies.files import interpreting
+from dpft.base_policies.state_io import RESTART, atomic_dir, load_state, rng_state, save_state, set_rng_state
 
 MODEL_FILES = ("model.zip", "sac.zip")  # sac.zip: checkpoints of DSRL runs before the shared run parts
 # What SB3 (zipfile, pickle, torch.load) raises on a truncated, damaged or mismatched file.
@@ -104,6 +105,14 @@ def load_sb3_checkpoint(
     clear :class:`CheckpointError` when the files are damaged."""
     zip_file = next((folder / f for f in MODEL_FILES if (folder / f).exists()), folder / MODEL_FILES[0])
     state = load_state(folder)
+    with interpreting(folder / "state.json", "training state", CheckpointError, RESTART):
+        return _restore(cls, folder, zip_file, state, env, **kwargs)
+
+
+def _restore(
+    cls: type[BaseAlgorithm], folder: Path, zip_file: Path, state: dict, env: VecEnv, **kwargs: Any
+) -> tuple[BaseAlgorithm, dict]:
+    state["wall_s"] = float(state.get("wall_s", 0.0))
     exact = state.get("envs") is not None and _replayable(env)
     try:
         with pre_namespace_names(), warnings.catch_warnings():

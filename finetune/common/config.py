@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE
 from dpft.base_policies.device import check_device_spec
@@ -15,6 +15,15 @@ from dpft.envs.config import EnvConfig
 @dataclass
 class FinetuneConfig(EnvConfig):
     """Fine-tune a frozen base policy (settings shared by every method)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "steps": ">= 1",
+        "eval_every": ">= 1",
+        "eval_episodes": ">= 1",
+        "validation_episodes": ">= 1",
+        "checkpoint_every": ">= 1",
+    }
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     base: str = DEFAULT_BASE
     """Base policy folder, run folder, or shipped:<name>. Its weights never change."""

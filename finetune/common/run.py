@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from dpft.base_policies.checkpoint import load_policy
 from dpft.base_policies.device import resolve_device
-from dpft.base_policies.errors import ConfigError, TrainingError
+from dpft.base_policies.errors import CheckpointError, ConfigError, TrainingError
 from dpft.base_policies.policy import Policy
 from dpft.base_policies.run_folder import open_run
 from dpft.base_policies.state_io import atomic_write_text, recover_dir
@@ -196,9 +196,12 @@ def rank_checkpoint_dir(run, rank: int) -> Path:
 
 def check_resume_processes(run, world: int) -> None:
     """A run resumes with the number of processes that checkpointed it (each has its own buffer)."""
-    from dpft.base_policies.state_io import load_state, readable_copy
+    from dpft.base_policies.files import interpreting
+    from dpft.base_policies.state_io import RESTART, load_state, readable_copy
 
-    saved = int(load_state(readable_copy(run.checkpoint_dir)).get("processes", 1))
+    folder = readable_copy(run.checkpoint_dir)
+    with interpreting(folder / "state.json", "training state", CheckpointError, RESTART):
+        saved = int(load_state(folder).get("processes", 1))
     if saved != world:
         raise ConfigError(
             f"{run.root} was checkpointed by {saved} process(es), each with its own envs and replay buffer; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy
 from dpft.base_policies.device import check_device_spec, resolve_device
@@ -22,6 +23,18 @@ from dpft.finetune.dpo.sampling import RANKS, SAMPLERS, branch_groups, make_pair
 @dataclass
 class PairsConfig:
     """How pairs are made (shared by `dpft prefs collect` and the rounds of `dpft finetune dpo`)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "states": ">= 1",
+        "streams": ">= 2",
+        "chunk_states": ">= 0",
+        "chunk_streams": ">= 2",
+        "horizon": ">= 0",
+        "noise_level": ">= 0",
+        "min_margin": ">= 0",
+        "max_pairs_per_state": ">= 0",
+    }
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     states: int = 16
     """Start states (reset seeds seed, seed+1, ...) per collection."""

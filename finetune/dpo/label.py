@@ -40,7 +40,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import gymnasium as gym
@@ -49,6 +49,7 @@ import tyro
 
 from dpft.base_policies.config import from_dict, to_dict
 from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.base_policies.ranges import check_ranges
 from dpft.envs.config import EnvConfig
 from dpft.finetune.dpo.prefs import Pair, Prefs, append_label, apply_labels, labels_path, read_labels, read_prefs
 from dpft.finetune.video import BACKENDS, RenderBackendError, _backend, _message, render_backend_failed
@@ -61,6 +62,9 @@ RENDER_VERSION = 1
 class PrefsLabelConfig:
     """Label preference pairs in a browser: watch both rollouts, answer left / right / tie / skip."""
 
+    RANGES: ClassVar[dict[str, str]] = {"port": "[0, 65535]", "size": "[16, 2048]", "every": ">= 1"}
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+
     file: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="FILE.hdf5")] = Path("prefs.hdf5")
     """Preference file (from `dpft prefs collect`, e.g. with --unlabelled); answers go to <stem>.labels.jsonl."""
     port: int = 8765
@@ -71,6 +75,7 @@ class PrefsLabelConfig:
     """Render every k-th env step (fewer frames render faster; playback stays at real time)."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port ({self.port}) must be between 0 and 65535 (0: any free port)")
         if self.size < 32 or self.size % 2:

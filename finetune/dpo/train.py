@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import save_file
@@ -34,11 +34,12 @@ from tqdm import tqdm
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, load_weights
 from dpft.base_policies.device import check_device_spec, resolve_device
-from dpft.base_policies.errors import ConfigError, TrainingError
+from dpft.base_policies.errors import CheckpointError, ConfigError, TrainingError
+from dpft.base_policies.files import check_keys, interpreting
 from dpft.base_policies.policy import DenoisingPolicy
 from dpft.base_policies.registry import multi_process
 from dpft.base_policies.run_folder import open_run
-from dpft.base_policies.state_io import atomic_dir, atomic_write_text, load_state, save_state
+from dpft.base_policies.state_io import RESTART, atomic_dir, atomic_write_text, load_state, save_state
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
@@ -53,6 +54,23 @@ from dpft.finetune.dpo.prefs import Prefs, PrefsError, check_compatible, merge, 
 @dataclass
 class DPOConfig(EnvConfig, PairsConfig):
     """Preference fine-tuning of a diffusion/flow policy (Diffusion-DPO, D3PO, filtered BC), in rounds."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "beta": "> 0",
+        "bc_weight": ">= 0",
+        "clip": "> 0",
+        "lr": "(0, 1]",
+        "batch_pairs": ">= 1",
+        "chunks_per_pair": ">= 1",
+        "steps_per_round": ">= 1",
+        "rounds": ">= 1",
+        "flip_labels": "[0, 1]",
+        "ema_decay": "[0, 1)",
+        "eval_episodes": ">= 1",
+        "eval_seed": "[0, 1000000000]",
+        "checkpoint_every": ">= 1",
+    }
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     base: str = DEFAULT_BASE
     """The policy to fine-tune (a diffusion or flow policy folder, run folder or shipped:<name>)."""
@@ -428,8 +446,12 @@ def _load_checkpoint(folder: Path, model, ref, ema, opt, gen, loss_gen) -> dict:
     if ema is not None:
         load_weights(ema, folder, "ema.safetensors")
     s = load_state(folder)
-    opt.load_state_dict(s.pop("optimizer"))
-    gen.set_state(s.pop("gen"))
-    loss_gen.set_state(s.pop("loss_gen"))
-    s["base_eval"] = [(bool(a), float(b)) for a, b in s["base_eval"]] if s.get("base_eval") else None
-    return s
+    with interpreting(folder / "state.json", "training state", CheckpointError, RESTART):
+        check_keys(s, dict.fromkeys(("round", "step", "total_steps", "env_steps"), int), folder / "state.json",
+                   "training state", CheckpointError)  # fmt: skip
+        opt.load_state_dict(s.pop("optimizer"))
+        gen.set_state(s.pop("gen"))
+        loss_gen.set_state(s.pop("loss_gen"))
+        s["base_eval"] = [(bool(a), float(b)) for a, b in s["base_eval"]] if s.get("base_eval") else None
+        s["wall_s"] = float(s.get("wall_s", 0.0))
+        return s

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,6 +45,26 @@ VARIANTS = {"sac": DSRLSAC, "na": DSRLNA}
 @dataclass
 class DSRLConfig(FinetuneConfig):
     """Fine-tune a frozen diffusion/flow policy with DSRL (RL over its initial noise)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "action_magnitude": "> 0",
+        "hidden": ">= 1",
+        "layers": ">= 1",
+        "critics": ">= 1",
+        "distill_samples": ">= 0",
+        "distill_within_weight": ">= 0",
+        "utd": "> 0",
+        "target_entropy": "any",
+        "target_kl": "> 0",
+        "init_alpha": "> 0",
+        "min_alpha": ">= 0",
+        "warmup_steps": ">= 0",
+        "critic_warmup_steps": ">= 0",
+        "gamma": "[0, 1]",
+        "batch_size": ">= 1",
+        "lr": "(0, 1]",
+    }
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     out: Path = Path("runs/dsrl")
     """Run folder; the steered policy is written to OUT/policy."""
@@ -106,13 +126,7 @@ class DSRLConfig(FinetuneConfig):
             raise ConfigError(f"unknown --variant {self.variant!r}; available: {list(VARIANTS)}")
         if self.init_alpha is None:
             self.init_alpha = 0.01 if self.uses_noise_prior else 1.0
-        if self.action_magnitude <= 0 or self.init_alpha <= 0:
-            raise ConfigError("--action-magnitude and --init-alpha must be positive")
         check_utd(self.utd)
-        if self.warmup_steps < 0 or self.critic_warmup_steps < 0:
-            raise ConfigError("--warmup-steps and --critic-warmup-steps must be 0 or more")
-        if self.critics < 1 or self.distill_samples < 0:
-            raise ConfigError("--critics must be at least 1 and --distill-samples at least 0")
 
     @property
     def uses_noise_prior(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -44,6 +44,31 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": ResidualSAC, "td3": ResidualTD3,
 @dataclass
 class ResidualConfig(FinetuneConfig):
     """Fine-tune a frozen diffusion/flow (or DSRL) policy with a learned residual correction."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "residual_scale": "(0, 1]",
+        "hidden": ">= 1",
+        "layers": ">= 1",
+        "lr": "(0, 1]",
+        "gamma": "[0, 1]",
+        "batch_size": ">= 1",
+        "warmup_steps": ">= 0",
+        "critic_warmup_steps": ">= 0",
+        "explore_ramp_steps": ">= 0",
+        "utd": "> 0",
+        "n_step": ">= 1",
+        "critics": ">= 1",
+        "init_alpha": "> 0",
+        "action_noise": ">= 0",
+        "rollout_steps": ">= 1",
+        "epochs": ">= 1",
+        "target_kl": "> 0",
+        "gae_lambda": "[0, 1]",
+        "clip_range": "> 0",
+        "log_std_init": "any",
+        "ent_coef": ">= 0",
+    }
+    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
     out: Path = Path("runs/residual")
     """Run folder; the residual policy is written to OUT/policy."""
@@ -113,16 +138,7 @@ class ResidualConfig(FinetuneConfig):
             raise ConfigError(f"unknown --algo {self.algo!r}; choose one of {list(ALGOS)}")
         if self.form not in FORMS:
             raise ConfigError(f"unknown --form {self.form!r}; choose one of {list(FORMS)}")
-        if self.residual_scale is not None and not 0 < self.residual_scale <= 1:
-            raise ConfigError(
-                f"--residual-scale {self.residual_scale} must be in (0, 1]: it is the largest correction as a "
-                "share of half the action range (0.1 is a good start)"
-            )
-        if min(self.n_step, self.critics, self.epochs, self.rollout_steps, self.batch_size) < 1:
-            raise ConfigError("--n-step, --critics, --epochs, --rollout-steps and --batch-size must be >= 1")
         check_utd(self.utd)
-        if min(self.warmup_steps, self.critic_warmup_steps, self.explore_ramp_steps) < 0:
-            raise ConfigError("--warmup-steps, --critic-warmup-steps and --explore-ramp-steps must be >= 0")
 
 
 class Residual(SB3Method):
