@@ -40,6 +40,7 @@ test: install
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
+	DPFT_FUZZ_EXAMPLES=200 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 # The docs site (MkDocs Material) into site/, warnings as errors.
 docs: install

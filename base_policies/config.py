@@ -174,7 +174,7 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     for name, value in data.items():
         hint = hints[name]
-        if not dataclasses.is_dataclass(hint) and not _matches(value, hint):
+        if not _matches(value, hint):
             # a config file is checked like a flag: `steps: 10.5` or `steps: ten` is an error, not a run
             raise ConfigError(f"{cls.__name__} setting {name!r} must be {_describe(hint)}, got {value!r}")
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
@@ -235,6 +235,12 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
+    if hint is Path:
+        return isinstance(value, (str, Path))
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, (dict, hint))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
     return True  # a type this check does not know: leave it to the constructor
 
 
@@ -248,6 +254,9 @@ def _describe(hint: Any, plural: bool = False) -> str:
     if origin is tuple:
         return "a list of " + _describe(typing.get_args(hint)[0], plural=True)
     names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names |= {Path: "a path (a string)", dict: "a mapping"}
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {hint.__name__} settings"
     many = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
     return (many if plural else names).get(hint, getattr(hint, "__name__", str(hint)))
 

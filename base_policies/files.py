@@ -119,15 +119,23 @@ STRUCTURE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError,
 """What reading parsed data of an unexpected shape raises (``d["step"] + 1`` on a string, ...)."""
 
 
+HDF5_ERRORS = (*STRUCTURE_ERRORS, RuntimeError, OSError)
+"""What h5py raises on damaged bytes inside a file it could open ("bad symbol table node
+signature", an attribute that reads as None, ...)."""
+
+
 @contextlib.contextmanager
-def interpreting(path: Path | str, what: str, error: type[DpftError] = FileError, fix: str = "") -> Iterator[None]:
+def interpreting(
+    path: Path | str, what: str, error: type[DpftError] = FileError, fix: str = "",
+    errors: tuple[type[BaseException], ...] = STRUCTURE_ERRORS,
+) -> Iterator[None]:  # fmt: skip
     """Turn a structure error raised while the block reads the parsed contents of ``path`` into
     one ``error`` naming the file (a :class:`DpftError` raised inside passes unchanged)."""
     try:
         yield
     except DpftError:
         raise
-    except STRUCTURE_ERRORS as e:
+    except errors as e:
         detail = f"{type(e).__name__}: {' '.join(str(e).split())}"[:200]
         advice = fix or "it was not written by this version of dpft or was changed by hand; restore or remove it"
         raise error(f"{what} {path} does not have the layout dpft writes ({detail}); {advice}") from None

@@ -88,9 +88,9 @@ class RunFolder:
             recover_dir(self.root / name)  # deletes the temporaries
         # per-process checkpoints of a multi-process run; a DPO run's rounds of pairs (a new run
         # must collect its own, not train on the old run's)
-        for name in ("ranks", "prefs"):
+        for name in ("ranks", "prefs", "given"):
             shutil.rmtree(self.root / name, ignore_errors=True)
-        for name in ("config.yaml", "evals.jsonl", "final_eval.json", "best_policy.json"):
+        for name in ("config.yaml", "evals.jsonl", "final_eval.json", "best_policy.json", "given_prefs.json"):
             (self.root / name).unlink(missing_ok=True)
 
     clear_before_writing: bool = False

@@ -146,6 +146,12 @@ def _link_loop(t: Path) -> None:
     (t / "loop").symlink_to("loop")
 
 
+def _ddim_pairs(t: Path) -> None:
+    """Pairs from `dpft prefs collect` with its default sampler (ddim: no chains kept)."""
+    argv = ["prefs", "collect", "--policy", str(ASSETS / "policy"), "--task", TOY, "--states", "2", "--streams", "2"]
+    assert cli.main([*argv, "--envs", "2", "--out", str(t / "p.hdf5")]) == 0
+
+
 def _config_only_run(t: Path) -> None:
     import shutil
 
@@ -210,6 +216,7 @@ CASES = [
     Case("unknown-command", "finetune nope --base {A}/policy", ("unknown command",)),
     # ----- config files -----
     Case("config-missing", "eval --config {T}/nope.yaml", ("does not exist",)),
+    Case("d3po-on-pairs-without-chains", "finetune dpo --base {A}/policy --prefs {T}/p.hdf5 --loss d3po --out {T}/r", ("--sampler stochastic",), _ddim_pairs),
     # ----- classes of file-system and byte errors (base_policies/files.py), one example each -----
     Case("config-not-utf8", "eval --config {T}/c.yaml", ("not UTF-8",), lambda t: (t / "c.yaml").write_bytes(b"episodes: \xff\n")),
     Case("config-is-a-folder", "train-bc --config {T}", ("is a folder",)),

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -401,3 +402,35 @@ def test_overwrite_does_not_reuse_the_old_runs_pairs(tmp_path):
         (run.root / rel).write_text("x")
     run.clear()
     assert sorted(p.name for p in run.root.iterdir()) == ["notes.txt"]  # a file of the user's stays
+
+
+def test_d3po_on_pairs_without_chains_says_which_flags_to_use(tmp_path, prefs_file, base_dir, capsys):
+    """Pairs collected with the default (ddim) sampler keep no chains: one line naming the flag."""
+    prefs = copy.deepcopy(prefs_file[1])
+    prefs.meta |= {"sampler": "ddim", "noise_level": ""}
+    for r in prefs.rollouts.values():
+        r.chains = None
+    write_prefs(tmp_path / "ddim.hdf5", prefs)
+    argv = ["finetune", "dpo", "--base", str(base_dir), "--prefs", str(tmp_path / "ddim.hdf5"), "--loss", "d3po"]
+    assert cli.main([*argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--sampler stochastic" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_partly_labelled_file_says_what_trains_and_the_run_keeps_the_labels(tmp_path, prefs_file, base_dir, capsys):
+    prefs = copy.deepcopy(prefs_file[1])
+    for p in prefs.pairs[2:]:
+        p.label, p.source = None, None
+    write_prefs(tmp_path / "p.hdf5", prefs)
+    append_label(labels_path(tmp_path / "p.hdf5"), prefs.pairs[2].id, "left")  # a person labels one more
+    cfg = quick(tmp_path, base_dir, prefs=(tmp_path / "p.hdf5",), rounds=1, steps_per_round=2, eval_episodes=2)
+    train_dpo(cfg)
+    out = capsys.readouterr().out
+    n = len(prefs.pairs)
+    assert f"3 of {n} pairs train (1 labelled by a person); {n - 3} unlabelled" in out
+    record = json.loads((cfg.out / "given_prefs.json").read_text())
+    assert record[0]["used"] == 3 and set(record[0]["sha256"]) == {"p.hdf5", "p.jsonl", "p.labels.jsonl"}
+    assert (cfg.out / "given" / "0-p.labels.jsonl").read_text() == labels_path(tmp_path / "p.hdf5").read_text()
+    append_label(labels_path(tmp_path / "p.hdf5"), prefs.pairs[3].id, "right")  # the labels change
+    with pytest.raises(ConfigError, match="changed since this run started"):
+        train_dpo(replace(cfg, resume=True, rounds=2))

@@ -146,3 +146,18 @@ def test_video_falls_back_to_the_next_gl_backend(tmp_path, backends, works):
         error = [line for line in res.stderr.splitlines() if line.startswith("error:")]
         assert len(error) == 1 and "glfw:" in error[0] and "nope:" in error[0], res.stderr
         assert not (tmp_path / "v.gif").exists()
+
+
+@pytest.mark.slow
+def test_eval_video_exits_quietly_in_a_real_process(tmp_path):
+    """The renderer is closed before the interpreter exits: no ``OffScreenViewer.__del__``
+    traceback ("Exception ignored in ...") after a video, on a MuJoCo task, in a fresh process."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "dpft.finetune.cli", "eval", "--policy", "shipped:metaworld-push-v3", "--episodes"]
+    argv += ["1", "--envs", "1", "--video", str(tmp_path / "v.mp4"), "--video-episodes", "1", "--no-progress"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "v.mp4").stat().st_size > 0
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr

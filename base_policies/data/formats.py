@@ -42,6 +42,7 @@ import numpy as np
 from dpft.base_policies.data.env_args import read_obs_keys
 from dpft.base_policies.data.episodes import Demonstrations, Episode, check_consistent, make_episode
 from dpft.base_policies.errors import DatasetError
+from dpft.base_policies.files import HDF5_ERRORS, interpreting, read_json
 from dpft.base_policies.state_io import publish_mode
 
 Reader = Callable[[Path, Sequence[str] | None], Demonstrations]
@@ -93,6 +94,9 @@ def _require(group: h5py.Group, key: str, where: str) -> Any:
     return group[key]
 
 
+DAMAGED = "the file is damaged; write it again (dpft collect) or restore a copy"
+
+
 def read_robomimic_hdf5(
     path: Path, obs_keys: Sequence[str] | None = None, filter_key: str | None = None
 ) -> Demonstrations:
@@ -100,7 +104,7 @@ def read_robomimic_hdf5(
         f = h5py.File(path, "r")
     except OSError as e:
         raise DatasetError(f"{path} is not a readable HDF5 file ({e})") from None
-    with f:
+    with f, interpreting(path, "demonstration file", DatasetError, DAMAGED, HDF5_ERRORS):
         if "data" not in f:
             if any(k.startswith("episode_") for k in f):
                 if filter_key is not None:
@@ -235,9 +239,9 @@ def read_minari(path: Path, obs_keys: Sequence[str] | None = None) -> Demonstrat
     attrs: dict[str, Any] = {}
     meta = file.parent.parent / "metadata.json"
     if meta.exists():
-        attrs = json.loads(meta.read_text())
+        attrs = read_json(meta, "Minari metadata")
     episodes, used = [], None
-    with h5py.File(file, "r") as f:
+    with interpreting(file, "Minari data file", DatasetError, DAMAGED, HDF5_ERRORS), h5py.File(file, "r") as f:
         for name in sorted((k for k in f if k.startswith("episode_")), key=_natural_key):
             g = f[name]
             where = f"{file.name}: {name}"

@@ -82,6 +82,12 @@ def check_chains(path: Path, prefs: Prefs, policy: DenoisingPolicy, noise_level:
     """Chains are scored under the policy's own sampler: same number of steps, same noise level."""
     steps, level = int(prefs.meta.get("denoising_steps", -1)), prefs.meta.get("noise_level", None)
     want = policy.default_noise_level if noise_level is None else noise_level
+    if prefs.meta.get("sampler") != "stochastic" or level in (None, ""):
+        raise PrefsError(
+            f"{path} was collected with the {prefs.meta.get('sampler', 'ddim')} sampler, which keeps no denoising "
+            "chains; d3po scores chains: collect with `dpft prefs collect ... --sampler stochastic`, or use "
+            "--loss diffusion-dpo"
+        )
     if steps != len(policy.timesteps):
         raise PrefsError(
             f"{path} holds chains of {steps} denoising steps but the policy samples with {len(policy.timesteps)}"

@@ -42,7 +42,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from dpft.base_policies.errors import DpftError
+from dpft.base_policies.config import from_dict
+from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.base_policies.files import HDF5_ERRORS, interpreting, read_text
 
 FORMAT = "dpft-prefs"
 FORMAT_VERSION = 1
@@ -178,26 +180,30 @@ def read_prefs(path: Path, labels: bool = True) -> Prefs:
             f"{path} has no pair index {index_path(path).name} beside it; both files come from `dpft prefs collect`"
         )
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise PrefsError(f"{path} is not a dpft preference file (no format={FORMAT!r} attribute)")
-            version = int(f.attrs.get("format_version", -1))
-            if version != FORMAT_VERSION:
-                raise PrefsError(f"{path} has preference format version {version}; this dpft reads {FORMAT_VERSION}")
-            meta = {k: _plain(v) for k, v in f.attrs.items() if k not in ("format", "format_version")}
-            missing = [k for k in META_KEYS if k not in meta]
-            if missing:
-                raise PrefsError(f"{path} lacks the attribute(s) {missing}")
-            if "rollouts" not in f:
-                raise PrefsError(f"{path} has no 'rollouts' group")
-            rollouts = {rid: _read_rollout(path, rid, g) for rid, g in f["rollouts"].items()}
+        f = h5py.File(path, "r")
     except OSError as e:
         raise PrefsError(f"{path} is not a readable HDF5 file ({e})") from None
+    with f, interpreting(path, "preference file", PrefsError, DAMAGED, HDF5_ERRORS):
+        if f.attrs.get("format") != FORMAT:
+            raise PrefsError(f"{path} is not a dpft preference file (no format={FORMAT!r} attribute)")
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise PrefsError(f"{path} has preference format version {version}; this dpft reads {FORMAT_VERSION}")
+        meta = {k: _plain(v) for k, v in f.attrs.items() if k not in ("format", "format_version")}
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise PrefsError(f"{path} lacks the attribute(s) {missing}")
+        if "rollouts" not in f:
+            raise PrefsError(f"{path} has no 'rollouts' group")
+        rollouts = {rid: _read_rollout(path, rid, g) for rid, g in f["rollouts"].items()}
     pairs = _read_index(index_path(path), rollouts)
     prefs = Prefs(meta, rollouts, pairs)
     if labels and labels_path(path).exists():
         apply_labels(prefs, read_labels(labels_path(path)), labels_path(path))
     return prefs
+
+
+DAMAGED = "the file is damaged; collect the pairs again (dpft prefs collect) or restore a copy"
 
 
 def _plain(v: Any) -> Any:
@@ -234,13 +240,14 @@ def _read_rollout(path: Path, rid: str, g: h5py.Group) -> Rollout:
 
 def _read_index(path: Path, rollouts: dict[str, Rollout]) -> list[Pair]:
     pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path, "pair index").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
-            pair = Pair(**d)
-        except (json.JSONDecodeError, TypeError) as e:
+            pair = from_dict(Pair, json.loads(line))  # every field of its declared type
+            if pair.id is None or pair.chosen is None or pair.rejected is None:
+                raise ConfigError("a pair needs an id and two rollout ids")
+        except (json.JSONDecodeError, ConfigError, TypeError) as e:
             raise PrefsError(f"{path} line {n} is not a pair record ({e})") from None
         if pair.kind not in KINDS or pair.label not in (*LABELS, None):
             raise PrefsError(f"{path} line {n}: kind must be one of {KINDS} and label one of {LABELS} or null")
@@ -262,7 +269,7 @@ def read_labels(path: Path) -> dict[str, str]:
     """``{pair id: answer}`` from a labels JSONL (``{"pair": ID, "answer": "left"|"right"|"tie"|"skip"}``
     per line; the last line for a pair wins; a torn last line, from a closed tab, is ignored)."""
     answers: dict[str, str] = {}
-    lines = Path(path).read_text().splitlines()
+    lines = read_text(path, "labels file").splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

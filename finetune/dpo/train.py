@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, load_weights
 from dpft.base_policies.device import check_device_spec, resolve_device
 from dpft.base_policies.errors import CheckpointError, ConfigError, TrainingError
-from dpft.base_policies.files import check_keys, interpreting
+from dpft.base_policies.files import check_keys, interpreting, read_json
 from dpft.base_policies.policy import DenoisingPolicy
 from dpft.base_policies.registry import multi_process
 from dpft.base_policies.run_folder import open_run
@@ -64,7 +65,7 @@ class DPOConfig(EnvConfig, PairsConfig):
         "chunks_per_pair": ">= 1",
         "steps_per_round": ">= 1",
         "rounds": ">= 1",
-        "flip_labels": "[0, 1]",
+        "flip_labels": "[0, 1)",
         "ema_decay": "[0, 1)",
         "eval_episodes": ">= 1",
         "eval_seed": "[0, 1000000000]",
@@ -234,6 +235,8 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
         + (f", {shard.world} processes" if shard.world > 1 else ""),
         flush=True,
     )
+    if main and given:
+        record_given(run.root, given, cfg.resume, say)
 
     def checkpoint() -> None:
         if not shard.same_everywhere(list(model.parameters())):
@@ -438,6 +441,46 @@ def _checkpoint(folder: Path, model, ref, ema, opt, gen, loss_gen, state: dict) 
                 "loss_gen": loss_gen.get_state().cpu(),
             },
         )
+
+
+GIVEN = "given_prefs.json"
+"""The preference files a run trained on: their pairs, what was used, and the hashes of their bytes."""
+
+
+def record_given(root: Path, given: list[tuple[Path, Prefs]], resume: bool, say: Callable[..., None]) -> None:
+    """Say how many pairs of each ``--prefs`` file train (unlabelled pairs and ties do not), and keep
+    what a person labelled: a copy of each labels file in ``OUT/given/`` and the hashes of every
+    input in ``OUT/given_prefs.json``. A resumed run refuses files that changed since it started."""
+    import hashlib
+    from collections import Counter
+
+    from dpft.finetune.dpo.prefs import index_path, labels_path
+
+    rows = []
+    for path, prefs in given:
+        labels = Counter(p.label for p in prefs.pairs)
+        used, by_person = labels["chosen"] + labels["rejected"], sum(p.source == "person" for p in prefs.pairs)
+        files = [f for f in (path, index_path(path), labels_path(path)) if f.exists()]
+        digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+        rows.append({"file": str(path), "pairs": len(prefs.pairs), "used": used, "labelled_by_person": by_person,
+                     "unlabelled": labels[None], "ties": labels["tie"], "sha256": digests})  # fmt: skip
+        say(
+            f"prefs {path}: {used} of {len(prefs.pairs)} pairs train ({by_person} labelled by a person); "
+            f"{labels[None]} unlabelled and {labels['tie']} tied pairs are not used"
+        )
+    record = root / GIVEN
+    if resume and record.exists():
+        before = {r["file"]: r["sha256"] for r in read_json(record, "run record", list)}
+        changed = [r["file"] for r in rows if before.get(r["file"], r["sha256"]) != r["sha256"]]
+        if changed:
+            raise ConfigError(
+                f"{changed[0]} changed since this run started (its pairs or labels differ from {record}); "
+                "resume with the files as they were, or start a new run"
+            )
+    for i, (path, _) in enumerate(given):
+        if labels_path(path).exists():
+            atomic_write_text(root / "given" / f"{i}-{labels_path(path).name}", labels_path(path).read_text())
+    atomic_write_text(record, json.dumps(rows, indent=2))
 
 
 def _load_checkpoint(folder: Path, model, ref, ema, opt, gen, loss_gen) -> dict:
