@@ -255,8 +255,6 @@ def _describe(hint: Any, plural: bool = False) -> str:
         return "a list of " + _describe(typing.get_args(hint)[0], plural=True)
     names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     names |= {Path: "a path (a string)", dict: "a mapping"}
-    if dataclasses.is_dataclass(hint):
-        return f"a mapping of {hint.__name__} settings"
     many = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
     return (many if plural else names).get(hint, getattr(hint, "__name__", str(hint)))
 

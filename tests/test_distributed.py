@@ -320,7 +320,7 @@ def test_two_process_dpo_takes_one_process_steps_and_resumes_with_one(tmp_path):
     ends where an uninterrupted one-process run ends."""
     args = ["finetune", "dpo", "--base", "shipped:gym-Hopper-v5", "--max-episode-steps", "40", "--rank", "return"]
     args += ["--states", "4", "--streams", "2", "--envs", "4", "--eval-episodes", "4", "--steps-per-round", "15"]
-    args += ["--batch-pairs", "4", "--chunks-per-pair", "2", "--lr", "1e-4", "--no-progress"]
+    args += ["--batch-pairs", "4", "--chunks-per-pair", "2", "--lr", "1e-4", "--no-progress", "--final", "last"]
     one, two = tmp_path / "one", tmp_path / "two"
     res = dpft(*args, "--rounds", "2", "--out", str(one))
     assert res.returncode == 0, res.stderr[-3000:]

@@ -59,6 +59,7 @@ def right_share(policy, n: int = 400) -> float:
 def quick(tmp_path, base_dir, **kw) -> DPOConfig:
     args = dict(base=str(base_dir), task=TASK, out=tmp_path / "dpo", rounds=2, states=32, streams=4)
     args |= dict(steps_per_round=200, eval_episodes=50, progress=False, beta=2000.0, lr=1e-4)  # a small, clean task
+    args |= dict(final="last")  # these tests look at what training did; --final has its own test
     return DPOConfig(**{**args, **kw})
 
 
@@ -434,3 +435,29 @@ def test_a_partly_labelled_file_says_what_trains_and_the_run_keeps_the_labels(tm
     append_label(labels_path(tmp_path / "p.hdf5"), prefs.pairs[3].id, "right")  # the labels change
     with pytest.raises(ConfigError, match="changed since this run started"):
         train_dpo(replace(cfg, resume=True, rounds=2))
+
+
+def test_final_guarded_and_best_choose_among_the_rounds_with_intervals(tmp_path, prefs_file, base_dir):
+    """The same rule and files as DSRL/residual: guarded keeps the base until a round beats it on
+    validation episodes of its own; best keeps the best evaluated round; final_eval.json has 95%
+    intervals (the schema of `dpft eval`)."""
+    write_prefs(tmp_path / "p.hdf5", prefs_file[1])
+    common = dict(prefs=(tmp_path / "p.hdf5",), rounds=2, steps_per_round=3, eval_episodes=6, states=4, streams=2)
+    guarded = quick(tmp_path, base_dir, out=tmp_path / "g", final="guarded", validation_episodes=4, **common)
+    policy = train_dpo(guarded)
+    final = json.loads((guarded.out / "final_eval.json").read_text())
+    record = json.loads((guarded.out / "guarded.json").read_text())
+    assert final["final"] == "guarded" and final["deployed"] in ("base", "fine-tuned")
+    assert record["base"]["val"]["episodes"] == 4 and len(final["success_ci95"]) == 2 and "return_ci95" in final
+    rows = [json.loads(x) for x in (guarded.out / "evals.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [-1, 0, 1] and all("deployed" in r for r in rows[1:])
+    if final["deployed"] == "base":  # policy/ is the base itself, with its weights unchanged
+        base = load_policy(base_dir)
+        assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), base.state_dict().values()))
+    best = quick(tmp_path, base_dir, out=tmp_path / "b", final="best", **common)
+    train_dpo(best)
+    chosen = json.loads((best.out / "best_policy.json").read_text())
+    final = json.loads((best.out / "final_eval.json").read_text())
+    evals = [json.loads(x) for x in (best.out / "evals.jsonl").read_text().splitlines()][1:]
+    top = max((r["success_rate"], r["return_mean"]) for r in evals)
+    assert (final["success_rate"], final["return_mean"]) == top and final["policy_steps"] == chosen["env_steps"]

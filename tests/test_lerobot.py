@@ -140,7 +140,7 @@ def test_dsrl_residual_and_eval_run_on_a_lerobot_base(tmp_path, monkeypatch, cap
 def test_dpo_fine_tunes_a_lerobot_policy_and_exports_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(Path(__file__).parent)
     args = ["finetune", "dpo", "--base", f"lerobot:{TOY44}", "--task", TOY, "--rounds", "1", "--states", "8"]
-    args += ["--streams", "2", "--steps-per-round", "10", "--eval-episodes", "2", "--no-progress"]
+    args += ["--streams", "2", "--steps-per-round", "10", "--eval-episodes", "2", "--no-progress", "--final", "last"]
     assert cli.main([*args, "--out", str(tmp_path / "dpo")]) == 0
     tuned = json.loads((tmp_path / "dpo" / "policy" / "config.json").read_text())
     assert tuned["type"] == "lerobot-diffusion" and tuned["provenance"]["method"] == "dpo"

@@ -65,6 +65,7 @@ def test_lerobot_loads_what_dpft_exports(fresh, tmp_path, monkeypatch):
     monkeypatch.chdir(HERE)  # toy_envs
     base = f"lerobot:{out / 'toy_ddim'}"
     args = ["finetune", "dpo", "--base", base, "--task", TOY, "--rounds", "1", "--states", "8", "--streams", "2"]
+    args += ["--final", "last"]  # the fine-tuned weights, whatever they score
     assert (
         cli.main(
             [*args, "--steps-per-round", "10", "--eval-episodes", "2", "--no-progress", "--out", str(tmp_path / "dpo")]

@@ -67,5 +67,5 @@ def test_postbc_base_is_wider_where_one_demo_is_all_there_is(tmp_path):
 
 @pytest.mark.parametrize("members, scale", [(1, 1.0), (-2, 1.0), (3, -0.5)])
 def test_bad_posterior_settings(members, scale):
-    with pytest.raises(ConfigError, match="posterior-members"):
+    with pytest.raises(ConfigError, match="--posterior-"):
         TrainBCConfig(posterior_members=members, posterior_scale=scale)

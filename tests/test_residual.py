@@ -302,7 +302,7 @@ def test_residual_on_top_of_a_steered_policy(tmp_path, base_dir):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--residual-scale", "0"], "--residual-scale 0.0 must be in (0, 1]"),
+        (["--residual-scale", "0"], "--residual-scale must be in (0, 1], got 0.0"),
         (["--residual-scale", "1.5"], "must be in (0, 1]"),
         (["--algo", "ddpg"], "unknown --algo 'ddpg'"),
         (["--form", "episode"], "unknown --form 'episode'"),

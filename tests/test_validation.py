@@ -255,8 +255,19 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(obstacle_dem
     assert not (tmp_path / "run" / "policy").exists()
 
 
-def test_cli_divergent_lr_is_one_line(obstacle_demos, tmp_path, capsys):
-    args = ["train-bc", "--dataset", str(obstacle_demos), "--out", str(tmp_path / "run"), "--lr", "1e30"]
+def test_cli_divergent_lr_is_one_line(obstacle_demos, tmp_path, capsys, monkeypatch):
+    """A loss that turns non-finite (an --lr of 1e30 did that, before --lr had a declared range)."""
+    from dpft.base_policies.diffusion import DiffusionPolicy
+
+    calls, forward = [0], DiffusionPolicy.forward
+
+    def blows_up(self, *args, **kwargs):
+        calls[0] += 1
+        loss, extra = forward(self, *args, **kwargs)
+        return (loss * float("nan") if calls[0] > 15 else loss), extra
+
+    monkeypatch.setattr(DiffusionPolicy, "forward", blows_up)
+    args = ["train-bc", "--dataset", str(obstacle_demos), "--out", str(tmp_path / "run")]
     assert cli.main([*args, "--steps", "50", "--warmup-steps", "1", "--log-every", "10", "--no-progress"]) == 2
     assert_one_line_error(capsys, "training diverged: the loss was NaN or inf at step ")
     assert not (tmp_path / "run" / "policy").exists()
@@ -268,7 +279,7 @@ def test_cli_divergent_lr_is_one_line(obstacle_demos, tmp_path, capsys):
 @pytest.mark.parametrize("episodes", ["0", "-3"])
 def test_eval_needs_at_least_one_episode(capsys, episodes):
     assert cli.main(["eval", "--episodes", episodes]) == 2
-    assert_one_line_error(capsys, f"--episodes ({episodes}) must be >= 1")
+    assert_one_line_error(capsys, f"--episodes must be >= 1, got {episodes}")
 
 
 def test_eval_json_is_strict_json(tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from dpft.base_policies.state_io import atomic_write_text
 from dpft.envs.config import EnvConfig
 from dpft.finetune.distributed import Shard
 from dpft.finetune.evaluate import rollout
+from dpft.finetune.stats import mean_ci, wilson_interval
 
 
 def evaluate_episodes(
@@ -36,12 +38,15 @@ def win_rate(new: list[tuple[bool, float]], base: list[tuple[bool, float]], by_s
     return float(np.mean(score))
 
 
-def summary(outcomes: list[tuple[bool, float]], by_success: bool = True) -> dict[str, float | None]:
-    """Success rate (None for a task without a success signal) and mean return."""
-    return {
-        "success_rate": float(np.mean([s for s, _ in outcomes])) if by_success else None,
-        "return_mean": float(np.mean([r for _, r in outcomes])),
-    }
+def summary(outcomes: list[tuple[bool, float]], by_success: bool = True) -> dict[str, Any]:
+    """Success rate (None for a task without a success signal) and mean return, with their 95%
+    intervals (Wilson; normal), in the schema of ``dpft eval`` and the other methods."""
+    n, k = len(outcomes), int(sum(bool(s) for s, _ in outcomes))
+    mean, half = mean_ci([float(r) for _, r in outcomes])
+    out: dict[str, Any] = {"episodes": n, "success_rate": k / max(n, 1) if by_success else None}
+    if by_success:
+        out["success_ci95"] = list(wilson_interval(k, n))
+    return out | {"return_mean": mean, "return_ci95": half}
 
 
 def log_eval(writer, row: dict, win: float | None, step: int) -> None:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors.torch import save_file
@@ -44,6 +44,9 @@ from dpft.base_policies.state_io import RESTART, atomic_dir, atomic_write_text, 
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
+from dpft.finetune.common.best import BestPolicy
+from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard
+from dpft.finetune.common.guard import row as row_of
 from dpft.finetune.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.evaluation import append_round, evaluate_episodes, log_eval, summary, win_rate
@@ -59,7 +62,7 @@ class DPOConfig(EnvConfig, PairsConfig):
     RANGES: ClassVar[dict[str, str]] = {
         "beta": "> 0",
         "bc_weight": ">= 0",
-        "clip": "> 0",
+        "clip": "(0, 1)",
         "lr": "(0, 1]",
         "batch_pairs": ">= 1",
         "chunks_per_pair": ">= 1",
@@ -69,6 +72,7 @@ class DPOConfig(EnvConfig, PairsConfig):
         "ema_decay": "[0, 1)",
         "eval_episodes": ">= 1",
         "eval_seed": "[0, 1000000000]",
+        "validation_episodes": ">= 1",
         "checkpoint_every": ">= 1",
     }
     """Declared range of each numeric setting (dpft.base_policies.ranges)."""
@@ -115,6 +119,12 @@ class DPOConfig(EnvConfig, PairsConfig):
     """Seed of the evaluation episodes (default 1,000,000 + seed: no training start state for seeds below 10)."""
     checkpoint_every: int = 500
     """Gradient steps between checkpoints (and one at the end of every round)."""
+    final: Literal["last", "best", "guarded"] = "guarded"
+    """What OUT/policy holds at the end, as for DSRL and residual runs: the last round's policy; the
+    best evaluated round (best_policy.json); or guarded: the base until a round's policy beats it with
+    95% confidence on validation episodes of its own (guarded.json), then the latest such policy."""
+    validation_episodes: int | None = None
+    """--final guarded: validation episodes per round (default: --eval-episodes)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     resume: bool = False
@@ -257,6 +267,7 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             base_row = {"round": -1, "env_steps": 0, "wall_s": 0.0, "pairs": 0}
             if main:
                 append_round(run.root / "evals.jsonl", base_row | summary(state["base_eval"], by_success))
+        guard, best = _final_choice(cfg, run.root, state["total_steps"], shard, by_success, eval_seed, device)
         while state["round"] < cfg.rounds:
             r = state["round"]
             prefs = _round_data(cfg, run.root, given, r, model, state, shard)
@@ -306,6 +317,11 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             state["wall_s"] = wall0 + time.perf_counter() - t_start
             row = {"round": r, "env_steps": state["env_steps"], "wall_s": state["wall_s"], "pairs": data.pairs}
             row |= summary(outcomes, by_success)
+            if best is not None:
+                best.offer(policy, summary(outcomes, by_success), state["total_steps"])
+            if guard is not None:
+                val = guard.validate(policy)
+                row["deployed"] = guard.offer(policy, summary(outcomes, by_success), val, state["total_steps"])
             row["win_rate_vs_base"] = win_rate(outcomes, state["base_eval"], by_success)
             row["base"] = summary(state["base_eval"], by_success)
             log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
@@ -356,14 +372,46 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
         "env_steps": state["env_steps"],
         "run": str(cfg.out),
     }
-    policy.config = replace(policy.config, provenance=provenance)
     if not main:
         return policy
-    policy.save(run.policy_dir)
     last = json.loads((run.root / "evals.jsonl").read_text().splitlines()[-1])
-    atomic_write_text(run.root / "final_eval.json", json.dumps(last | {"processes": shard.world}, indent=2))
-    print(f"policy saved to {run.policy_dir}", flush=True)
+    final = last | {"processes": shard.world, "final": cfg.final, "policy_steps": state["total_steps"]}
+    if best is not None and best.best() is not None:  # --final best: the best evaluated round
+        chosen = best.best()
+        policy = load_policy(best.dir, device)
+        final |= chosen["eval"] | {"policy_steps": chosen["env_steps"]}
+    if guard is not None:  # --final guarded: the deployed policy, maybe the base itself
+        chosen, folder = guard.deployed, guard.deployed_policy_dir()
+        policy = _base_policy(cfg, device) if folder is None else load_policy(folder, device)
+        final |= chosen["eval"] | {"deployed": "base" if folder is None else "fine-tuned"}
+        final |= {"policy_steps": chosen["env_steps"], "validation": row_of(chosen["val"]), "last": row_of(last)}
+    if final.get("deployed") != "base":
+        policy.config = replace(policy.config, provenance=provenance | {"gradient_steps": final["policy_steps"]})
+    policy.save(run.policy_dir)
+    atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
+    kept = "the base (no round beat it on the validation episodes)" if final.get("deployed") == "base" else ""
+    print(f"policy saved to {run.policy_dir}" + (f": {kept}" if kept else ""), flush=True)
     return policy
+
+
+def _final_choice(
+    cfg: DPOConfig, root: Path, steps: int, shard: Shard, by_success: bool, eval_seed: int, device: torch.device
+) -> tuple[Guard | None, BestPolicy | None]:
+    """What ``--final guarded`` / ``--final best`` keep, as for DSRL and residual runs, keyed by
+    gradient steps; offers after ``steps`` are forgotten (a resumed run finds them again)."""
+
+    def scored(episodes: int, seed: int) -> Callable[[DenoisingPolicy], dict[str, Any]]:
+        return lambda p: summary(evaluate_episodes(p, cfg, episodes, seed, shard), by_success)
+
+    best = BestPolicy(root) if cfg.final == "best" and shard.is_main else None
+    if best is not None:
+        best.forget_after(steps)
+    guard = None
+    if cfg.final == "guarded":
+        guard = Guard(root, writes=shard.is_main)
+        validate = scored(cfg.validation_episodes or cfg.eval_episodes, cfg.seed + VALIDATION_SEED_OFFSET)
+        guard.start(_base_policy(cfg, device), validate, scored(cfg.eval_episodes, eval_seed), steps)
+    return guard, best
 
 
 class _NoWriter:
