@@ -24,6 +24,7 @@ import gymnasium as gym
 from dpft.base_policies.errors import TaskError
 from dpft.base_policies.registry import import_from_working_dir, load_entry_point
 from dpft.envs.contract import FlatFloatObservation, SuccessInfo
+from dpft.envs.shift import ShiftedDynamics, split_shift
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,14 @@ def _make_robotics(name: str, max_episode_steps: int | None = None, render_mode:
 
 def make(task_id: str, max_episode_steps: int | None = None, render_mode: str | None = None) -> gym.Env:
     """Build a task with the uniform contract: flat float32 Box obs, ``info["success"]``
-    where defined, ``terminated`` distinct from ``truncated``."""
+    where defined, ``terminated`` distinct from ``truncated``. A ``+action_gain=G`` /
+    ``+action_offset=B`` suffix shifts the task's dynamics (:mod:`envs.shift`)."""
+    plain, shift = split_shift(task_id)
+    env = _make_plain(plain, max_episode_steps, render_mode)
+    return ShiftedDynamics(env, **shift) if shift else env
+
+
+def _make_plain(task_id: str, max_episode_steps: int | None, render_mode: str | None) -> gym.Env:
     tid = parse_task_id(task_id)
     try:
         if tid.family:
@@ -147,4 +155,4 @@ def make(task_id: str, max_episode_steps: int | None = None, render_mode: str | 
 
 def task_defines_success(task_id: str) -> bool:
     """Locomotion tasks have no success flag; everything else here reports one."""
-    return parse_task_id(task_id).family != "gym"
+    return parse_task_id(split_shift(task_id)[0]).family != "gym"

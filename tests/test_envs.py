@@ -148,3 +148,35 @@ def test_env_config_makes_a_chunked_env_for_a_policy():
     assert cfg.make_chunked((1, 4, 2)).observation_space.shape == (1, 11)
     with pytest.raises(TaskError, match="render_frames needs an env made with render_mode='rgb_array'"):
         ChunkedEnv(Counter(), render_frames=True)
+
+
+def test_a_shifted_task_scales_and_offsets_every_action_within_the_bounds():
+    """``+action_gain`` / ``+action_offset``: the same episode as the plain task given the shifted
+    action, clipped to the bounds; success and the contract unchanged."""
+    plain, shifted = make("metaworld:push-v3"), make("metaworld:push-v3+action_gain=0.5+action_offset=0.1")
+    plain.reset(seed=3)
+    shifted.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = rng.uniform(-1, 1, 4).astype(np.float32)
+        o1, r1, *_ = plain.step(np.clip(0.5 * a + 0.1, -1, 1))
+        o2, r2, *_, info = shifted.step(a)
+        np.testing.assert_allclose(o1, o2, atol=1e-6)
+        assert r1 == pytest.approx(r2) and "success" in info
+    from dpft.envs.experts import get_expert
+    from dpft.envs.tasks import task_defines_success
+
+    assert task_defines_success("metaworld:push-v3+action_gain=0.7") and not task_defines_success(
+        "gym:Hopper-v5+action_offset=0.1"
+    )
+    assert get_expert("metaworld:push-v3+action_gain=0.7") is not None  # the plain task's expert, unaware of the shift
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [("metaworld:push-v3+gain=2", "unknown modifier"), ("metaworld:push-v3+action_gain=0", "positive"),
+     ("metaworld:push-v3+action_offset=x", "must be a number")],
+)  # fmt: skip
+def test_a_bad_shift_suffix_is_one_clear_error(bad, says):
+    with pytest.raises(TaskError, match=says):
+        make(bad)

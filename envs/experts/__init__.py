@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from dpft.base_policies.errors import TaskError
+from dpft.envs.shift import split_shift
 from dpft.envs.tasks import parse_task_id
 
 Expert = Callable[[np.ndarray], np.ndarray]
@@ -35,8 +36,9 @@ def register_expert(family: str):
 
 def get_expert(task_id: str, level: str | None = None) -> Expert:
     """The task's expert; ``level`` picks one of several skill levels where a family has them
-    (locomotion: ``expert``, ``medium``)."""
-    tid = parse_task_id(task_id)
+    (locomotion: ``expert``, ``medium``). On a shifted task (``+action_gain=...``) it is the plain
+    task's expert, unaware of the shift, as a demonstrator on another robot would be."""
+    tid = parse_task_id(split_shift(task_id)[0])
     if tid.family not in EXPERTS:
         raise TaskError(f"no expert for task {task_id!r}; experts exist for families {sorted(EXPERTS)}")
     builder = EXPERTS[tid.family]
