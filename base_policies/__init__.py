@@ -20,6 +20,7 @@ _EXPORTS = {
     "ConfigError": "errors",
     "DatasetError": "errors",
     "DpftError": "errors",
+    "FileError": "files",
     "TaskError": "errors",
     "TrainingError": "errors",
     "POLICY_TYPES": "policy",

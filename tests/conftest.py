@@ -38,3 +38,22 @@ class StopAt(BaseCallback):
         if self.num_timesteps * self.k == self.at:
             request_stop()
         return True
+
+
+@pytest.fixture(scope="session")
+def obstacle_base(tmp_path_factory) -> Path:
+    """A diffusion policy trained once per test session on the toy obstacle task: it passes on the
+    left 70% of the time, and success needs the right (DSRL and FIND must move its noise)."""
+    from synthetic import bimodal_episodes
+
+    from dpft.base_policies.data import write_robomimic_hdf5
+    from dpft.base_policies.train_bc import TrainBCConfig, train_bc
+
+    d = tmp_path_factory.mktemp("obstacle-base")
+    write_robomimic_hdf5(d / "demos.hdf5", bimodal_episodes(300, left_fraction=0.7), {"task": "toy_envs:Obstacle-v0"})
+    arch = ArchConfig(obs_horizon=1, pred_horizon=8, action_horizon=8, hidden_dim=128, num_blocks=2)
+    cfg = TrainBCConfig(
+        dataset=d / "demos.hdf5", out=d / "bc", arch=arch, steps=1500, lr=1e-3, warmup_steps=50,
+        checkpoint_every=10**9, progress=False,
+    )  # fmt: skip
+    return train_bc(cfg)

@@ -10,13 +10,10 @@ import torch
 from conftest import StopAt
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from synthetic import bimodal_episodes
 
-from dpft.base_policies import ArchConfig, CheckpointError, ConfigError, TaskError, load_policy
-from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies import CheckpointError, ConfigError, TaskError, load_policy
 from dpft.base_policies.policy import Policy
 from dpft.base_policies.run_folder import RunFolder
-from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 from dpft.envs.chunking import ChunkedEnv
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import make
@@ -35,22 +32,8 @@ TASK = "toy_envs:Obstacle-v0"
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("base")
-    write_robomimic_hdf5(d / "demos.hdf5", bimodal_episodes(300, left_fraction=0.7), {"task": TASK})
-    arch = ArchConfig(obs_horizon=1, pred_horizon=8, action_horizon=8, hidden_dim=128, num_blocks=2)
-    return train_bc(
-        TrainBCConfig(
-            dataset=d / "demos.hdf5",
-            out=d / "bc",
-            arch=arch,
-            steps=1500,
-            lr=1e-3,
-            warmup_steps=50,
-            checkpoint_every=10**9,
-            progress=False,
-        )
-    )
+def base_dir(obstacle_base):
+    return obstacle_base  # shared with test_find.py (conftest.py)
 
 
 def quick(tmp_path, base_dir, **kw):

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import StopAt
-from synthetic import bimodal_episodes
 
-from dpft.base_policies import ArchConfig, load_policy
-from dpft.base_policies.data import write_robomimic_hdf5
-from dpft.base_policies.train_bc import TrainBCConfig, train_bc
+from dpft.base_policies import load_policy
 from dpft.envs.config import EnvConfig
 from dpft.finetune import cli
 from dpft.finetune.common.interrupt import RunInterrupted
@@ -24,16 +21,8 @@ TASK = "toy_envs:Obstacle-v0"
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A policy that passes the obstacle on the left 70% of the time; success needs the right."""
-    d = tmp_path_factory.mktemp("base")
-    write_robomimic_hdf5(d / "demos.hdf5", bimodal_episodes(300, left_fraction=0.7), {"task": TASK})
-    arch = ArchConfig(obs_horizon=1, pred_horizon=8, action_horizon=8, hidden_dim=128, num_blocks=2)
-    cfg = TrainBCConfig(
-        dataset=d / "demos.hdf5", out=d / "bc", arch=arch, steps=1500, lr=1e-3, warmup_steps=50,
-        checkpoint_every=10**9, progress=False,
-    )  # fmt: skip
-    return train_bc(cfg)
+def base_dir(obstacle_base):
+    return obstacle_base  # passes on the left 70% of the time; success needs the right (conftest.py)
 
 
 def quick(tmp_path, base_dir, **kw) -> FINDConfig:
