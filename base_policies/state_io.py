@@ -96,8 +96,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     Temporaries of an earlier write of ``path`` that a kill interrupted are deleted first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _leftovers(path):
-        _delete(stale)
+    remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         _reach("file-tmp-created")
@@ -113,6 +112,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_leftovers(path: Path) -> None:
+    """The writer's recovery: delete the temporaries an earlier, killed write of ``path`` left."""
+    for stale in _leftovers(Path(path)):
+        _delete(stale)
+
+
+def reach(step: str) -> None:
+    """A kill point of a writer outside this module (see :func:`set_fault_hook`)."""
+    _reach(step)
 
 
 def clean_leftovers(folder: Path) -> None:

@@ -68,27 +68,53 @@ def test_a_kill_at_any_step_of_a_folder_write_leaves_a_complete_copy(tmp_path, s
 FILE_WRITER = """
 import os, sys
 from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from synthetic import bimodal_episodes
+from dpft.base_policies.data import write_robomimic_hdf5
 from dpft.base_policies.state_io import atomic_write_text
 
 path, kill_at = Path(sys.argv[1]), sys.argv[2]
-atomic_write_text(path, "A" * 100_000)
+write = {
+    "text": lambda tag: atomic_write_text(path, tag * 100_000),
+    "demos": lambda tag: write_robomimic_hdf5(path, bimodal_episodes(5), {"tag": tag}),
+}[path.stem]
+write("A")
 os.environ["DPFT_KILL_AT"] = kill_at
-atomic_write_text(path, "B" * 100_000)
+write("B")
 """
 
 
+def written_tag(path: Path) -> str:
+    """Which write a whole file holds (and that it is whole)."""
+    if path.suffix == ".hdf5":
+        from dpft.base_policies.data import load_demonstrations
+
+        return load_demonstrations(path).attrs["env_args"]["tag"]
+    text = path.read_text()
+    assert text in ("A" * 100_000, "B" * 100_000)
+    return text[0]
+
+
 @pytest.mark.parametrize("step", FILE_STEPS)
-def test_a_kill_at_any_step_of_a_file_write_leaves_a_whole_file_and_no_leftover(tmp_path, step):
-    """A single-file write (config.yaml, final_eval.json, guarded.json, ...) killed at each step: the
-    file is whole (old or new), and the next write of it -- or opening the run folder -- deletes the
-    temporary the kill left."""
-    path = tmp_path / "final_eval.json"
-    res = subprocess.run([sys.executable, "-c", FILE_WRITER, str(path), step], capture_output=True, text=True)
+@pytest.mark.parametrize("name", ["text.json", "demos.hdf5"])
+def test_a_kill_at_any_step_of_a_file_write_leaves_a_whole_file_and_no_leftover(tmp_path, step, name):
+    """A single-file write (config.yaml, final_eval.json, a demonstration file, ...) killed at each
+    step: the file is whole (old or new), and the next write of it -- or opening the run folder --
+    deletes the temporary the kill left."""
+    path = tmp_path / name
+    argv = [sys.executable, "-c", FILE_WRITER, str(path), step, str(Path(__file__).parent)]
+    res = subprocess.run(argv, capture_output=True, text=True)
     assert res.returncode == 137, res.stderr
-    assert path.read_text() in ("A" * 100_000, "B" * 100_000)
-    assert path.read_text() == ("B" if step == "file-published" else "A") * 100_000
-    atomic_write_text(path, "C")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final_eval.json"]
+    assert written_tag(path) == ("B" if step == "file-published" else "A")
+    if name.endswith(".hdf5"):
+        from synthetic import bimodal_episodes
+
+        from dpft.base_policies.data import write_robomimic_hdf5
+
+        write_robomimic_hdf5(path, bimodal_episodes(5), {"tag": "C"})
+    else:
+        atomic_write_text(path, "C")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 def test_opening_a_run_folder_deletes_the_leftovers_of_killed_single_file_writes(tmp_path, dataset):

@@ -43,7 +43,7 @@ from dpft.base_policies.data.env_args import read_obs_keys
 from dpft.base_policies.data.episodes import Demonstrations, Episode, check_consistent, make_episode
 from dpft.base_policies.errors import DatasetError
 from dpft.base_policies.files import HDF5_ERRORS, interpreting, read_json
-from dpft.base_policies.state_io import publish_mode
+from dpft.base_policies.state_io import publish_mode, reach, remove_leftovers
 
 Reader = Callable[[Path, Sequence[str] | None], Demonstrations]
 
@@ -176,9 +176,11 @@ def write_robomimic_hdf5(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)  # what a killed write of this file left
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        reach("file-tmp-created")
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             data.attrs["env_args"] = json.dumps(env_args)
@@ -195,8 +197,12 @@ def write_robomimic_hdf5(
                 g.create_dataset("dones", data=dones.astype(bool))
             for key, names in (masks or {}).items():
                 f.create_dataset(f"mask/{key}", data=np.array([n.encode() for n in names], dtype="S"))
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         publish_mode(Path(tmp))
+        reach("file-durable")
         os.replace(tmp, path)
+        reach("file-published")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -45,6 +45,7 @@ import numpy as np
 from dpft.base_policies.config import from_dict
 from dpft.base_policies.errors import ConfigError, DpftError
 from dpft.base_policies.files import HDF5_ERRORS, interpreting, read_text
+from dpft.base_policies.state_io import reach
 
 FORMAT = "dpft-prefs"
 FORMAT_VERSION = 1
@@ -134,6 +135,8 @@ def write_prefs(path: Path, prefs: Prefs) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_h5, tmp_idx = path.with_name(f".{path.name}.tmp"), path.with_name(f".{index_path(path).name}.tmp")
+    tmp_idx.unlink(missing_ok=True)  # what a killed write of this file left (the HDF5 one is truncated below)
+    reach("file-tmp-created")
     with h5py.File(tmp_h5, "w") as f:  # closed (and flushed) before the fsync below
         f.attrs["format"], f.attrs["format_version"] = FORMAT, FORMAT_VERSION
         for k, v in prefs.meta.items():
@@ -164,9 +167,11 @@ def write_prefs(path: Path, prefs: Prefs) -> None:
         os.fsync(f.fileno())
     with open(tmp_h5, "rb") as f:
         os.fsync(f.fileno())
+    reach("file-durable")
     # the index first: the HDF5 file's presence is what marks a complete pair of files
     os.replace(tmp_idx, index_path(path))
     os.replace(tmp_h5, path)
+    reach("file-published")
 
 
 def read_prefs(path: Path, labels: bool = True) -> Prefs:
