@@ -35,7 +35,7 @@ from dpft.base_policies.ranges import check_ranges
 from dpft.base_policies.registry import entry_point_names, load_entry_point
 from dpft.base_policies.threads import apply_threads, prepare_threads
 from dpft.finetune.distributed import Shard, close_shard
-from dpft.finetune.launch import check_multi_process, launch, launched_world, parse_processes
+from dpft.finetune.launch import PEER_LOST, check_multi_process, launch, launched_world, parse_processes, peer_lost
 
 
 @dataclass
@@ -237,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"\n{e or 'interrupted'}", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if not peer_lost(e):
+            raise
+        print(f"{PEER_LOST} ({' '.join(str(e).split())[:160]}); what it saved is kept", file=sys.stderr)
+        return 2
     finally:
         close_shard()
     return 0

@@ -91,11 +91,26 @@ def launch(name: str, args: list[str], processes: int, threads: str | None) -> i
     if errors.dpft_errors:  # dpft's own one-line error, shown once above: nothing to add
         return 2
     failed = _failed_rank(errors.text)
+    if failed is None and errors.peer_lost:  # only the survivors said something: say it once
+        raise DpftError(sorted(errors.peer_lost)[0].removeprefix("error: "))
     where = f"process {failed[0]} ({failed[1]})" if failed else "a process"
     raise DpftError(
         f"{where} of {processes} failed; the launcher stopped the others. "
         "Its output is above; what was already saved (checkpoints, written files) is kept"
     )
+
+
+PEER_LOST = "error: another process of this run stopped"
+"""How a process whose collective failed because a peer died begins its line (see cli.main)."""
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another process of the run died (gloo's
+    "Connection closed by peer", a reset, a refused or timed-out connection), in a launched run."""
+    if not isinstance(e, RuntimeError) or launched_world() <= 1:
+        return False
+    text = str(e).lower()
+    return any(k in text for k in ("closed by peer", "reset by peer", "connection refused", "broken pipe", "timed out"))
 
 
 class _Tee:
@@ -106,6 +121,8 @@ class _Tee:
     def __init__(self, out) -> None:
         self.out, self.pending, self.text = out, "", ""
         self.dpft_errors: set[str] = set()
+        self.peer_lost: set[str] = set()
+        """The survivors' "another process stopped" lines: the launcher's report names the one that did."""
         self.held: list[str] | None = None
         """A traceback being read: shown at the next one or at the end, unless it is the launcher's
         own report of a failed process (``ChildFailedError``, ~40 lines), which dpft's one line
@@ -116,6 +133,9 @@ class _Tee:
         self.pending += data
         while "\n" in self.pending:
             line, self.pending = self.pending.split("\n", 1)
+            if line.startswith(PEER_LOST):
+                self.peer_lost.add(line)
+                continue
             if line.startswith("error: ") and line not in self.dpft_errors:
                 self.dpft_errors.add(line)
             elif self.dpft_errors:
