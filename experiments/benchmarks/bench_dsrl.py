@@ -19,8 +19,8 @@ from benchlib import Bench, Job, dpft_command, main, scratch_command
 def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
     if job.method == "scratch":
         return scratch_command(job, cfg_path, resume)
-    if job.method == "find":  # FIND (on-policy, its own defaults) on the same config: base, budget, reward
-        return dpft_command(["finetune", "find"], job, cfg_path, resume, [])
+    if job.method in ("find", "dppo"):  # on-policy methods, their own defaults, the same config: base, budget
+        return dpft_command(["finetune", job.method], job, cfg_path, resume, [])
     variant, _, utd = job.method.partition("-utd")  # na-utd0.5: DSRL-NA with one update every 2 transitions
     flags = ["--variant", variant, *(["--utd", utd] if utd else [])]
     return dpft_command(["finetune", "dsrl"], job, cfg_path, resume, flags)
@@ -44,6 +44,11 @@ HEADER = [
     "evaluations, finished runs only, two runs sharing this 2-core machine. '–': not reached yet.",
 ]
 
+MIXED_AND_MEDIUM = (
+    "push-mh", "drawer-open-mh", "button-press-mh", "pick-place-mh", "peg-insert-side-mh", "hopper-medium",
+    "walker2d-medium",
+)  # fmt: skip
+
 DSRL = Bench(
     name="dsrl",
     # the narrow-data rows (2-10 demos), then the mixed-data bases and a near-perfect one
@@ -62,21 +67,21 @@ DSRL = Bench(
         "walker2d-medium",
         "halfcheetah-medium",
     ),
-    methods={"na": (0, 1, 2), "sac": (0,), "scratch": (0,), "na-utd0.5": (0, 1, 2), "find": (0, 1, 2)},
-    # the speed benchmark's trade of work for time, checked on the rows it must not cost (speed.md)
+    methods={
+        "na": (0, 1, 2),
+        "sac": (0,),
+        "scratch": (0,),
+        "na-utd0.5": (0, 1, 2),
+        "find": (0, 1, 2),
+        "dppo": (0, 1, 2),
+    },
     only_on={
+        # the speed benchmark's trade of work for time, checked on the rows it must not cost (speed.md)
         "na-utd0.5": ("push-mh", "drawer-open-mh", "peg-insert-side-mh"),
-        # FIND beside DSRL-NA where the issue asks (finetune find's own defaults otherwise)
-        "find": (
-            "push-mh",
-            "drawer-open-mh",
-            "button-press-mh",
-            "pick-place-mh",
-            "peg-insert-side-mh",
-            "hopper-medium",
-            "walker2d-medium",
-        ),
-    },  # fmt: skip
+        # FIND and DPPO beside DSRL-NA on the bases users have (each with its own defaults)
+        "find": MIXED_AND_MEDIUM,
+        "dppo": MIXED_AND_MEDIUM,
+    },
     command=command,
     header=HEADER,
     target_method="na",

@@ -1,0 +1,1 @@
+"""DPPO: PPO through the last denoising steps of the base policy itself."""
