@@ -58,6 +58,8 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg} is not valid JSON ({e}); re-export the policy") from None
     if not isinstance(meta, dict) or "type" not in meta:
         raise CheckpointError(f"{cfg} has no 'type' field; is this a dpft policy folder?")
+    if not isinstance(meta["type"], str) or not meta["type"]:
+        raise CheckpointError(f"{cfg}: 'type' must name a policy type, got {meta['type']!r}; restore the file")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(

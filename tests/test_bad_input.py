@@ -245,6 +245,7 @@ CASES = [
     Case("dataset-obs-keys-unordered", "train-bc --dataset {T}/d.hdf5 --out {T}/r", ("--obs-keys",), _hdf5(_obs_group)),
     Case("dataset-unknown-filter-key", "train-bc --dataset {A}/demos.hdf5 --out {T}/r --filter-key valid", ("valid",)),
     # ----- policies with bad contents -----
+    Case("policy-config-type-not-a-name", "eval --policy {T}/p", ("'type' must name",), _policy_with(lambda m: m.update(type=[]))),
     Case("policy-config-missing-key", "eval --policy {T}/p", ("action_dim",), _policy_with(lambda m: m.pop("action_dim"))),
     Case("policy-config-wrong-type", "eval --policy {T}/p", ("pred_horizon",), _policy_with(lambda m: m["arch"].update(pred_horizon="8"))),
     Case("policy-nan-weights", "eval --policy {T}/p", ("non-finite",), _nan_weights),
