@@ -142,13 +142,15 @@ def main() -> None:
     sub.add_parser("probe")
     r = sub.add_parser("run")
     r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--only", nargs="*", choices=[row.name for row in ROWS])
+    r.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
     sub.add_parser("report")
     args = ap.parse_args()
     if args.cmd == "probe":
         for row in ROWS:
             probe(row)
     elif args.cmd == "run":
-        jobs = [(row, m) for m in METHODS for row in ROWS]
+        jobs = [(row, m) for m in args.methods for row in ROWS if not args.only or row.name in args.only]
         with ThreadPoolExecutor(args.workers) as pool:
             for msg in pool.map(lambda j: run(*j), jobs):
                 print(msg, flush=True)
