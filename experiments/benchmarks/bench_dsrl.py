@@ -86,6 +86,11 @@ DSRL = Bench(
     header=HEADER,
     target_method="na",
     footer=[
+        "`find` rows: `dpft finetune find --config <the row's config> --seed S --out R` (FIND's own defaults:",
+        "8 envs, 64 decisions per env per update, the task's preset; `final: last` from the config), seeds 0-2,",
+        "from a git worktree of commit c07c193, three runs sharing the machine with other jobs; an on-policy",
+        "run evaluates at the end of the rollout that crosses a milestone (10,016 env steps for 10k). `dppo`",
+        "rows: `dpft finetune dppo` likewise (commit b212769).",
         "How much the noise can change each base's outcome at all: [steerability.md](steerability.md).",
         "Read the mixed-data rows with their base column's second number: on push-mh and pick-place-mh the",
         "base with zero noise already scores 1.00 on the same episodes, so there a met target means DSRL",

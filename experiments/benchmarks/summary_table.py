@@ -38,6 +38,8 @@ BASES = (  # (row name, folder name in the benchmarks)
 )
 METHODS = (  # (column, benchmark, method folder)
     ("DSRL-NA", "dsrl", "na"),
+    ("FIND", "dsrl", "find"),
+    ("DPPO", "dsrl", "dppo"),
     ("residual-TD3", "residual", "td3"),
     ("Diffusion-DPO", "dpo", "diffusion-dpo"),
 )
