@@ -224,9 +224,17 @@ NOTES = [
     "episodes cannot show with 95% confidence that 1.00 beats 0.95 (30 of 30 has a lower bound of 0.886),",
     "so the guard kept the base: with a near-perfect base the guarded default hands back the base; more",
     "`--validation-episodes` let a better policy through.",
-    "Provenance: the runs so far came from a git worktree of commit 4ac8946 (the presets' first commit);",
-    "the three Meta-World bases were built with the commands of `bases` above (same flags, another output",
-    "folder; `dpft collect`'s report in `defaults_bench/bases/<task>/collect.txt`).",
+    "Reading (2026-12-04, second session): DSRL on sweep-into, 3 seeds: 0.96 ± 0.02 against the base's 0.67",
+    "(targets >= 0.90 and never below the base's lower bound: met); its learning policy dipped below the base",
+    "in 2, 6 and 4 of 15 evaluations after 25k (target at most 1 in 10: missed). Hopper-medium: 1277 against",
+    "821. Residual with the defaults: sweep-into 0.79 (+0.12: target +0.25 missed); window-open kept the",
+    "0.95 base, as DSRL did.",
+    "Provenance: seed 0 of the three Meta-World DSRL rows came from a git worktree of commit 4ac8946 (the",
+    "presets' first commit); sweep-into seeds 1-2, Hopper and the residual rows from a worktree of cec3226",
+    "(same defaults). The bases were built with the commands of `bases` above (rebuilt for the second",
+    "session: the same collection report, 150 episodes, 233 attempted, return 845.5 ± 482.0 on sweep-into,",
+    "and the rebuilt sweep-into base scores the same 0.67 on the 100 episodes of seed 2000;",
+    "`dpft collect`'s report in `defaults_bench/bases/<task>/collect.txt`).",
 ]
 
 
