@@ -99,22 +99,6 @@ def read_json(path: Path | str, what: str = "file", shape: type = dict) -> Any:
     return data
 
 
-def read_json_lines(path: Path | str, what: str = "file") -> list[dict[str, Any]]:
-    """One JSON object per non-empty line of ``path``."""
-    rows = []
-    for n, line in enumerate(read_text(path, what).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FileError(f"{what} {path}, line {n}, is not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise FileError(f"{what} {path}, line {n}, holds a JSON {type(row).__name__}, expected an object")
-        rows.append(row)
-    return rows
-
-
 STRUCTURE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
 """What reading parsed data of an unexpected shape raises (``d["step"] + 1`` on a string, ...)."""
 
