@@ -1,7 +1,7 @@
 """What fine-tuning costs against the simulator it runs on, measured side by side in one run.
 
     python experiments/benchmarks/bench_speed.py --out experiments/results/speed_runs.json \\
-        [--env-steps 100000] [--runs na na-utd0.5 sac td3] [--threads 1] [--device cpu]
+        [--env-steps 100000] [--runs na na-utd0.5 sac td3 find dppo] [--threads 1] [--device cpu]
 
 Everything on metaworld:push-v3 (DSRL: the shipped mixed-data push base; residual-TD3: its
 benchmark row's narrow push base), one torch thread, the
@@ -12,7 +12,7 @@ machine otherwise idle (a second job on a 2-core machine slows both by far more 
    chunks, for the same env steps: the harness's share of a rollout;
 2. one gradient step of DSRL-NA and of plain SB3 SAC of the same width (256 x 2), batch (128),
    observation (78) and action (32) sizes, on a filled replay buffer: what DSRL-NA adds per update;
-3. whole ``dpft finetune`` runs (DSRL-NA, DSRL-NA at UTD 0.5, DSRL-SAC, residual-TD3) of
+3. whole ``dpft finetune`` runs (DSRL-NA, DSRL-NA at UTD 0.5, DSRL-SAC, residual-TD3, FIND, DPPO) of
    ``--env-steps`` env steps with the benchmark's settings but no periodic evaluation (one final
    evaluation of 30 episodes): wall-clock, env steps/s, and the ratio to the raw simulator's time
    for the same env steps. Start-up and the final evaluation are inside the wall-clock.
@@ -44,6 +44,8 @@ RUNS = {  # the benchmark rows' settings (their config files), evaluations overr
     "na-utd0.5": ["finetune", "dsrl", "--config", f"{BENCH}/dsrl_push-mh.yaml", "--utd", "0.5"],
     "sac": ["finetune", "dsrl", "--config", f"{BENCH}/dsrl_push-mh.yaml", "--variant", "sac"],
     "td3": ["finetune", "residual", "--config", f"{BENCH}/residual_push.yaml", "--algo", "td3"],
+    "find": ["finetune", "find", "--config", f"{BENCH}/dsrl_push-mh.yaml"],  # on-policy: its own defaults
+    "dppo": ["finetune", "dppo", "--config", f"{BENCH}/dsrl_push-mh.yaml"],
 }
 
 
