@@ -74,6 +74,34 @@ def test_an_update_with_zero_advantage_leaves_the_denoiser_unchanged(tmp_path, b
     assert model.iterations == 1
 
 
+def test_the_bc_regulariser_is_the_nll_of_the_frozen_bases_chains(tmp_path, base_dir):
+    """At the start the fine-tuned copy is the base, so the regulariser is minus the mean
+    log-probability, per action dimension, that the base gave its own sampled chain."""
+    model, venv = model_of(tmp_path, base_dir, ft_steps=3)
+    policy = model.policy
+    obs = torch.as_tensor(np.repeat(venv.reset(), 8, axis=0))
+    torch.manual_seed(7)
+    loss = policy.bc_loss(obs)
+    torch.manual_seed(7)
+    chain, base_log_probs = policy.sample_chain(obs, policy.frozen)
+    assert torch.allclose(loss, -base_log_probs.mean() / chain[0, 0].numel(), atol=1e-5)
+    loss.backward()  # it trains the fine-tuned steps, not the frozen base
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.actor.denoiser.parameters())
+    assert all(p.grad is None for p in policy.frozen.parameters())
+
+
+def test_the_bc_regulariser_holds_the_denoiser_near_the_base(tmp_path, base_dir):
+    base = load_policy(base_dir).denoiser.state_dict()
+
+    def drift(bc_coef: float) -> float:
+        cfg = quick(tmp_path / str(bc_coef), base_dir, steps=1024, critic_warmup=0, lr=3e-4, bc_coef=bc_coef)
+        tuned = load_policy(train_dppo(cfg)).denoiser.state_dict()
+        return sum(float(((tuned[k] - base[k]) ** 2).sum()) for k in base)
+
+    free, held = drift(0.0), drift(10.0)
+    assert held < 0.5 * free, f"squared weight change from the base: {held:.3g} with BC, {free:.3g} without"
+
+
 def test_the_artifact_is_a_policy_folder_of_the_base_type_with_the_fine_tuned_weights(tmp_path, base_dir):
     out = train_dppo(quick(tmp_path, base_dir, steps=512, critic_warmup=0))
     tuned, base = load_policy(out), load_policy(base_dir)

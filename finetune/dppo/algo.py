@@ -22,6 +22,8 @@ class DPPO(PPO):
     denoise_gamma: float = 0.99
     critic_warmup: int = 0
     """Updates (one per rollout) that train only the value function."""
+    bc_coef: float = 0.0
+    """Weight of the behaviour-cloning regulariser (ChainPolicy.bc_loss); 0: off."""
     iterations: int = 0
     """Updates done so far (saved with the model, so a resumed run keeps its warm-up)."""
 
@@ -32,7 +34,8 @@ class DPPO(PPO):
         k = policy.ft_steps
         weights = self.denoise_gamma ** torch.arange(k - 1, -1, -1, dtype=torch.float32, device=self.device)
         warm = self.iterations < self.critic_warmup
-        stats: dict[str, list[float]] = {n: [] for n in ("pg_loss", "value_loss", "approx_kl", "clip_fraction")}
+        names = ("pg_loss", "value_loss", "approx_kl", "clip_fraction", "bc_loss")
+        stats: dict[str, list[float]] = {n: [] for n in names}
         old_steps: list[torch.Tensor] = []
         stop = False
         for _ in range(self.n_epochs):
@@ -49,6 +52,10 @@ class DPPO(PPO):
                     a = adv[:, None] * weights
                     pg_loss = -torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a).mean()
                     loss = loss + pg_loss
+                    if self.bc_coef > 0:
+                        bc = policy.bc_loss(data.observations)
+                        loss = loss + self.bc_coef * bc
+                        stats["bc_loss"].append(bc.item())
                     with torch.no_grad():
                         kl = ((ratio - 1) - log_ratio).mean().item()
                     stats["pg_loss"].append(pg_loss.item())

@@ -93,16 +93,23 @@ class ChainPolicy(ActorCriticPolicy):
     def history(self, obs: torch.Tensor) -> torch.Tensor:
         return obs.reshape(obs.shape[0], self.actor.obs_horizon, self.actor.obs_dim)
 
-    def _mean_std(self, cond: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        level = self.actor.default_noise_level if self.noise_level is None else self.noise_level
-        mean, std = self.actor.step_mean_std(cond, x, t, level)
+    def _mean_std(
+        self, cond: torch.Tensor, x: torch.Tensor, t: torch.Tensor, model: DenoisingPolicy | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.actor if model is None else model
+        level = model.default_noise_level if self.noise_level is None else self.noise_level
+        mean, std = model.step_mean_std(cond, x, t, level)
         return mean, std.expand_as(mean).clamp_min(self.min_std)
 
     @torch.no_grad()
-    def sample_chain(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chain ``[B, T+1, H, A]``, log-probabilities of the fine-tuned steps ``[B, K]``)."""
+    def sample_chain(
+        self, obs: torch.Tensor, model: DenoisingPolicy | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chain ``[B, T+1, H, A]``, log-probabilities of the fine-tuned steps ``[B, K]``) from the
+        fine-tuned copy, or with ``model=self.frozen`` from the base (the BC regulariser's chains)."""
+        model = self.actor if model is None else model
         hist = self.history(obs)
-        cond = self.actor.condition(hist)
+        cond = model.condition(hist)
         x = torch.randn(obs.shape[0], *self.actor.noise_shape, device=obs.device)
         chain, log_probs = [x], []
         for k, t in enumerate(self.actor.timesteps):
@@ -110,11 +117,19 @@ class ChainPolicy(ActorCriticPolicy):
             if k < self.first_ft:
                 x = self.frozen.step(cond, x, tt)  # the base's own deterministic step
             else:
-                mean, std = self._mean_std(cond, x, tt)
+                mean, std = self._mean_std(cond, x, tt, model)
                 x = mean + std * torch.randn_like(mean)
                 log_probs.append(DenoisingPolicy.gaussian_log_prob(x, mean, std))
             chain.append(x)
         return torch.stack(chain, 1), torch.stack(log_probs, 1)
+
+    def bc_loss(self, obs: torch.Tensor) -> torch.Tensor:
+        """DPPO's optional behaviour-cloning regulariser: the negative log-likelihood, under the
+        fine-tuned steps, of chains the frozen base samples on the same observations (the base
+        as teacher along the states the current policy visits), per action dimension so the
+        weight does not depend on the chunk's size."""
+        chain, _ = self.sample_chain(obs, self.frozen)
+        return -self.step_log_probs(obs, chain).mean() / chain[0, 0].numel()
 
     def step_log_probs(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``[B, K]`` of the fine-tuned steps of ``chain`` under the current

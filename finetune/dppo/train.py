@@ -52,6 +52,7 @@ class DPPOConfig(FinetuneConfig):
         "clip_range": "(0, 1)",
         "target_kl": ">= 0",
         "critic_warmup": ">= 0",
+        "bc_coef": ">= 0",
     }
     """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
@@ -94,6 +95,10 @@ class DPPOConfig(FinetuneConfig):
     """Updates that train only the value function before the denoiser moves."""
     normalize_reward: bool = True
     """Divide rewards by a running std of the discounted return."""
+    bc_coef: float = 0.0
+    """Weight of DPPO's optional behaviour-cloning regulariser: the fine-tuned steps are also
+    trained to make the frozen base's own chains (sampled on the rollout's observations) likely,
+    which holds the policy near the base (0: off, as in DPPO's defaults)."""
 
 
 class DPPOMethod(SB3Method):
@@ -160,7 +165,7 @@ class DPPOMethod(SB3Method):
         }
 
     def load_kwargs(self, cfg: DPPOConfig, base: Policy) -> dict[str, Any]:
-        return {"denoise_gamma": cfg.denoise_gamma, "critic_warmup": cfg.critic_warmup}
+        return {"denoise_gamma": cfg.denoise_gamma, "critic_warmup": cfg.critic_warmup, "bc_coef": cfg.bc_coef}
 
     def artifact(self, model: DPPO, base: DenoisingPolicy, cfg: DPPOConfig) -> DenoisingPolicy:
         policy = copy.deepcopy(model.policy.actor).eval().requires_grad_(False)
