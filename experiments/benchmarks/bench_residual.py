@@ -50,7 +50,18 @@ HEADER = [
 
 RESIDUAL = Bench(
     name="residual",
-    tasks=("push", "drawer-open", "button-press", "pick-place", "hopper"),
+    tasks=(
+        "push",
+        "drawer-open",
+        "button-press",
+        "pick-place",
+        "hopper",
+        "push-mh",
+        "drawer-open-mh",
+        "button-press-mh",
+        "pick-place-mh",
+        "peg-insert-side-mh",
+    ),  # fmt: skip
     methods={"td3": (0, 1, 2), "ppo": (0,), "sac": (0,), "sac-chunk": (0,)},
     command=command,
     header=HEADER,
