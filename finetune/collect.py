@@ -151,8 +151,8 @@ def collect(cfg: CollectConfig) -> list[EpisodeResult]:
         who = [int(r.decisions["demonstrator"][0]) for r in kept]
         masks = {d.name: [f"demo_{i}" for i, w in enumerate(who) if w == j] for j, d in enumerate(demonstrators)}
     episodes = [r.steps for r in kept]
-    for i, ep in enumerate(episodes):
-        ep.name = f"demo_{i}"
+    for i, (ep, r) in enumerate(zip(episodes, kept)):
+        ep.name, ep.success_step = f"demo_{i}", r.success_step
     write_robomimic_hdf5(cfg.out, episodes, env_args, masks)
     rate = sum(r.success for r in kept) / len(kept)
     returns = np.array([r.episode_return for r in kept])

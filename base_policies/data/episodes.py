@@ -23,6 +23,10 @@ class Episode:
     actions: np.ndarray
     rewards: np.ndarray | None = None
     dones: np.ndarray | None = None
+    success_step: int | None = None
+    """Steps until the task first reported success (1-based: the transition ``success_step - 1``
+    succeeded), -1 if it never did, None if the file does not say (what a residual run needs to
+    give demonstrations the sparse success reward; ``dpft collect`` records it)."""
 
     def __len__(self) -> int:
         return len(self.actions)

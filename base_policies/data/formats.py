@@ -130,7 +130,10 @@ def read_robomimic_hdf5(
             actions = _require(demo, "actions", where)[()]
             rewards = demo["rewards"][()] if "rewards" in demo else None
             dones = demo["dones"][()] if "dones" in demo else None
-            episodes.append(make_episode(name, path.name, obs, actions, rewards, dones))
+            episode = make_episode(name, path.name, obs, actions, rewards, dones)
+            if "success_step" in demo.attrs:
+                episode.success_step = int(demo.attrs["success_step"])
+            episodes.append(episode)
     return check_consistent(Demonstrations(episodes, attrs, str(path), obs_keys=used))
 
 
@@ -188,6 +191,8 @@ def write_robomimic_hdf5(
             for i, ep in enumerate(episodes):
                 g = data.create_group(f"demo_{i}")
                 g.attrs["num_samples"] = len(ep)
+                if ep.success_step is not None:
+                    g.attrs["success_step"] = int(ep.success_step)
                 g.create_dataset("obs", data=ep.obs.astype(np.float32))
                 g.create_dataset("actions", data=ep.actions.astype(np.float32))
                 n = len(ep)

@@ -9,6 +9,7 @@ artifact is a :class:`ResidualPolicy`; ``dpft eval --policy OUT`` runs it like a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from dpft.base_policies.data import load_demonstrations
 from dpft.base_policies.errors import ConfigError
 from dpft.base_policies.policy import Policy
 from dpft.base_policies.registry import multi_process
@@ -34,7 +36,9 @@ from dpft.finetune.common.networks import LayerNormSACPolicy, LayerNormTD3Policy
 from dpft.finetune.common.normalize import RewardNormalizer
 from dpft.finetune.common.run import SB3Method, run_sb3
 from dpft.finetune.common.updates import check_utd, gradient_steps_for, optimizer_kwargs, update_frequency
+from dpft.finetune.distributed import current_shard
 from dpft.finetune.residual.algos import ResidualSAC, ResidualTD3
+from dpft.finetune.residual.demos import DemoMixReplayBuffer, demo_buffer, residual_transitions
 from dpft.finetune.residual.env import ResidualVecEnv
 from dpft.finetune.residual.policy import FORMS, Features, ResidualNet, ResidualPolicy
 
@@ -67,6 +71,7 @@ class ResidualConfig(FinetuneConfig):
         "clip_range": "> 0",
         "log_std_init": "any",
         "ent_coef": ">= 0",
+        "demo_ratio": "[0, 1)",
     }
     """Declared range of each numeric setting (dpft.base_policies.ranges)."""
 
@@ -114,6 +119,12 @@ class ResidualConfig(FinetuneConfig):
     """sac: initial entropy temperature (tuned toward -action_dim entropy)."""
     action_noise: float = 0.1
     """td3: std of the Gaussian exploration noise on r."""
+    demos: Path | None = None
+    """sac/td3: a demonstration file (robomimic HDF5 from `dpft collect`, ...) mixed into every batch
+    (RLPD / ResFiT): each demonstrated action becomes the correction the residual would have needed
+    on top of the base (finetune/residual/demos.py)."""
+    demo_ratio: float = 0.5
+    """sac/td3 with --demos: share of each batch drawn from the demonstrations."""
     # ----- on-policy (ppo) -----
     rollout_steps: int = 256
     """ppo: transitions per env between updates."""
@@ -139,6 +150,8 @@ class ResidualConfig(FinetuneConfig):
         if self.form not in FORMS:
             raise ConfigError(f"unknown --form {self.form!r}; choose one of {list(FORMS)}")
         check_utd(self.utd)
+        if self.demos is not None and (self.algo == "ppo" or self.form != "step"):
+            raise ConfigError("--demos needs an off-policy per-step residual (--algo td3 or sac, --form step)")
 
 
 class Residual(SB3Method):
@@ -216,7 +229,7 @@ class Residual(SB3Method):
             "learning_starts": cfg.warmup_steps // k,
             "batch_size": cfg.batch_size,
             **update_frequency(cfg.utd, cfg.envs),
-            "n_steps": cfg.n_step,
+            **self.buffer_kwargs(cfg, cfg.gamma**k),
             "policy_kwargs": {
                 "net_arch": [cfg.hidden] * cfg.layers,
                 "n_critics": cfg.critics,
@@ -235,7 +248,31 @@ class Residual(SB3Method):
             model.policy.actor_target.load_state_dict(model.policy.actor.state_dict())
         for key, value in self.schedules(cfg, base).items():
             setattr(model, key, value)
+        if cfg.demos is not None:
+            self.add_demos(cfg, base, model)
         return model
+
+    def buffer_kwargs(self, cfg: ResidualConfig, gamma: float) -> dict[str, Any]:
+        if cfg.demos is None:
+            return {"n_steps": cfg.n_step}
+        kwargs = {"n_steps": cfg.n_step, "gamma": gamma}  # a custom buffer class takes n-step settings here
+        return {"replay_buffer_class": DemoMixReplayBuffer, "replay_buffer_kwargs": kwargs}
+
+    def add_demos(self, cfg: ResidualConfig, base: Policy, model: BaseAlgorithm) -> None:
+        """The demonstrations as residual transitions in a buffer of their own (a resumed run
+        unpickles them with the replay buffer)."""
+        episodes = load_demonstrations(cfg.demos).episodes
+        features = copy.deepcopy(self.wrapper.features).cpu()
+        demos = residual_transitions(episodes, base, features, self.wrapper.scale, cfg.reward, cfg.seed)
+        buf = model.replay_buffer
+        spaces = model.observation_space, model.action_space
+        buf.demos = demo_buffer(demos, *spaces, model.device, cfg.n_step, model.gamma)
+        buf.demo_ratio = cfg.demo_ratio
+        if current_shard().is_main:
+            print(
+                f"demos: {len(demos)} transitions from {len(episodes)} episodes of {cfg.demos} "
+                f"({demos.clipped:.0%} of correction coordinates clipped), {cfg.demo_ratio:.0%} of each batch"
+            )
 
     def schedules(self, cfg: ResidualConfig, base: Policy) -> dict[str, int]:
         """The off-policy warm-up schedules in the algorithm's units (updates, transitions)."""
