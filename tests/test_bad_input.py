@@ -204,6 +204,8 @@ CASES = [
     Case("collect-negative-noise", "collect --task metaworld:push-v3 --action-noise -1 --out {T}/d.hdf5", ("--action-noise",)),
     Case("residual-scale-zero", "finetune residual --base {A}/policy --out {T}/r --residual-scale 0", ("(0, 1]",)),
     Case("residual-scale-above-one", "finetune residual --base {A}/policy --out {T}/r --residual-scale 2", ("(0, 1]",)),
+    Case("residual-demos-missing", "finetune residual --base {A}/policy --out {T}/r --demos {T}/none.hdf5", ("none.hdf5", "does not exist")),
+    Case("residual-demos-with-ppo", "finetune residual --base {A}/policy --out {T}/r --demos {T}/none.hdf5 --algo ppo", ("off-policy per-step",)),
     Case("residual-unknown-algo", "finetune residual --base {A}/policy --out {T}/r --algo ddpg", ("unknown --algo",)),
     Case("dsrl-unknown-variant", "finetune dsrl --base {A}/policy --out {T}/r --variant foo", ("unknown --variant",)),
     Case("dsrl-target-kl-unreachable", "finetune dsrl --base {A}/policy --out {T}/r --target-kl 1", ("--target-kl",)),

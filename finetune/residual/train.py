@@ -152,6 +152,8 @@ class ResidualConfig(FinetuneConfig):
         check_utd(self.utd)
         if self.demos is not None and (self.algo == "ppo" or self.form != "step"):
             raise ConfigError("--demos needs an off-policy per-step residual (--algo td3 or sac, --form step)")
+        if self.demos is not None and not Path(self.demos).exists():
+            raise ConfigError(f"--demos {self.demos} does not exist")
 
 
 class Residual(SB3Method):
