@@ -1,7 +1,7 @@
 """Base policies: diffusion and flow policies with controllable noise, BC training, checkpoints.
 
 The names below are imported on first use (PEP 562), so a lower-level import such as
-``dpft.base_policies.errors`` (which ``dpft.envs`` needs) does not pull in torch.
+``dpft.base_policies.infra.errors`` (which ``dpft.envs`` needs) does not pull in torch.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ _EXPORTS = {
     "DiffusionPolicy": "diffusion",
     "FlowPolicy": "flow",
     "ComposedPolicy": "composed",
-    "CheckpointError": "errors",
-    "ConfigError": "errors",
-    "DatasetError": "errors",
-    "DpftError": "errors",
-    "FileError": "files",
-    "TaskError": "errors",
-    "TrainingError": "errors",
+    "CheckpointError": "infra.errors",
+    "ConfigError": "infra.errors",
+    "DatasetError": "infra.errors",
+    "DpftError": "infra.errors",
+    "FileError": "infra.files",
+    "TaskError": "infra.errors",
+    "TrainingError": "infra.errors",
     "POLICY_TYPES": "policy",
     "DenoisingPolicy": "policy",
     "Policy": "policy",

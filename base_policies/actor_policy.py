@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.infra.errors import CheckpointError
+from dpft.base_policies.infra.state_io import atomic_dir
 from dpft.base_policies.policy import FORMAT_VERSION, Policy, register_policy
 from dpft.base_policies.sb3_actor import SquashedMeanActor
-from dpft.base_policies.state_io import atomic_dir
 from dpft.base_policies.weights import load_weights
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from dpft.base_policies.errors import CheckpointError
-from dpft.base_policies.files import read_text
+from dpft.base_policies.infra.errors import CheckpointError
+from dpft.base_policies.infra.files import read_text
+from dpft.base_policies.infra.state_io import readable_copy
 from dpft.base_policies.policy import FORMAT_VERSION, Policy, policy_type, policy_type_names
-from dpft.base_policies.state_io import readable_copy
 from dpft.base_policies.weights import load_weights, policy_config_from_meta  # noqa: F401  (re-exported)
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"

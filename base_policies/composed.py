@@ -29,9 +29,9 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.infra.errors import CheckpointError
+from dpft.base_policies.infra.state_io import atomic_dir
 from dpft.base_policies.policy import FORMAT_VERSION, Policy
-from dpft.base_policies.state_io import atomic_dir
 from dpft.base_policies.weights import load_weights
 
 BASE_FOLDER = "base"

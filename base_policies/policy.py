@@ -17,13 +17,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dpft.base_policies.backbones import BACKBONES
-from dpft.base_policies.config import PolicyConfig, to_dict
-from dpft.base_policies.device import module_device
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.config import PolicyConfig
 from dpft.base_policies.fast_sampling import SamplerPlan, fast_sampler
+from dpft.base_policies.infra.device import module_device
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.records import to_dict
+from dpft.base_policies.infra.registry import entry_point_names, load_entry_point
+from dpft.base_policies.infra.state_io import atomic_dir
 from dpft.base_policies.normalizer import Normalizer
-from dpft.base_policies.registry import entry_point_names, load_entry_point
-from dpft.base_policies.state_io import atomic_dir
 from dpft.base_policies.weights import load_weights, policy_config_from_meta
 
 FORMAT_VERSION = 1

@@ -29,9 +29,9 @@ from typing import ClassVar
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, read_meta, resolve_policy_dir
 from dpft.base_policies.config import validate_arch
-from dpft.base_policies.errors import ConfigError
-from dpft.base_policies.paths import check_output_folder
-from dpft.base_policies.state_io import atomic_dir
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.paths import check_output_folder
+from dpft.base_policies.infra.state_io import atomic_dir
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SetSamplingConfig:
     """Copy a base policy with another executed chunk length or number of denoising steps (no re-training)."""
 
     RANGES: ClassVar[dict[str, str]] = {"action_horizon": ">= 1", "denoising_steps": ">= 1"}
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     out: Path
     """Folder to write the copy to."""

@@ -23,17 +23,17 @@ from dpft.base_policies.config import ArchConfig, PolicyConfig, validate_arch
 from dpft.base_policies.data import Demonstrations, load_demonstrations, make_windows, split_episodes
 from dpft.base_policies.data.env_args import read_env_info
 from dpft.base_policies.data.windows import Windows
-from dpft.base_policies.device import check_device_spec, resolve_device
-from dpft.base_policies.divergence import DivergenceGuard
 from dpft.base_policies.ema import EMA
-from dpft.base_policies.errors import CheckpointError, ConfigError, TrainingError
-from dpft.base_policies.files import check_keys, interpreting
+from dpft.base_policies.infra.device import check_device_spec, resolve_device
+from dpft.base_policies.infra.divergence import DivergenceGuard
+from dpft.base_policies.infra.errors import CheckpointError, ConfigError, TrainingError
+from dpft.base_policies.infra.files import check_keys, interpreting
+from dpft.base_policies.infra.ranges import check_ranges
+from dpft.base_policies.infra.registry import all_cores, multi_process
+from dpft.base_policies.infra.run_folder import RunFolder, open_run
+from dpft.base_policies.infra.state_io import RESTART, atomic_dir, load_state, rng_state, save_state, set_rng_state
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
 from dpft.base_policies.posterior import PosteriorTargets, ensemble_spread
-from dpft.base_policies.ranges import check_ranges
-from dpft.base_policies.registry import all_cores, multi_process
-from dpft.base_policies.run_folder import RunFolder, open_run
-from dpft.base_policies.state_io import RESTART, atomic_dir, load_state, rng_state, save_state, set_rng_state
 
 
 @dataclass
@@ -57,7 +57,7 @@ class TrainBCConfig:
         "posterior_steps": ">= 1",
         "seed": "[0, 1000000000]",
     }
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     dataset: Path | None = None
     """Demonstrations: robomimic-layout .hdf5, .npz file/folder, or a local Minari dataset folder."""

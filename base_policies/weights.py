@@ -10,8 +10,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from dpft.base_policies.config import PolicyConfig, check_record, from_dict
-from dpft.base_policies.errors import CheckpointError, ConfigError
+from dpft.base_policies.config import PolicyConfig
+from dpft.base_policies.infra.errors import CheckpointError, ConfigError
+from dpft.base_policies.infra.records import check_record, from_dict
 
 
 def policy_config_from_meta(path: Path, meta: dict[str, Any]) -> PolicyConfig:

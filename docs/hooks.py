@@ -70,7 +70,7 @@ def _changelog() -> None:
 
 
 def _cli_reference() -> None:
-    from dpft.finetune.cli import command_names
+    from dpft.finetune.commands.cli import command_names
 
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100", "TERM": "dumb"}
     parts = [
@@ -82,7 +82,7 @@ def _cli_reference() -> None:
     ]
     for name in command_names():
         res = subprocess.run(
-            [sys.executable, "-m", "dpft.finetune.cli", *name.split(), "--help"],
+            [sys.executable, "-m", "dpft.finetune", *name.split(), "--help"],
             capture_output=True,
             text=True,
             env=env,

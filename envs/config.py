@@ -8,8 +8,8 @@ from typing import ClassVar
 
 import gymnasium as gym
 
-from dpft.base_policies.errors import ConfigError
-from dpft.base_policies.ranges import check_ranges
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.ranges import check_ranges
 from dpft.envs.chunking import ChunkedEnv, Horizons, horizons_of, make_vector_env
 from dpft.envs.rewards import resolve_reward
 from dpft.envs.tasks import make
@@ -20,7 +20,7 @@ class EnvConfig:
     """Settings shared by every command that steps a task."""
 
     RANGES: ClassVar[dict[str, str]] = {"envs": ">= 1", "seed": "[0, 1000000000]", "max_episode_steps": ">= 1"}
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     task: str = "metaworld:push-v3"
     """Task id: gym:<id>, metaworld:<task>-v3, robotics:<id>, or any registered gymnasium id."""

@@ -22,8 +22,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from dpft.base_policies.errors import DpftError
-from dpft.base_policies.registry import import_from_working_dir, load_entry_point
+from dpft.base_policies.infra.errors import DpftError
+from dpft.base_policies.infra.registry import import_from_working_dir, load_entry_point
 
 
 class RewardError(DpftError):

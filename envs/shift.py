@@ -23,7 +23,7 @@ import re
 import gymnasium as gym
 import numpy as np
 
-from dpft.base_policies.errors import TaskError
+from dpft.base_policies.infra.errors import TaskError
 
 MODIFIERS = {"action_gain": (1.0, "a positive number"), "action_offset": (0.0, "a number")}
 """Known suffixes, their neutral value and what a value must be."""

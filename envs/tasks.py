@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
-from dpft.base_policies.errors import TaskError
-from dpft.base_policies.registry import import_from_working_dir, load_entry_point
+from dpft.base_policies.infra.errors import TaskError
+from dpft.base_policies.infra.registry import import_from_working_dir, load_entry_point
 from dpft.envs.contract import FlatFloatObservation, SuccessInfo
 from dpft.envs.shift import ShiftedDynamics, split_shift
 

@@ -43,7 +43,7 @@ class Spec:
     demonstrators: str | None = None
     success_only: bool = False
     suffix: str = ""
-    eval_envs: int = 1  # the results are a function of the number of envs too (dpft.finetune.rollout)
+    eval_envs: int = 1  # the results are a function of the number of envs too (dpft.finetune.common.rollout)
     expert_level: str | None = None  # locomotion: the D4RL-style SAC level that collects (dpft collect --expert-level)
 
     @property
@@ -97,7 +97,7 @@ SPECS = [
 
 
 def dpft(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dpft.finetune.cli", *args]
+    return [sys.executable, "-m", "dpft.finetune", *args]
 
 
 def run(cmd: list[str]) -> str:

@@ -25,7 +25,7 @@ from refusal import snapshot
 from synthetic import bimodal_episodes
 
 from dpft.base_policies.data import write_robomimic_hdf5
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 
 TOY = "toy_envs:Obstacle-v0"
 
@@ -219,7 +219,7 @@ CASES = [
     # ----- config files -----
     Case("config-missing", "eval --config {T}/nope.yaml", ("does not exist",)),
     Case("d3po-on-pairs-without-chains", "finetune dpo --base {A}/policy --prefs {T}/p.hdf5 --loss d3po --out {T}/r", ("--sampler stochastic",), _ddim_pairs),
-    # ----- classes of file-system and byte errors (base_policies/files.py), one example each -----
+    # ----- classes of file-system and byte errors (base_policies/infra/files.py), one example each -----
     Case("config-not-utf8", "eval --config {T}/c.yaml", ("not UTF-8",), lambda t: (t / "c.yaml").write_bytes(b"episodes: \xff\n")),
     Case("config-is-a-folder", "train-bc --config {T}", ("is a folder",)),
     Case("config-flag-without-value", "train-bc --dataset {A}/demos.hdf5 --out {T}/r --config", ("is a folder",)),
@@ -350,7 +350,7 @@ def test_an_unknown_mujoco_gl_is_one_line(assets: Path):
     import subprocess
 
     env = {**os.environ, "MUJOCO_GL": "broken", "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "dpft.finetune.cli", "eval", "--policy", "shipped:metaworld-push-v3"]
+    argv = [sys.executable, "-m", "dpft.finetune", "eval", "--policy", "shipped:metaworld-push-v3"]
     res = subprocess.run([*argv, "--episodes", "1", "--no-progress"], env=env, capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
     assert "MUJOCO_GL" in res.stderr and "Traceback" not in res.stderr

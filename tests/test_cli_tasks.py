@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dpft.base_policies import load_policy
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 
 REACH = ["--task", "metaworld:reach-v3", "--max-episode-steps", "60", "--no-progress"]
 

@@ -14,16 +14,16 @@ import pytest
 from synthetic import bimodal_episodes
 
 from dpft.base_policies.data import write_robomimic_hdf5
-from dpft.base_policies.run_folder import RunFolder
-from dpft.base_policies.state_io import FILE_STEPS, PUBLISH_STEPS, atomic_dir, atomic_write_text, recover_dir
-from dpft.finetune import cli
+from dpft.base_policies.infra.run_folder import RunFolder
+from dpft.base_policies.infra.state_io import FILE_STEPS, PUBLISH_STEPS, atomic_dir, atomic_write_text, recover_dir
+from dpft.finetune.commands import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITER = """
 import os, sys
 from pathlib import Path
-from dpft.base_policies.state_io import atomic_dir
+from dpft.base_policies.infra.state_io import atomic_dir
 
 path, kill_at = Path(sys.argv[1]), sys.argv[2]
 
@@ -71,7 +71,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from synthetic import bimodal_episodes
 from dpft.base_policies.data import write_robomimic_hdf5
-from dpft.base_policies.state_io import atomic_write_text
+from dpft.base_policies.infra.state_io import atomic_write_text
 
 path, kill_at = Path(sys.argv[1]), sys.argv[2]
 write = {
@@ -143,7 +143,7 @@ def train_bc(dataset: Path, out: Path, *extra: str, kill_at: str | None = None) 
     argv = ["train-bc", "--dataset", str(dataset), "--out", str(out), "--steps", "60", "--checkpoint-every", "20"]
     argv += ["--batch-size", "16", "--no-progress", "--arch.hidden-dim", "16", "--arch.num-blocks", "1", *extra]
     return subprocess.run(
-        [sys.executable, "-m", "dpft.finetune.cli", *argv], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "dpft.finetune", *argv], capture_output=True, text=True, env=env, cwd=ROOT
     )
 
 
@@ -176,7 +176,7 @@ def test_two_processes_cannot_train_into_one_run_folder(tmp_path, dataset):
     """A second run (or a second --resume) into a folder another process is training in is refused."""
     out = tmp_path / "run"
     holder = (
-        "import sys; from pathlib import Path; from dpft.base_policies.run_folder import RunFolder; "
+        "import sys; from pathlib import Path; from dpft.base_policies.infra.run_folder import RunFolder; "
         "RunFolder(Path(sys.argv[1])).lock(); print('locked', flush=True); sys.stdin.read()"
     )
     first = subprocess.Popen(

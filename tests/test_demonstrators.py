@@ -13,19 +13,17 @@ import numpy as np
 import pytest
 
 from dpft.base_policies.data import load_demonstrations
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 from dpft.envs.config import EnvConfig
 from dpft.envs.experts import get_expert
 from dpft.envs.experts.demonstrators import MIXES, Demonstrator, MixedDemonstrators, load_demonstrators
-from dpft.finetune.rollout import EnvSlots, run_episodes
+from dpft.finetune.common.rollout import EnvSlots, run_episodes
 
 LOW, HIGH = -np.ones(4), np.ones(4)
 
 
 def dpft(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dpft.finetune.cli", *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "dpft.finetune", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

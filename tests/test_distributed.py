@@ -22,16 +22,16 @@ import torch
 
 from dpft.base_policies import load_policy
 from dpft.envs.config import EnvConfig
-from dpft.finetune.distributed import Shard
-from dpft.finetune.launch import free_port
-from dpft.finetune.rollout import EnvSlots, policy_chunk_fn, run_episodes
+from dpft.finetune.commands.launch import free_port
+from dpft.finetune.common.distributed import Shard
+from dpft.finetune.common.rollout import EnvSlots, policy_chunk_fn, run_episodes
 
 HOPPER = ["--policy", "shipped:gym-Hopper-v5", "--task", "gym:Hopper-v5", "--max-episode-steps", "40"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def dpft(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "dpft.finetune.cli", *args]
+    cmd = [sys.executable, "-m", "dpft.finetune", *args]
     return subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -124,7 +124,7 @@ Root Cause (first observed failure):
 def test_the_launchers_report_is_replaced_but_a_process_traceback_is_shown():
     import io
 
-    from dpft.finetune.launch import _failed_rank, _Tee
+    from dpft.finetune.commands.launch import _failed_rank, _Tee
 
     child = 'Traceback (most recent call last):\n  File "x.py", line 1\nZeroDivisionError: division by zero\n'
     out = io.StringIO()
@@ -183,7 +183,7 @@ def test_two_machines_on_localhost():
     Once (in CI) machine 0 hung for the whole timeout and machine 1's process aborted
     inside gloo; it did not happen again in 60 runs here, loaded or not. So a failed launch is
     tried once more on a fresh port, and both attempts' output is shown when that fails too."""
-    cmd = ["-m", "dpft.finetune.cli", "eval", *HOPPER, "--episodes", "4", "--envs", "2", "--json", "--no-progress"]
+    cmd = ["-m", "dpft.finetune", "eval", *HOPPER, "--episodes", "4", "--envs", "2", "--json", "--no-progress"]
     failures = []
     for _ in range(2):
         codes, outs = _two_machines(cmd, timeout=120)
@@ -253,7 +253,7 @@ def test_two_process_dsrl_learns_the_same_weights_from_different_data_and_resume
 
 
 def test_thread_defaults(monkeypatch):
-    from dpft.base_policies import threads
+    from dpft.base_policies.infra import threads
 
     before = torch.get_num_threads()
     try:

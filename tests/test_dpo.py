@@ -16,12 +16,12 @@ from dpft.base_policies.checkpoint import load_weights
 from dpft.base_policies.data import write_robomimic_hdf5
 from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 from dpft.envs.config import EnvConfig
-from dpft.finetune import cli
-from dpft.finetune.distributed import Shard
+from dpft.finetune.commands import cli
+from dpft.finetune.common.distributed import Shard
 from dpft.finetune.dpo import train as dpo_train
-from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.losses import LossConfig, PairBatch, d3po, diffusion_dpo, get_loss
 from dpft.finetune.dpo.pair_data import PairData
+from dpft.finetune.dpo.pairs_collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.prefs import (
     PrefsError,
     append_label,
@@ -395,7 +395,7 @@ def test_a_process_with_no_rollouts_to_run_still_takes_part():
 def test_overwrite_does_not_reuse_the_old_runs_pairs(tmp_path):
     """--overwrite clears what a run wrote, a DPO run's rounds of pairs and a multi-process
     run's per-process checkpoints included (a new run must not train on the old run's pairs)."""
-    from dpft.base_policies.run_folder import RunFolder
+    from dpft.base_policies.infra.run_folder import RunFolder
 
     run = RunFolder(tmp_path / "run")
     for rel in ("prefs/round_000.hdf5", "ranks/checkpoint1/state.json", "best_policy.json", "config.yaml", "notes.txt"):

@@ -12,21 +12,21 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from dpft.base_policies import CheckpointError, ConfigError, TaskError, load_policy
+from dpft.base_policies.infra.run_folder import RunFolder
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.run_folder import RunFolder
 from dpft.envs.chunking import ChunkedEnv
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import make
-from dpft.finetune import cli
-from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
+from dpft.finetune.commands import cli
 from dpft.finetune.common.guard import Guard
 from dpft.finetune.common.interrupt import RunInterrupted
+from dpft.finetune.common.policy_eval import evaluate
 from dpft.finetune.common.run import make_vec_env
+from dpft.finetune.common.run_checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
+from dpft.finetune.common.stats import wilson_interval
 from dpft.finetune.dsrl.na import DSRLNA
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv
 from dpft.finetune.dsrl.train import DSRL, DSRLConfig, train_dsrl
-from dpft.finetune.evaluate import evaluate
-from dpft.finetune.stats import wilson_interval
 
 TASK = "toy_envs:Obstacle-v0"
 
@@ -359,7 +359,7 @@ class IgnoresNoise(Policy):
 
 
 def test_steerability_sees_room_where_the_noise_picks_the_mode_and_none_where_it_is_ignored(base_dir):
-    from dpft.finetune.steerability import outcomes, summarise
+    from dpft.finetune.commands.steerability import outcomes, summarise
 
     base = load_policy(base_dir)
     cfg = EnvConfig(task=TASK, envs=8, seed=2000)
@@ -378,7 +378,7 @@ def test_steerability_counts_the_zero_noise_as_a_choice():
     """A base whose zero noise is far better than any random stream (HalfCheetah medium: +37%
     against best-of-8's +15%) has room: a noise policy can pick the zero noise everywhere; the
     reading names it, since evaluating with zero noise costs no training."""
-    from dpft.finetune.steerability import summarise
+    from dpft.finetune.commands.steerability import summarise
 
     rng = np.random.default_rng(0)
     streams = 1000 + 50 * rng.standard_normal((8, 40))  # best-of-8 ~ +10%, below the 15% rule

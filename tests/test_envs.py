@@ -8,10 +8,10 @@ import pytest
 from conftest import tiny_policy
 from gymnasium.utils.env_checker import check_env
 
-from dpft.base_policies.errors import TaskError
+from dpft.base_policies.infra.errors import TaskError
 from dpft.envs.chunking import ChunkedEnv, check_policy_fits, make_vector_env
 from dpft.envs.tasks import make, parse_task_id
-from dpft.finetune.rollout import run_episodes
+from dpft.finetune.common.rollout import run_episodes
 
 
 def test_task_id_parser():

@@ -2,10 +2,10 @@
 
 import pytest
 
-from dpft.base_policies.errors import TaskError
+from dpft.base_policies.infra.errors import TaskError
 from dpft.envs.config import EnvConfig
 from dpft.envs.experts import get_expert
-from dpft.finetune.rollout import run_episodes
+from dpft.finetune.common.rollout import run_episodes
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from safetensors import SafetensorError
 from synthetic import bimodal_episodes
 
 from dpft.base_policies.data import write_robomimic_hdf5
-from dpft.base_policies.files import FileError, file_error, read_json
-from dpft.finetune import cli
+from dpft.base_policies.infra.files import FileError, file_error, read_json
+from dpft.finetune.commands import cli
 
 
 @pytest.mark.parametrize(

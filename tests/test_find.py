@@ -9,11 +9,11 @@ from conftest import StopAt
 
 from dpft.base_policies import load_policy
 from dpft.envs.config import EnvConfig
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 from dpft.finetune.common.interrupt import RunInterrupted
+from dpft.finetune.common.policy_eval import evaluate
 from dpft.finetune.common.run import make_vec_env, run_sb3
 from dpft.finetune.dsrl.steered import SteeredPolicy
-from dpft.finetune.evaluate import evaluate
 from dpft.finetune.find.policy import actor_from_ppo
 from dpft.finetune.find.train import FIND, FINDConfig, train_find
 

@@ -17,12 +17,12 @@ from stable_baselines3 import PPO
 
 from dpft.base_policies import CheckpointError, load_policy
 from dpft.base_policies.composed import folder_hash
-from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.infra.run_folder import RunFolder
 from dpft.base_policies.sb3_actor import SquashedMeanActor
-from dpft.finetune import cli
-from dpft.finetune.common.checkpoint import load_sb3_checkpoint
+from dpft.finetune.commands import cli
 from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.run import make_vec_env, run_sb3
+from dpft.finetune.common.run_checkpoint import load_sb3_checkpoint
 from dpft.finetune.dsrl.steered import SteeredPolicy
 from dpft.finetune.dsrl.train import DSRL, DSRLConfig
 
@@ -62,8 +62,54 @@ def test_no_import_runs_up_the_layers():
     assert not offenders, offenders
 
 
+def imports_of(file: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append(node.module)
+    return out
+
+
+def test_the_infrastructure_knows_nothing_of_policies_tasks_or_methods():
+    """base_policies/infra is the bottom: it imports no other dpft module."""
+    offenders = [
+        f"{file.relative_to(ROOT)} imports {name}"
+        for file in (ROOT / "base_policies" / "infra").rglob("*.py")
+        for name in imports_of(file)
+        if name.startswith("dpft.") and not name.startswith("dpft.base_policies.infra")
+    ]
+    assert not offenders, offenders
+
+
+def test_methods_do_not_import_the_commands():
+    """finetune/commands (CLI, launcher, collect, eval, export, steerability) sits on top of the
+    methods and their shared parts; nothing below it imports from it."""
+    offenders = [
+        f"{file.relative_to(ROOT)} imports {name}"
+        for file in (ROOT / "finetune").rglob("*.py")
+        if "commands" not in file.relative_to(ROOT).parts and file.name != "__main__.py"
+        for name in imports_of(file)
+        if name.startswith("dpft.finetune.commands")
+    ]
+    assert not offenders, offenders
+
+
+def test_no_two_modules_share_a_name_for_different_jobs():
+    """A module name means one thing. Method folders share role names on purpose (config, env,
+    policy, train: the same job per method); dsrl/networks.py keeps old pickled class names."""
+    roles = {"__init__.py", "__main__.py", "train.py", "policy.py", "env.py", "config.py"}
+    seen: dict[str, list[str]] = {}
+    for layer in LAYERS:
+        for file in (ROOT / layer).rglob("*.py"):
+            if file.name not in roles and not (file.parent.name == "dsrl" and file.name == "networks.py"):
+                seen.setdefault(file.name, []).append(str(file.relative_to(ROOT)))
+    assert not {k: v for k, v in seen.items() if len(v) > 1}
+
+
 def test_importing_envs_does_not_import_torch():
-    code = "import sys, dpft.envs.config, dpft.envs.rewards, dpft.envs.replay; print('torch' in sys.modules)"
+    code = "import sys, dpft.envs.config, dpft.envs.rewards, dpft.envs.episode_replay; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == "False"
 
@@ -258,7 +304,7 @@ def test_checkpoints_from_before_the_namespace_still_unpickle():
     """SB3 checkpoints of older DSRL runs name their classes ``finetune.dsrl.replay...``."""
     import pickle
 
-    from dpft.finetune.common.checkpoint import pre_namespace_names
+    from dpft.finetune.common.run_checkpoint import pre_namespace_names
     from dpft.finetune.dsrl.replay import ChunkReplayBuffer
 
     old = pickle.dumps(ChunkReplayBuffer, protocol=0).replace(b"dpft.finetune.dsrl.replay", b"finetune.dsrl.replay")

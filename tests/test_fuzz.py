@@ -29,8 +29,8 @@ from refusal import one_error_line, snapshot, unchanged
 from synthetic import bimodal_episodes
 
 from dpft.base_policies.data import write_robomimic_hdf5
-from dpft.base_policies.ranges import declared_ranges, numeric_fields
-from dpft.finetune import cli
+from dpft.base_policies.infra.ranges import declared_ranges, numeric_fields
+from dpft.finetune.commands import cli
 
 TOY = "toy_envs:Obstacle-v0"
 EXAMPLES = int(os.environ.get("DPFT_FUZZ_EXAMPLES", "25"))
@@ -275,8 +275,8 @@ def test_a_generated_flag_value_is_refused_in_one_line_or_runs(command, pick, va
 def test_every_command_refuses_a_value_outside_its_declared_range(pick, value, capsys):
     """Parsing alone, for every command: a value is accepted exactly when it is in the range the
     config declares (flags and config files take the same path)."""
-    from dpft.base_policies.errors import ConfigError
-    from dpft.base_policies.ranges import parse_range
+    from dpft.base_policies.infra.errors import ConfigError
+    from dpft.base_policies.infra.ranges import parse_range
 
     fields = [(name, f) for name in cli.command_names() for f in numeric_fields(cli.find_command(name).config_cls)]
     name, field = fields[pick % len(fields)]

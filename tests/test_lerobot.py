@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from dpft.base_policies import load_policy
 from dpft.base_policies.lerobot.folder import read_folder
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 
 TOY = "toy_envs:Reach-v0"
 TOY44, TOY33 = REFS / "v0.4.4" / "toy_ddim", REFS / "v0.3.3" / "toy_ddim"

@@ -17,7 +17,7 @@ from lerobot_refs import REFS, assert_matches, check_against, read, references
 from safetensors.torch import load_file, save_file
 
 from dpft.base_policies import load_policy
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 
 HERE = Path(__file__).parent
 TOY = "toy_envs:Reach-v0"

@@ -249,7 +249,7 @@ def test_unet_horizon_validation_suggests_fix():
 def test_zero_noise_chunk_fn_is_the_deterministic_mode(policy):
     import numpy as np
 
-    from dpft.finetune.rollout import policy_chunk_fn
+    from dpft.finetune.common.rollout import policy_chunk_fn
 
     obs = np.random.default_rng(0).normal(size=(3, policy.obs_horizon, policy.obs_dim)).astype(np.float32)
     expected = policy.predict_chunk(torch.from_numpy(obs), torch.zeros(3, *policy.noise_shape)).numpy()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpft.base_policies.errors import DpftError
+from dpft.base_policies.infra.errors import DpftError
 from dpft.envs.config import EnvConfig
 from dpft.finetune.dpo.label import LabelError, LabelSession, make_server, next_pair, shows_swapped, url_of
 from dpft.finetune.dpo.prefs import Pair, Prefs, PrefsError, Rollout, labels_path, read_labels, read_prefs, write_prefs
@@ -357,7 +357,7 @@ def test_a_task_that_cannot_render_is_one_line_naming_mujoco_gl(prefs: Path):
     """No GL back end works ("nope" is none): `dpft prefs label` says what to set instead of
     serving a page whose videos fail."""
     env = _without_gl("glfw,nope")
-    argv = [sys.executable, "-m", "dpft.finetune.cli", "prefs", "label", str(prefs), "--port", "0"]
+    argv = [sys.executable, "-m", "dpft.finetune", "prefs", "label", str(prefs), "--port", "0"]
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     error = [line for line in res.stderr.splitlines() if line.startswith("error:")]  # (glfw warns on its own too)
@@ -366,7 +366,7 @@ def test_a_task_that_cannot_render_is_one_line_naming_mujoco_gl(prefs: Path):
 
 
 def test_cli_help_and_bad_settings():
-    from dpft.finetune import cli
+    from dpft.finetune.commands import cli
 
     with pytest.raises(SystemExit) as e:
         cli.main(["prefs", "label", "--help"])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 from dpft.finetune.common.presets import apply_preset, preset_for
 from dpft.finetune.dsrl.train import DSRLConfig
 from dpft.finetune.residual.train import ResidualConfig

@@ -9,9 +9,9 @@ import typing
 
 import pytest
 
-from dpft.base_policies.errors import ConfigError
-from dpft.base_policies.ranges import check_ranges, declared_ranges, numeric_fields, parse_range
-from dpft.finetune import cli
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.ranges import check_ranges, declared_ranges, numeric_fields, parse_range
+from dpft.finetune.commands import cli
 
 
 def config_classes() -> list[type]:
@@ -82,7 +82,7 @@ def test_a_config_file_and_a_runs_config_yaml_are_checked_the_same_way(tmp_path,
     (tmp_path / "c.yaml").write_text("lr: .inf\n")
     assert cli.main(["finetune", "dsrl", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "--lr must be in (0, 1], got inf" in capsys.readouterr().err
-    from dpft.base_policies.config import from_dict
+    from dpft.base_policies.infra.records import from_dict
     from dpft.finetune.dsrl.train import DSRLConfig
 
     with pytest.raises(ConfigError, match="--gamma must be in"):

@@ -17,18 +17,18 @@ from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 from dpft.envs.chunking import ChunkedEnv
 from dpft.envs.config import EnvConfig
-from dpft.envs.replay import ReplayableEpisodes
+from dpft.envs.episode_replay import ReplayableEpisodes
 from dpft.envs.tasks import make
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 from dpft.finetune.common.best import BestPolicy, score
 from dpft.finetune.common.interrupt import RunInterrupted
+from dpft.finetune.common.policy_eval import evaluate
+from dpft.finetune.common.rollout import policy_chunk_fn, run_episodes
 from dpft.finetune.common.run import run_sb3
 from dpft.finetune.dsrl.steered import SteeredPolicy
-from dpft.finetune.evaluate import evaluate
 from dpft.finetune.residual.env import ResidualVecEnv, noise_rng
 from dpft.finetune.residual.policy import Features, ResidualNet, ResidualPolicy
 from dpft.finetune.residual.train import Residual, ResidualConfig, train_residual
-from dpft.finetune.rollout import policy_chunk_fn, run_episodes
 
 TASK = "toy_envs:Reach-v0"
 

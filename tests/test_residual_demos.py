@@ -11,9 +11,9 @@ from test_residual import TASK, base_dir, quick  # noqa: F401  (the Reach-v0 bas
 
 from dpft.base_policies import load_policy
 from dpft.base_policies.data import load_demonstrations, write_robomimic_hdf5
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 from dpft.envs.config import EnvConfig
-from dpft.finetune.evaluate import evaluate
+from dpft.finetune.common.policy_eval import evaluate
 from dpft.finetune.residual.demos import DemoMixReplayBuffer, demo_buffer, histories, residual_transitions
 from dpft.finetune.residual.policy import Features
 from dpft.finetune.residual.train import train_residual

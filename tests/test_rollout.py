@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import tiny_policy
 
-from dpft.base_policies.errors import DpftError
+from dpft.base_policies.infra.errors import DpftError
 from dpft.envs.config import EnvConfig
-from dpft.finetune.rollout import policy_chunk_fn, run_episodes
-from dpft.finetune.video import record_video, render_episodes
+from dpft.finetune.common.rollout import policy_chunk_fn, run_episodes
+from dpft.finetune.common.video import record_video, render_episodes
 
 K = 3  # action horizon
 
@@ -135,7 +135,7 @@ def test_video_falls_back_to_the_next_gl_backend(tmp_path, backends, works):
     policy.save(tmp_path / "p")
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
     env |= {"DPFT_VIDEO_BACKENDS": backends, "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "dpft.finetune.cli", "eval", "--policy", str(tmp_path / "p"), "--episodes", "1"]
+    argv = [sys.executable, "-m", "dpft.finetune", "eval", "--policy", str(tmp_path / "p"), "--episodes", "1"]
     argv += ["--envs", "1", "--video", str(tmp_path / "v.gif"), "--no-progress"]
     res = subprocess.run(argv, env=env, capture_output=True, text=True)
     if works:
@@ -155,7 +155,7 @@ def test_eval_video_exits_quietly_in_a_real_process(tmp_path):
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "dpft.finetune.cli", "eval", "--policy", "shipped:metaworld-push-v3", "--episodes"]
+    argv = [sys.executable, "-m", "dpft.finetune", "eval", "--policy", "shipped:metaworld-push-v3", "--episodes"]
     argv += ["1", "--envs", "1", "--video", str(tmp_path / "v.mp4"), "--video-episodes", "1", "--no-progress"]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

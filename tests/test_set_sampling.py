@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_policy
 
 from dpft.base_policies import load_policy
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 
 
 @pytest.mark.parametrize("kind", ["diffusion", "flow"])

@@ -14,7 +14,7 @@ from torch import nn
 from dpft.base_policies import ArchConfig, ConfigError, load_policy
 from dpft.base_policies.data import write_robomimic_hdf5
 from dpft.base_policies.train_bc import BatchSampler, TrainBCConfig, train_bc
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 
 ARCH = ArchConfig(obs_horizon=1, pred_horizon=8, action_horizon=8, hidden_dim=128, num_blocks=2)
 
@@ -149,7 +149,7 @@ def test_data_parallel_under_accelerate_launch(bimodal_file, tmp_path):
         "--dynamo_backend",
         "no",
         "-m",
-        "dpft.finetune.cli",
+        "dpft.finetune",
         "train-bc",
         "--dataset",
         str(bimodal_file),

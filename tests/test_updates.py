@@ -32,7 +32,7 @@ def test_half_utd_takes_one_gradient_step_every_two_transitions(tmp_path):
     """A real DSRL-NA model on push: after the warm-up, updates = transitions / 2."""
     from stable_baselines3.common.logger import Logger
 
-    from dpft.base_policies.device import resolve_device
+    from dpft.base_policies.infra.device import resolve_device
     from dpft.finetune.common.run import make_vec_env, resolve_base
     from dpft.finetune.dsrl.train import DSRL
 

@@ -13,11 +13,11 @@ from synthetic import bimodal_episodes
 
 from dpft.base_policies import ArchConfig, CheckpointError, DatasetError, DpftError, load_policy
 from dpft.base_policies.data import load_demonstrations, write_robomimic_hdf5
+from dpft.base_policies.infra.state_io import load_state
 from dpft.base_policies.policy import DenoisingPolicy
-from dpft.base_policies.state_io import load_state
 from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 from dpft.base_policies.weights import load_weights
-from dpft.finetune import cli
+from dpft.finetune.commands import cli
 
 ARCH = ArchConfig(obs_horizon=1, pred_horizon=4, action_horizon=4, hidden_dim=16, num_blocks=1)
 # robomimic's own env_args: a robosuite env name, no dpft task id, no action bounds

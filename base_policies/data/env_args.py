@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from dpft.base_policies.errors import DatasetError
+from dpft.base_policies.infra.errors import DatasetError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from dpft.base_policies.errors import DatasetError
+from dpft.base_policies.infra.errors import DatasetError
 
 
 @dataclass

@@ -41,9 +41,9 @@ import numpy as np
 
 from dpft.base_policies.data.env_args import read_obs_keys
 from dpft.base_policies.data.episodes import Demonstrations, Episode, check_consistent, make_episode
-from dpft.base_policies.errors import DatasetError
-from dpft.base_policies.files import HDF5_ERRORS, interpreting, read_json
-from dpft.base_policies.state_io import publish_mode, reach, remove_leftovers
+from dpft.base_policies.infra.errors import DatasetError
+from dpft.base_policies.infra.files import HDF5_ERRORS, interpreting, read_json
+from dpft.base_policies.infra.state_io import publish_mode, reach, remove_leftovers
 
 Reader = Callable[[Path, Sequence[str] | None], Demonstrations]
 

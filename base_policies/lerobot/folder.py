@@ -27,9 +27,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.infra.errors import CheckpointError
+from dpft.base_policies.infra.state_io import atomic_dir
 from dpft.base_policies.lerobot.schedule import BETA_SCHEDULES
-from dpft.base_policies.state_io import atomic_dir
 
 STATE, ENV_STATE, ACTION = "observation.state", "observation.environment_state", "action"
 UNET_PREFIX = "diffusion.unet."

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from dpft.base_policies.config import ArchConfig, PolicyConfig
-from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.infra.errors import CheckpointError
+from dpft.base_policies.infra.state_io import atomic_dir
 from dpft.base_policies.lerobot.folder import (
     ACTION,
     ENV_STATE,
@@ -51,11 +52,10 @@ from dpft.base_policies.lerobot.folder import (
     read_folder,
     write_folder,
 )
-from dpft.base_policies.lerobot.normalizer import LeRobotNormalizer
+from dpft.base_policies.lerobot.lerobot_normalize import LeRobotNormalizer
 from dpft.base_policies.lerobot.schedule import alphas_cumprod, leading_timesteps
 from dpft.base_policies.lerobot.unet import LeRobotUnet1d
 from dpft.base_policies.policy import FORMAT_VERSION, DenoisingPolicy, register_policy
-from dpft.base_policies.state_io import atomic_dir
 from dpft.base_policies.weights import load_state
 
 FOLDER = "lerobot"

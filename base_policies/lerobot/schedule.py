@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.infra.errors import CheckpointError
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 

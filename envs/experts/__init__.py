@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dpft.base_policies.errors import TaskError
+from dpft.base_policies.infra.errors import TaskError
 from dpft.envs.shift import split_shift
 from dpft.envs.tasks import parse_task_id
 

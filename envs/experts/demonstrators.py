@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 from dpft.envs.experts import Expert, expert_on_slots
 
 # Meta-World v3 observation layout (39-d): hand xyz, gripper, object xyz + quaternion, a second
@@ -133,7 +133,7 @@ class _Episode:
 
 
 class MixedDemonstrators:
-    """A rollout chunk function (:mod:`dpft.finetune.rollout`) in which every episode is played by
+    """A rollout chunk function (:mod:`dpft.finetune.common.rollout`) in which every episode is played by
     one of ``demonstrators``; its extra ``"demonstrator"`` is the index of the one playing.
 
     ``slots``: the global env slots this process runs (of ``total``), as in :class:`EnvSlots`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpft.base_policies.errors import TaskError
+from dpft.base_policies.infra.errors import TaskError
 from dpft.envs.experts import register_expert
 
 GAIN = 10.0  # displacement per metre of error, before clipping to [-1, 1]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from dpft.base_policies.errors import TaskError
+from dpft.base_policies.infra.errors import TaskError
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.envs.experts import register_expert
 

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from dpft.base_policies.errors import TaskError
+from dpft.base_policies.infra.errors import TaskError
 from dpft.envs.experts import register_expert
 
 # Task names whose policy class is not the CamelCase of the task name.

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dpft.finetune.common.guard import RECORD, lower_bound, point
 from dpft.finetune.common.presets import preset_for
-from dpft.finetune.stats import mean_ci
+from dpft.finetune.common.stats import mean_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs" / "bench_defaults"
@@ -74,7 +74,7 @@ PLAN = [
 
 
 def dpft(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dpft.finetune.cli", *args]
+    return [sys.executable, "-m", "dpft.finetune", *args]
 
 
 def call(cmd: list[str], log: Path) -> int:

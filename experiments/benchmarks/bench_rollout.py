@@ -21,8 +21,8 @@ import torch
 from dpft.base_policies import ArchConfig, DiffusionPolicy, PolicyConfig
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.envs.config import EnvConfig
+from dpft.finetune.common.rollout import policy_chunk_fn
 from dpft.finetune.dsrl.steered import SteeredPolicy
-from dpft.finetune.rollout import policy_chunk_fn
 
 
 def steps_per_s(cfg: EnvConfig, chunk_fn, env_steps: int) -> float:

@@ -29,7 +29,7 @@ ENV = {**os.environ, "DPFT_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 def dpft(args: list[str]) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "dpft.finetune.cli", *args], env=ENV, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "dpft.finetune", *args], env=ENV, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"dpft {' '.join(args)} failed:\n{res.stderr[-3000:]}")
     return res

@@ -51,7 +51,7 @@ METHODS = ("dsrl", "residual")
 
 
 def dpft(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dpft.finetune.cli", *args]
+    return [sys.executable, "-m", "dpft.finetune", *args]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -100,7 +100,7 @@ def gradient_steps(steps: int, device: str) -> dict[str, float]:
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from dpft.base_policies.device import resolve_device
+    from dpft.base_policies.infra.device import resolve_device
     from dpft.finetune.common.run import make_vec_env, resolve_base
     from dpft.finetune.dsrl.train import DSRL, DSRLConfig
 
@@ -129,7 +129,7 @@ def gradient_steps(steps: int, device: str) -> dict[str, float]:
 
 def whole_run(name: str, env_steps: int, device: str, workdir: Path) -> dict[str, float]:
     out = workdir / name
-    cmd = [sys.executable, "-m", "dpft.finetune.cli", *RUNS[name], "--steps", str(env_steps)]
+    cmd = [sys.executable, "-m", "dpft.finetune", *RUNS[name], "--steps", str(env_steps)]
     cmd += ["--eval-every", str(10 * env_steps), "--checkpoint-every", str(env_steps), "--eval-episodes", "30"]
     cmd += ["--out", str(out), "--no-progress", "--device", device, "--seed", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

@@ -133,7 +133,7 @@ def scratch_command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
 
 def dpft_command(subcommand: list[str], job: Job, cfg_path: Path, resume: bool, flags: list[str]) -> list[str]:
     """``dpft <subcommand> --config CFG FLAGS --seed S --out OUT``, or ``--resume`` on its run folder."""
-    dpft = [sys.executable, "-m", "dpft.finetune.cli", *subcommand]
+    dpft = [sys.executable, "-m", "dpft.finetune", *subcommand]
     if resume:
         return [*dpft, "--out", str(job.out), "--resume", "--no-progress"]
     return [*dpft, "--config", str(cfg_path), *flags, "--seed", str(job.seed), "--out", str(job.out), "--no-progress"]
@@ -163,7 +163,7 @@ def dpft_eval(
     if out.exists() or (bench.raw / out.relative_to(bench.runs)).exists():
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "dpft.finetune.cli", "eval", "--policy", policy, "--json", "--no-progress"]
+    cmd = [sys.executable, "-m", "dpft.finetune", "eval", "--policy", policy, "--json", "--no-progress"]
     cmd += ["--episodes", str(episodes), "--seed", str(seed), "--envs", str(min(8, episodes)), *flags]
     cmd += ["--reward", reward] if reward else []
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

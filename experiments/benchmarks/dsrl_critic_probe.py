@@ -19,7 +19,7 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from dpft.base_policies import load_policy
-from dpft.base_policies.run_folder import RunFolder
+from dpft.base_policies.infra.run_folder import RunFolder
 from dpft.finetune.dsrl import train as dsrl
 
 

@@ -26,7 +26,7 @@ from benchlib import score as score_of
 
 from dpft.base_policies import CheckpointError, load_policy
 from dpft.envs.config import EnvConfig
-from dpft.finetune.evaluate import evaluate
+from dpft.finetune.common.policy_eval import evaluate
 
 
 def load_steered(path: str):

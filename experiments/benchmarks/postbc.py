@@ -43,7 +43,7 @@ def spec_of(base: str):
 
 
 def dpft(*args: str) -> str:
-    cmd = [sys.executable, "-m", "dpft.finetune.cli", *args]
+    cmd = [sys.executable, "-m", "dpft.finetune", *args]
     print("$ dpft " + " ".join(args), flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if res.returncode != 0:

@@ -1,6 +1,6 @@
 """Sum a py-spy raw profile of a DSRL-NA run into where the time goes.
 
-    py-spy record -r 50 -f raw -o prof.txt -- python -m dpft.finetune.cli finetune dsrl \\
+    py-spy record -r 50 -f raw -o prof.txt -- python -m dpft.finetune finetune dsrl \\
         --config experiments/configs/bench/dsrl_push.yaml --steps 8000 --eval-every 100000 \\
         --checkpoint-every 100000 --out /tmp/prof --no-progress
     python experiments/benchmarks/profile_summary.py prof.txt
@@ -13,7 +13,7 @@ import sys
 
 
 def cat(stack):
-    if "evaluate (finetune/evaluate.py" in stack:
+    if "evaluate (finetune/commands/evaluate.py" in stack:
         return "periodic + final evaluation (rollouts with the steered policy)"
     if "DSRLNA.executed" in stack:
         return "train: base denoises w' ~ pi(s') for the TD target (batch 128)"

@@ -20,7 +20,7 @@ import tyro
 from stable_baselines3 import SAC
 
 from dpft.base_policies.actor_policy import ActorPolicy
-from dpft.base_policies.device import resolve_device
+from dpft.base_policies.infra.device import resolve_device
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.run import SB3Method, run_sb3

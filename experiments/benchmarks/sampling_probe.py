@@ -44,7 +44,7 @@ KEEP = ("config.yaml", "evals.jsonl", "final_eval.json", "base_normal.json", "ba
 
 def dpft(*args: str, log: Path | None = None) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "dpft.finetune.cli", *args]
+    cmd = [sys.executable, "-m", "dpft.finetune", *args]
     with open(log, "a") if log else open(os.devnull, "w") as err:
         res = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     if res.returncode != 0:

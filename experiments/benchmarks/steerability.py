@@ -30,8 +30,8 @@ import torch
 
 from dpft.base_policies import load_policy
 from dpft.envs.config import EnvConfig
-from dpft.finetune.rollout import policy_chunk_fn, run_episodes
-from dpft.finetune.stats import wilson_interval
+from dpft.finetune.common.rollout import policy_chunk_fn, run_episodes
+from dpft.finetune.common.stats import wilson_interval
 
 RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "results"
 

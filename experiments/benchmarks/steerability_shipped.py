@@ -45,7 +45,7 @@ def run() -> None:
     for name in BASES:
         if (OUT / f"{name}.json").exists() or name not in shipped_policies():
             continue
-        cmd = [sys.executable, "-m", "dpft.finetune.cli", "steerability", "--policy", f"shipped:{name}", *FLAGS]
+        cmd = [sys.executable, "-m", "dpft.finetune", "steerability", "--policy", f"shipped:{name}", *FLAGS]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode != 0:
             raise SystemExit(f"{name}: {res.stderr[-2000:]}")

@@ -16,7 +16,7 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 W=/tmp/gpu_work; rm -rf $W; mkdir -p $W
 DEV=${DEV:-cuda}
-DPFT="timeout 100 python3 -m dpft.finetune.cli"
+DPFT="timeout 100 python3 -m dpft.finetune"
 SHORT="--eval-every 1024 --eval-episodes 4 --final last --no-progress --device $DEV"
 cli() {
   nvidia-smi -L; python3 -c "import torch, mujoco; print('torch', torch.__version__, torch.cuda.get_device_name(), 'mujoco', mujoco.__version__)"

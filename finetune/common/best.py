@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dpft.base_policies.infra.state_io import atomic_write_text
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.state_io import atomic_write_text
 
 FOLDER, RECORD = "best_policy", "best_policy.json"
 

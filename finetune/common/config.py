@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE
-from dpft.base_policies.device import check_device_spec
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.device import check_device_spec
+from dpft.base_policies.infra.errors import ConfigError
 from dpft.envs.config import EnvConfig
 
 
@@ -23,7 +23,7 @@ class FinetuneConfig(EnvConfig):
         "validation_episodes": ">= 1",
         "checkpoint_every": ">= 1",
     }
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     base: str = DEFAULT_BASE
     """Base policy folder, run folder, or shipped:<name>. Its weights never change."""

@@ -24,7 +24,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
-from dpft.finetune.distributed import Shard
+from dpft.finetune.common.distributed import Shard
 
 RANK_SEED_STRIDE = 100_003
 """Env seeds of process r start at seed + r * RANK_SEED_STRIDE (each env then adds its index)."""
@@ -73,7 +73,7 @@ def broadcast_weights(model: BaseAlgorithm) -> None:
 
 def check_in_sync(model: BaseAlgorithm, shard: Shard) -> None:
     """Raise when the processes' weights differ (they must not: see the module docstring)."""
-    from dpft.base_policies.errors import TrainingError
+    from dpft.base_policies.infra.errors import TrainingError
 
     if not shard.same_everywhere([t for m in modules_of(model) for t in m.parameters()]):
         raise TrainingError(

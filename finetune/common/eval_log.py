@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dpft.base_policies.state_io import atomic_write_text
+from dpft.base_policies.infra.state_io import atomic_write_text
 
 
 def append_eval(path: Path, row: dict[str, Any]) -> None:

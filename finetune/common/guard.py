@@ -37,8 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dpft.base_policies.infra.state_io import atomic_write_text
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.state_io import atomic_write_text
 
 FOLDER, RECORD = "guarded", "guarded.json"
 VALIDATION_SEED_OFFSET = 2_000_000  # evaluation episodes use seed + 1,000,000, training seed + i

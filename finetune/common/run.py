@@ -29,16 +29,15 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from dpft.base_policies.checkpoint import load_policy
-from dpft.base_policies.device import resolve_device
-from dpft.base_policies.errors import CheckpointError, ConfigError, TrainingError
+from dpft.base_policies.infra.device import resolve_device
+from dpft.base_policies.infra.errors import CheckpointError, ConfigError, TrainingError
+from dpft.base_policies.infra.run_folder import open_run
+from dpft.base_policies.infra.state_io import atomic_write_text, recover_dir
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.run_folder import open_run
-from dpft.base_policies.state_io import atomic_write_text, recover_dir
 from dpft.envs.chunking import check_policy_fits
-from dpft.envs.replay import ReplayableEpisodes
+from dpft.envs.episode_replay import ReplayableEpisodes
 from dpft.finetune.common.best import BestPolicy
 from dpft.finetune.common.callbacks import Checkpointer, PeriodicEval, ProgressBar, Throughput, WallClock
-from dpft.finetune.common.checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
 from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.data_parallel import (
     RANK_SEED_STRIDE,
@@ -47,12 +46,13 @@ from dpft.finetune.common.data_parallel import (
     broadcast_weights,
     check_in_sync,
 )
+from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard, row
 from dpft.finetune.common.interrupt import graceful_stop
 from dpft.finetune.common.logger import EnvStepLogger
+from dpft.finetune.common.policy_eval import evaluate
 from dpft.finetune.common.presets import apply_preset
-from dpft.finetune.distributed import Shard, current_shard, local_device_spec
-from dpft.finetune.evaluate import evaluate
+from dpft.finetune.common.run_checkpoint import load_sb3_checkpoint, save_sb3_checkpoint
 
 
 class SB3Method(abc.ABC):
@@ -196,8 +196,8 @@ def rank_checkpoint_dir(run, rank: int) -> Path:
 
 def check_resume_processes(run, world: int) -> None:
     """A run resumes with the number of processes that checkpointed it (each has its own buffer)."""
-    from dpft.base_policies.files import interpreting
-    from dpft.base_policies.state_io import RESTART, load_state, readable_copy
+    from dpft.base_policies.infra.files import interpreting
+    from dpft.base_policies.infra.state_io import RESTART, load_state, readable_copy
 
     folder = readable_copy(run.checkpoint_dir)
     with interpreting(folder / "state.json", "training state", CheckpointError, RESTART):

@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import torch
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 
 
 def check_utd(utd: float) -> None:

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from dpft.base_policies.infra.state_io import atomic_write_text
 from dpft.base_policies.policy import DenoisingPolicy
-from dpft.base_policies.state_io import atomic_write_text
 from dpft.envs.config import EnvConfig
-from dpft.finetune.distributed import Shard
-from dpft.finetune.evaluate import rollout
-from dpft.finetune.stats import mean_ci, wilson_interval
+from dpft.finetune.common.distributed import Shard
+from dpft.finetune.common.policy_eval import rollout
+from dpft.finetune.common.stats import mean_ci, wilson_interval
 
 
 def evaluate_episodes(

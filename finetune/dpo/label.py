@@ -20,7 +20,7 @@ every ``every``-th step small and without shadows or reflections, which is sever
 in software rendering. They are kept as VP8 WebM files (which every Chromium and Firefox play)
 in ``<stem>.videos/``, named by a hash of everything that determines them, so a re-collected
 file with the same rollout ids never shows a stale video. GL back ends are chosen as in
-:mod:`dpft.finetune.video`: ``MUJOCO_GL``, else OSMesa, else EGL in a fresh process.
+:mod:`dpft.finetune.common.video`: ``MUJOCO_GL``, else OSMesa, else EGL in a fresh process.
 
 The server binds to 127.0.0.1 only, answers only requests addressed to that host name, and
 takes answers only as JSON (which a cross-site form cannot send), so no other machine and no
@@ -47,12 +47,12 @@ import gymnasium as gym
 import numpy as np
 import tyro
 
-from dpft.base_policies.config import from_dict, to_dict
-from dpft.base_policies.errors import ConfigError, DpftError
-from dpft.base_policies.ranges import check_ranges
+from dpft.base_policies.infra.errors import ConfigError, DpftError
+from dpft.base_policies.infra.ranges import check_ranges
+from dpft.base_policies.infra.records import from_dict, to_dict
 from dpft.envs.config import EnvConfig
+from dpft.finetune.common.video import BACKENDS, RenderBackendError, _backend, _message, render_backend_failed
 from dpft.finetune.dpo.prefs import Pair, Prefs, append_label, apply_labels, labels_path, read_labels, read_prefs
-from dpft.finetune.video import BACKENDS, RenderBackendError, _backend, _message, render_backend_failed
 
 RENDER_VERSION = 1
 """Part of every video's cache key: change it when the way videos are rendered changes."""
@@ -63,7 +63,7 @@ class PrefsLabelConfig:
     """Label preference pairs in a browser: watch both rollouts, answer left / right / tie / skip."""
 
     RANGES: ClassVar[dict[str, str]] = {"port": "[0, 65535]", "size": "[16, 2048]", "every": ">= 1"}
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     file: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="FILE.hdf5")] = Path("prefs.hdf5")
     """Preference file (from `dpft prefs collect`, e.g. with --unlabelled); answers go to <stem>.labels.jsonl."""

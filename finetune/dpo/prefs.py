@@ -42,10 +42,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from dpft.base_policies.config import from_dict
-from dpft.base_policies.errors import ConfigError, DpftError
-from dpft.base_policies.files import HDF5_ERRORS, interpreting, read_text
-from dpft.base_policies.state_io import reach
+from dpft.base_policies.infra.errors import ConfigError, DpftError
+from dpft.base_policies.infra.files import HDF5_ERRORS, interpreting, read_text
+from dpft.base_policies.infra.records import from_dict
+from dpft.base_policies.infra.state_io import reach
 
 FORMAT = "dpft-prefs"
 FORMAT_VERSION = 1

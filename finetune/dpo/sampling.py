@@ -9,7 +9,7 @@ per-step noise, as in D3PO, and the chain is kept.
 
 Chunk-level pairs branch from a saved state: a rollout is replayed to decision ``t`` from its
 reset seed and executed chunks (every task here is deterministic given those, see
-:mod:`dpft.envs.replay`), and each branch then draws its own chunk at ``t`` and lets the policy
+:mod:`dpft.envs.episode_replay`), and each branch then draws its own chunk at ``t`` and lets the policy
 finish the episode (or ``horizon`` more decisions).
 """
 
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dpft.base_policies.errors import ConfigError, DpftError
+from dpft.base_policies.infra.errors import ConfigError, DpftError
 from dpft.base_policies.policy import DenoisingPolicy, Policy
 from dpft.envs.chunking import ChunkedEnv
 from dpft.envs.config import EnvConfig
-from dpft.finetune.distributed import Shard
+from dpft.finetune.common.distributed import Shard
 from dpft.finetune.dpo.prefs import Pair, Rollout
 
 SAMPLERS = ("ddim", "stochastic")

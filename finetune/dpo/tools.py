@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpft.base_policies.errors import ConfigError
-from dpft.base_policies.paths import check_output_file
-from dpft.finetune.dpo.collect import format_stats
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.paths import check_output_file
+from dpft.finetune.dpo.pairs_collect import format_stats
 from dpft.finetune.dpo.prefs import Prefs, merge, read_prefs, write_prefs
 
 

@@ -34,24 +34,24 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, load_weights
-from dpft.base_policies.device import check_device_spec, resolve_device
-from dpft.base_policies.errors import CheckpointError, ConfigError, TrainingError
-from dpft.base_policies.files import check_keys, interpreting, read_json
+from dpft.base_policies.infra.device import check_device_spec, resolve_device
+from dpft.base_policies.infra.errors import CheckpointError, ConfigError, TrainingError
+from dpft.base_policies.infra.files import check_keys, interpreting, read_json
+from dpft.base_policies.infra.registry import multi_process
+from dpft.base_policies.infra.run_folder import open_run
+from dpft.base_policies.infra.state_io import RESTART, atomic_dir, atomic_write_text, load_state, save_state
 from dpft.base_policies.policy import DenoisingPolicy
-from dpft.base_policies.registry import multi_process
-from dpft.base_policies.run_folder import open_run
-from dpft.base_policies.state_io import RESTART, atomic_dir, atomic_write_text, load_state, save_state
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.best import BestPolicy
+from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard
 from dpft.finetune.common.guard import row as row_of
-from dpft.finetune.distributed import Shard, current_shard, local_device_spec
-from dpft.finetune.dpo.collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.evaluation import append_round, evaluate_episodes, log_eval, summary, win_rate
 from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, draw_times_noise, get_loss
 from dpft.finetune.dpo.pair_data import PairData, check_chains
+from dpft.finetune.dpo.pairs_collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.prefs import Prefs, PrefsError, check_compatible, merge, read_prefs, write_prefs
 
 
@@ -75,7 +75,7 @@ class DPOConfig(EnvConfig, PairsConfig):
         "validation_episodes": ">= 1",
         "checkpoint_every": ">= 1",
     }
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     base: str = DEFAULT_BASE
     """The policy to fine-tune (a diffusion or flow policy folder, run folder or shipped:<name>)."""

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import DenoisingPolicy, Policy
-from dpft.base_policies.registry import multi_process
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.normalize import RewardNormalizer
@@ -54,7 +54,7 @@ class DPPOConfig(FinetuneConfig):
         "critic_warmup": ">= 0",
         "bc_coef": ">= 0",
     }
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     out: Path = Path("runs/dppo")
     envs: int = 8

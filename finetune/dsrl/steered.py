@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dpft.base_policies.composed import ComposedPolicy
-from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.infra.errors import CheckpointError
 from dpft.base_policies.policy import Policy, register_policy
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.registry import multi_process
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.callbacks import RecordScalars, TemperatureFloor, q_statistics
@@ -64,7 +64,7 @@ class DSRLConfig(FinetuneConfig):
         "batch_size": ">= 1",
         "lr": "(0, 1]",
     }
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     out: Path = Path("runs/dsrl")
     """Run folder; the steered policy is written to OUT/policy."""

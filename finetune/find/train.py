@@ -32,9 +32,9 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.registry import multi_process
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.normalize import RewardNormalizer
@@ -62,7 +62,7 @@ class FINDConfig(FinetuneConfig):
         "target_kl": ">= 0",
         "ent_coef": ">= 0",
     }
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     out: Path = Path("runs/find")
     envs: int = 8

@@ -31,7 +31,7 @@ from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from dpft.base_policies.data import Episode
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 from dpft.base_policies.policy import Policy
 from dpft.finetune.residual.policy import Features
 

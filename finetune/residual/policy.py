@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from dpft.base_policies.composed import ComposedPolicy
-from dpft.base_policies.errors import CheckpointError
+from dpft.base_policies.infra.errors import CheckpointError
 from dpft.base_policies.policy import Policy, register_policy
 
 FORMS = ("step", "chunk")

@@ -25,18 +25,18 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from dpft.base_policies.data import load_demonstrations
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.registry import multi_process
 from dpft.envs.chunking import ReportSuccess
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.callbacks import RecordScalars, q_statistics
 from dpft.finetune.common.config import FinetuneConfig
+from dpft.finetune.common.distributed import current_shard
 from dpft.finetune.common.networks import LayerNormSACPolicy, LayerNormTD3Policy
 from dpft.finetune.common.normalize import RewardNormalizer
 from dpft.finetune.common.run import SB3Method, run_sb3
 from dpft.finetune.common.updates import check_utd, gradient_steps_for, optimizer_kwargs, update_frequency
-from dpft.finetune.distributed import current_shard
 from dpft.finetune.residual.algos import ResidualSAC, ResidualTD3
 from dpft.finetune.residual.demos import DemoMixReplayBuffer, demo_buffer, residual_transitions
 from dpft.finetune.residual.env import ResidualVecEnv
@@ -73,7 +73,7 @@ class ResidualConfig(FinetuneConfig):
         "ent_coef": ">= 0",
         "demo_ratio": "[0, 1)",
     }
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     out: Path = Path("runs/residual")
     """Run folder; the residual policy is written to OUT/policy."""

@@ -37,16 +37,16 @@ import torch
 
 from dpft.base_policies import load_policy
 from dpft.base_policies.checkpoint import DEFAULT_BASE
-from dpft.base_policies.device import check_device_spec, resolve_device
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.device import check_device_spec, resolve_device
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.registry import multi_process
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
-from dpft.finetune.distributed import Shard, current_shard, local_device_spec
-from dpft.finetune.evaluate import json_safe, rollout
-from dpft.finetune.rollout import policy_chunk_fn, run_episodes
-from dpft.finetune.stats import mean_ci, wilson_interval
+from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
+from dpft.finetune.common.policy_eval import json_safe, rollout
+from dpft.finetune.common.rollout import policy_chunk_fn, run_episodes
+from dpft.finetune.common.stats import mean_ci, wilson_interval
 
 STREAM_SEED = 10_000
 """Noise stream k draws from a generator seeded STREAM_SEED + k."""
@@ -57,7 +57,7 @@ class SteerabilityConfig(EnvConfig):
     """How much the initial noise can change a base policy's outcome: best-of-K noise streams on fixed start states."""
 
     RANGES: ClassVar[dict[str, str]] = {"states": ">= 1", "streams": ">= 2", "spread_states": ">= 0", "room": "> 0"}
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     task: str | None = None  # type: ignore[assignment]
     """Task id (default: the task the policy was trained for)."""

@@ -18,7 +18,7 @@ import typing
 from functools import cache
 from typing import Any
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

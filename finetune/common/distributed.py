@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 
 COLLECTIVE_TIMEOUT = timedelta(seconds=float(os.environ.get("DPFT_COLLECTIVE_TIMEOUT", "600")))
 """How long a process waits for the others at a gather before it gives up with an error."""

@@ -8,7 +8,7 @@ A checkpoint folder holds everything ``--resume`` needs to continue *exactly*::
     state.json/.safetensors
                        env steps, wall-clock seconds, torch/numpy/Python RNG states, the action
                        space's RNG, and every env's episode seed and actions so far (see
-                       :class:`dpft.envs.replay.ReplayableEpisodes`), the state of every
+                       :class:`dpft.envs.episode_replay.ReplayableEpisodes`), the state of every
                        vector-env wrapper that has one, plus a method's extras
 
 A vector-env wrapper with state of its own (a residual's current base chunks) has
@@ -39,9 +39,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from dpft.base_policies.errors import CheckpointError
-from dpft.base_policies.files import interpreting
-from dpft.base_policies.state_io import RESTART, atomic_dir, load_state, rng_state, save_state, set_rng_state
+from dpft.base_policies.infra.errors import CheckpointError
+from dpft.base_policies.infra.files import interpreting
+from dpft.base_policies.infra.state_io import RESTART, atomic_dir, load_state, rng_state, save_state, set_rng_state
 
 MODEL_FILES = ("model.zip", "sac.zip")  # sac.zip: checkpoints of DSRL runs before the shared run parts
 # What SB3 (zipfile, pickle, torch.load) raises on a truncated, damaged or mismatched file.

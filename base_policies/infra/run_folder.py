@@ -19,11 +19,11 @@ from typing import Any
 
 import yaml
 
-from dpft.base_policies.config import from_dict, to_dict
-from dpft.base_policies.errors import ConfigError
-from dpft.base_policies.files import read_text
-from dpft.base_policies.paths import check_writable_folder
-from dpft.base_policies.state_io import atomic_write_text, clean_leftovers, readable_copy, recover_dir
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.files import read_text
+from dpft.base_policies.infra.paths import check_writable_folder
+from dpft.base_policies.infra.records import from_dict, to_dict
+from dpft.base_policies.infra.state_io import atomic_write_text, clean_leftovers, readable_copy, recover_dir
 
 
 @dataclass

@@ -26,8 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dpft.base_policies.errors import CheckpointError
-from dpft.base_policies.files import file_error, interpreting
+from dpft.base_policies.infra.errors import CheckpointError
+from dpft.base_policies.infra.files import file_error, interpreting
 
 _TENSOR = "__tensor__"
 _NDARRAY = "__ndarray__"

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dpft.base_policies.errors import DpftError
+from dpft.base_policies.infra.errors import DpftError
 
 ADVICE = {
     errno.ENOENT: "it does not exist; check the path",

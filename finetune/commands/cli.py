@@ -28,14 +28,21 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from dpft.base_policies.config import from_dict
-from dpft.base_policies.errors import ConfigError, DpftError
-from dpft.base_policies.files import file_error, read_text
-from dpft.base_policies.ranges import check_ranges
-from dpft.base_policies.registry import entry_point_names, load_entry_point
-from dpft.base_policies.threads import apply_threads, prepare_threads
-from dpft.finetune.distributed import Shard, close_shard
-from dpft.finetune.launch import PEER_LOST, check_multi_process, launch, launched_world, parse_processes, peer_lost
+from dpft.base_policies.infra.errors import ConfigError, DpftError
+from dpft.base_policies.infra.files import file_error, read_text
+from dpft.base_policies.infra.ranges import check_ranges
+from dpft.base_policies.infra.records import from_dict
+from dpft.base_policies.infra.registry import entry_point_names, load_entry_point
+from dpft.base_policies.infra.threads import apply_threads, prepare_threads
+from dpft.finetune.commands.launch import (
+    PEER_LOST,
+    check_multi_process,
+    launch,
+    launched_world,
+    parse_processes,
+    peer_lost,
+)
+from dpft.finetune.common.distributed import Shard, close_shard
 
 
 @dataclass

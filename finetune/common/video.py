@@ -2,7 +2,7 @@
 
 GL back ends: the one ``MUJOCO_GL`` names, else OSMesa (software, needs no GPU or display),
 and if that fails EGL. PyOpenGL fixes its platform when it is first imported, so a second back
-end is tried in a fresh process (``python -m dpft.finetune.video``), which renders the same
+end is tried in a fresh process (``python -m dpft.finetune.common.video``), which renders the same
 episodes and hands the frames back.
 """
 
@@ -17,10 +17,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from dpft.base_policies.errors import DpftError
+from dpft.base_policies.infra.errors import DpftError
 from dpft.base_policies.policy import Policy
 from dpft.envs.config import EnvConfig
-from dpft.finetune.rollout import policy_chunk_fn, run_episodes
+from dpft.finetune.common.rollout import policy_chunk_fn, run_episodes
 
 # Where the rendering back ends live: an error raised here is a missing or broken back end.
 RENDER_MODULES = ("OpenGL", "glfw", "mujoco", "gymnasium.envs.mujoco.mujoco_rendering")
@@ -112,13 +112,13 @@ def _render_in_fresh_process(policy: Policy, cfg: EnvConfig, episodes: int, zero
     import tempfile
     from dataclasses import fields
 
-    from dpft.base_policies.config import to_dict
+    from dpft.base_policies.infra.records import to_dict
 
     with tempfile.TemporaryDirectory() as tmp:
         policy.save(Path(tmp) / "policy")
         env_cfg = {f.name: getattr(cfg, f.name) for f in fields(EnvConfig)}
         (Path(tmp) / "cfg.json").write_text(json.dumps(to_dict(EnvConfig(**env_cfg))))
-        argv = [sys.executable, "-m", "dpft.finetune.video", tmp, str(episodes), str(int(zero_noise)), backend]
+        argv = [sys.executable, "-m", "dpft.finetune.common.video", tmp, str(episodes), str(int(zero_noise)), backend]
         env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
         res = subprocess.run(argv, env=env, capture_output=True, text=True)
         if res.returncode != 0:
@@ -128,13 +128,13 @@ def _render_in_fresh_process(policy: Policy, cfg: EnvConfig, episodes: int, zero
 
 
 def _worker(folder: str, episodes: str, zero_noise: str, backend: str) -> int:
-    """``python -m dpft.finetune.video FOLDER EPISODES ZERO_NOISE BACKEND``: render in this fresh
+    """``python -m dpft.finetune.common.video FOLDER EPISODES ZERO_NOISE BACKEND``: render in this fresh
     process and write FOLDER/frames.npy (the second back end of :func:`render_episodes`)."""
     import json
     import sys
 
     from dpft.base_policies import load_policy
-    from dpft.base_policies.config import from_dict
+    from dpft.base_policies.infra.records import from_dict
 
     policy = load_policy(Path(folder) / "policy")
     cfg = from_dict(EnvConfig, json.loads((Path(folder) / "cfg.json").read_text()))

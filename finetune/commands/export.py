@@ -17,9 +17,9 @@ from pathlib import Path
 
 from dpft.base_policies import load_policy
 from dpft.base_policies.composed import ComposedPolicy
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.paths import check_output_folder
 from dpft.base_policies.lerobot.policy import LeRobotDiffusionPolicy
-from dpft.base_policies.paths import check_output_folder
 from dpft.base_policies.policy import Policy
 
 LEARNED_FOLDER = "dpft"

@@ -3,7 +3,7 @@
 The line it runs is the one a user would write (printed first, so it can be copied to a cluster
 script with ``--num_machines`` / ``--machine_rank`` / ``--main_process_ip`` added)::
 
-    accelerate launch --multi_gpu --num_processes N --num_machines 1 -m dpft.finetune.cli <command> ...
+    accelerate launch --multi_gpu --num_processes N --num_machines 1 -m dpft.finetune <command> ...
 
 ``--multi_gpu`` is accelerate's name for "several processes": on a machine without GPUs they
 talk over gloo. Each process gets ``--threads`` (default: the cores divided by N).
@@ -18,9 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dpft.base_policies.errors import ConfigError, DpftError
-from dpft.base_policies.threads import parse_count
-from dpft.finetune.distributed import launched_world
+from dpft.base_policies.infra.errors import ConfigError, DpftError
+from dpft.base_policies.infra.threads import parse_count
+from dpft.finetune.common.distributed import launched_world
 
 __all__ = ["check_multi_process", "launch", "launched_world", "parse_processes"]
 
@@ -64,7 +64,7 @@ def launch_command(name: str, args: list[str], processes: int) -> list[str]:
         "--dynamo_backend",
         "no",
         "-m",
-        "dpft.finetune.cli",
+        "dpft.finetune",
         *name.split(),
         *args,
     ]

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy
-from dpft.base_policies.device import check_device_spec, resolve_device
-from dpft.base_policies.errors import ConfigError
-from dpft.base_policies.paths import check_output_file
+from dpft.base_policies.infra.device import check_device_spec, resolve_device
+from dpft.base_policies.infra.errors import ConfigError
+from dpft.base_policies.infra.paths import check_output_file
+from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import Policy
-from dpft.base_policies.registry import multi_process
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
-from dpft.finetune.distributed import Shard, current_shard, local_device_spec
+from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.dpo.prefs import Prefs, labels_path, write_prefs
 from dpft.finetune.dpo.sampling import RANKS, SAMPLERS, branch_groups, make_pairs, rollout_groups
 
@@ -34,7 +34,7 @@ class PairsConfig:
         "min_margin": ">= 0",
         "max_pairs_per_state": ">= 0",
     }
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     states: int = 16
     """Start states (reset seeds seed, seed+1, ...) per collection."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 
 
 def local_processes() -> int:

@@ -10,14 +10,14 @@ from typing import ClassVar
 import numpy as np
 
 from dpft.base_policies.data import write_robomimic_hdf5
-from dpft.base_policies.errors import ConfigError, DpftError
-from dpft.base_policies.paths import check_output_file
-from dpft.base_policies.registry import multi_process
+from dpft.base_policies.infra.errors import ConfigError, DpftError
+from dpft.base_policies.infra.paths import check_output_file
+from dpft.base_policies.infra.registry import multi_process
 from dpft.envs.config import EnvConfig
 from dpft.envs.experts import expert_on_slots, get_expert
 from dpft.envs.experts.demonstrators import MixedDemonstrators, describe, load_demonstrators
-from dpft.finetune.distributed import current_shard
-from dpft.finetune.rollout import EnvSlots, EpisodeResult, run_episodes
+from dpft.finetune.common.distributed import current_shard
+from dpft.finetune.common.rollout import EnvSlots, EpisodeResult, run_episodes
 
 
 @dataclass
@@ -25,7 +25,7 @@ class CollectConfig(EnvConfig):
     """Roll out the task's expert and write demonstrations (robomimic-layout HDF5)."""
 
     RANGES: ClassVar[dict[str, str]] = {"episodes": ">= 1", "action_noise": ">= 0"}
-    """Declared range of each numeric setting (dpft.base_policies.ranges)."""
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     episodes: int = 50
     """Number of episodes to write."""
@@ -59,7 +59,7 @@ class CollectConfig(EnvConfig):
 def collect(cfg: CollectConfig) -> list[EpisodeResult]:
     """``dpft collect``. Under ``accelerate launch`` (or ``--processes N``) each process runs its
     env slots; every process sees all episodes, the main one writes the file, which is the
-    same file one process writes (:mod:`dpft.finetune.distributed`)."""
+    same file one process writes (:mod:`dpft.finetune.common.distributed`)."""
     shard = current_shard()
     shard.check_slots(cfg.envs, cfg.episodes)
     if shard.is_main:

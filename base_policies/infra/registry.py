@@ -52,6 +52,6 @@ def multi_process(run: Any) -> Any:
 
 def all_cores(run: Any) -> Any:
     """Mark a command that should use every core it has (BC training at large batches) rather
-    than dpft's default of one torch thread per process (see ``dpft.base_policies.threads``)."""
+    than dpft's default of one torch thread per process (see ``dpft.base_policies.infra.threads``)."""
     run.all_cores = True
     return run

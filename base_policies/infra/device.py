@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from dpft.base_policies.errors import ConfigError
+from dpft.base_policies.infra.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 

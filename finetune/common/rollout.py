@@ -72,7 +72,7 @@ def policy_chunk_fn(
 
     The noise of a call is one ``[E, *noise_shape]`` draw for all E envs of the run, of which
     this process takes the rows of its env slots (``rows``; all of them in one process), so an
-    env's noise does not depend on which process runs it (:mod:`dpft.finetune.distributed`).
+    env's noise does not depend on which process runs it (:mod:`dpft.finetune.common.distributed`).
     With ``rows`` a part of the run, the policy is still called on all E rows (this process's
     rows in their places, copies of its first row elsewhere): MKL picks its kernels by batch
     size, and a batch of 2 gives chunks that differ from a batch of 4 in the last bits, which a
