@@ -252,6 +252,24 @@ def test_two_process_dsrl_learns_the_same_weights_from_different_data_and_resume
     assert json.loads((out / "final_eval.json").read_text())["final"] == "guarded"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["find", "dppo"])
+def test_two_process_on_policy_methods_keep_one_set_of_weights(tmp_path, method):
+    """FIND and DPPO data-parallel: each process rolls out its own envs, the averaged updates
+    keep the policies identical, and the run ends with one policy folder."""
+    out = tmp_path / "run"
+    args = ["finetune", method, "--base", "shipped:gym-Hopper-v5", "--envs", "2", "--rollout-steps", "16"]
+    args += ["--batch-size", "16", "--eval-every", "10000", "--eval-episodes", "2", "--checkpoint-every", "512"]
+    args += ["--max-episode-steps", "60", "--final", "last", "--out", str(out)]
+    args += ["--target-kl", "0"] if method == "find" else []  # FIND's default early stop is per process: refused
+    res = dpft(*args, "--steps", "1024", "--no-progress", "--processes", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _policy_weights(out / "checkpoint"), _policy_weights(out / "ranks" / "checkpoint1")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "final_eval.json").read_text())["processes"] == 2
+    assert (out / "policy" / "config.json").exists()
+
+
 def test_thread_defaults(monkeypatch):
     from dpft.base_policies.infra import threads
 

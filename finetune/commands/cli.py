@@ -104,7 +104,7 @@ CONFIG_HELP = (
     "--config FILE.yaml|FILE.toml supplies any of the settings below (keys as the flag names, with - or _); "
     "flags given on the command line override the file. Every command also takes --threads N (torch CPU "
     "threads; default 1, train-bc: the cores divided among the processes on this machine); eval, collect, "
-    "prefs collect, steerability, train-bc, finetune dsrl, residual and dpo take --processes N (run "
+    "prefs collect, steerability, train-bc, and every finetune method take --processes N (run "
     "under accelerate launch with N processes)."
 )
 
