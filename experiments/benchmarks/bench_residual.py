@@ -13,17 +13,41 @@ SAC-from-scratch rows come from the DSRL benchmark's results where it ran the ta
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from bench_dsrl import DSRL
-from benchlib import Bench, Job, dpft_command, main
+from benchlib import Bench, Job, dpft_command, main, read_bench_config, task_of
 
 
 def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
-    """Methods are ``ALGO`` (per-step residual) or ``ALGO-chunk`` (per-chunk)."""
-    algo, _, form = job.method.partition("-")
-    flags = ["--algo", algo, "--form", form or "step"] + (["--envs", "8"] if algo == "ppo" else [])
+    """Methods are ``ALGO`` (per-step residual), ``ALGO-chunk`` (per-chunk) or ``ALGO-demos``
+    (per-step, with demonstrations in half of each batch)."""
+    algo, _, variant = job.method.partition("-")
+    form = "chunk" if variant == "chunk" else "step"
+    flags = ["--algo", algo, "--form", form] + (["--envs", "8"] if algo == "ppo" else [])
+    if variant == "demos":
+        flags += ["--demos", str(demos_for(job))]
     return dpft_command(["finetune", "residual"], job, cfg_path, resume, flags)
+
+
+def demos_for(job: Job) -> Path:
+    """150 successful episodes of the mixed demonstrators (the push-mh base's own recipe, seed 100),
+    collected once per task into the benchmark's run folder: what `--demos` mixes into the replay."""
+    task = task_of(read_bench_config(job.bench.config(job.task))["base"])
+    path = job.bench.runs / "demos" / f"{job.task}.hdf5"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "dpft.finetune", "collect", "--task", task, "--demonstrators", "mh"]
+        cmd += ["--episodes", "150", "--success-only", "--envs", "6", "--seed", "100", "--out", str(path)]
+        cmd += ["--no-progress"]
+        with (path.parent / f"{job.task}.log").open("w") as log:
+            subprocess.run(
+                cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            )
+    return path
 
 
 HEADER = [
@@ -48,6 +72,8 @@ HEADER = [
     "this 2-core machine. '–': not reached yet.",
 ]
 
+MIXED = ("push-mh", "drawer-open-mh", "button-press-mh", "pick-place-mh", "peg-insert-side-mh")
+
 RESIDUAL = Bench(
     name="residual",
     tasks=(
@@ -62,12 +88,12 @@ RESIDUAL = Bench(
         "pick-place-mh",
         "peg-insert-side-mh",
     ),  # fmt: skip
-    methods={"td3": (0, 1, 2), "ppo": (0,), "sac": (0,), "sac-chunk": (0,)},
+    methods={"td3": (0, 1, 2), "ppo": (0,), "sac": (0,), "sac-chunk": (0,), "td3-demos": (0,)},
     command=command,
     header=HEADER,
     borrowed={"dsrl-na": ("dsrl", "na"), "sac-scratch": ("dsrl", "scratch")},
     target_method="residual-td3",
-    only_on={"sac": ("push",), "sac-chunk": ("push",)},
+    only_on={"sac": ("push",), "sac-chunk": ("push",), "td3-demos": MIXED},
     footer=[
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
         "(the code of seeds 0-1), with up to four other processes on the cores, a 9-minute SIGSTOP pause for",

@@ -275,6 +275,11 @@ class Residual(SB3Method):
                 f"demos: {len(demos)} transitions from {len(episodes)} episodes of {cfg.demos} "
                 f"({demos.clipped:.0%} of correction coordinates clipped), {cfg.demo_ratio:.0%} of each batch"
             )
+            if demos.clipped > 0.5:
+                print(
+                    f"note: most demonstrated actions are beyond the residual's reach (--residual-scale "
+                    f"{self.wrapper.scale:g} of the half action range from the base's); a larger scale lets it follow them"
+                )
 
     def schedules(self, cfg: ResidualConfig, base: Policy) -> dict[str, int]:
         """The off-policy warm-up schedules in the algorithm's units (updates, transitions)."""
