@@ -277,8 +277,9 @@ class Residual(SB3Method):
             )
             if demos.clipped > 0.5:
                 print(
-                    f"note: most demonstrated actions are beyond the residual's reach (--residual-scale "
-                    f"{self.wrapper.scale:g} of the half action range from the base's); a larger scale lets it follow them"
+                    "note: most demonstrated actions are beyond the residual's reach (--residual-scale "
+                    f"{self.wrapper.scale:g} of the half action range from the base's); a larger scale "
+                    "lets it follow them"
                 )
 
     def schedules(self, cfg: ResidualConfig, base: Policy) -> dict[str, int]:
