@@ -174,10 +174,11 @@ def summarise(o: dict[str, np.ndarray], by_success: bool, room: float) -> dict[s
     out["dsrl_has_room"] = bool(has_room)
     zero_hint = " (the zero noise alone gets there: try dpft eval --zero-noise first)" if zero_alone else ""
     out["reading"] = (
-        f"DSRL has room here: {what}{zero_hint}."
+        f"DSRL has room here: {what}{zero_hint}. Steer the noise: dpft finetune dsrl, or dpft finetune find "
+        "(on-policy, quicker per run); dpft finetune dppo changes the denoiser itself."
         if has_room
-        else f"Little room for DSRL: {what}; consider a residual policy (dpft finetune residual), "
-        "which can leave the base's modes."
+        else f"Little room for DSRL: {what}; consider a residual policy (dpft finetune residual, with --demos "
+        "if you have demonstrations), which can leave the base's modes."
     )
     return out
 
