@@ -80,3 +80,49 @@ class FinetuneConfig(EnvConfig):
     def eval_seed(self) -> int:
         """Evaluation episodes never overlap the training episodes' seeds."""
         return self.seed + 1_000_000
+
+
+@dataclass
+class OnPolicyConfig(FinetuneConfig):
+    """The PPO settings of the on-policy methods (FIND, DPPO); each method sets its own defaults."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "lr": "(0, 1]",
+        "gamma": "[0, 1]",
+        "gae_lambda": "[0, 1]",
+        "rollout_steps": ">= 1",
+        "batch_size": ">= 1",
+        "epochs": ">= 1",
+        "clip_range": "(0, 1)",
+        "target_kl": ">= 0",
+    }
+    """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
+
+    envs: int = 8
+    """Parallel environments; each collects --rollout-steps chunk decisions per update."""
+    steps: int = 100_000
+    """Environment-step budget."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    gamma: float = 0.99
+    """Discount per environment step (per chunk decision: gamma ** action_horizon)."""
+    gae_lambda: float = 0.95
+    """GAE lambda over chunk decisions."""
+    rollout_steps: int = 64
+    """Chunk decisions per env between updates (8 envs x 64 x 4 env steps = 2k env steps)."""
+    batch_size: int = 128
+    """Minibatch size (decisions) of a gradient step."""
+    epochs: int = 10
+    """Passes over each rollout."""
+    clip_range: float = 0.2
+    """Ratio clipping against the policy that collected the rollout."""
+    target_kl: float = 0.0
+    """Stop an update's epochs early past this approximate KL (0: never)."""
+
+    def check_processes(self, method: str, world: int) -> None:
+        """Several processes must take the same number of epochs, so a per-process KL stop is refused."""
+        if self.target_kl:
+            raise ConfigError(
+                f"{method} on {world} processes needs --target-kl 0: each process would stop its epochs at its own "
+                "KL, and the processes' updates would fall out of step"
+            )

@@ -24,7 +24,7 @@ from dpft.base_policies.infra.errors import ConfigError
 from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import DenoisingPolicy, Policy
 from dpft.envs.tasks import task_defines_success
-from dpft.finetune.common.config import FinetuneConfig
+from dpft.finetune.common.config import OnPolicyConfig
 from dpft.finetune.common.normalize import RewardNormalizer
 from dpft.finetune.common.run import SB3Method, run_sb3
 from dpft.finetune.dppo.algo import DPPO
@@ -33,7 +33,7 @@ from dpft.finetune.dppo.policy import ChainPolicy, action_size
 
 
 @dataclass
-class DPPOConfig(FinetuneConfig):
+class DPPOConfig(OnPolicyConfig):
     """Fine-tune a diffusion/flow policy's own denoiser with PPO through its last denoising steps (DPPO)."""
 
     RANGES: ClassVar[dict[str, str]] = {
@@ -41,26 +41,14 @@ class DPPOConfig(FinetuneConfig):
         "min_std": "> 0",
         "noise_level": "> 0",
         "denoise_gamma": "(0, 1]",
-        "gamma": "[0, 1]",
-        "gae_lambda": "[0, 1]",
-        "lr": "(0, 1]",
         "critic_lr_scale": "> 0",
         "value_hidden": ">= 1",
-        "rollout_steps": ">= 1",
-        "batch_size": ">= 1",
-        "epochs": ">= 1",
-        "clip_range": "(0, 1)",
-        "target_kl": ">= 0",
         "critic_warmup": ">= 0",
         "bc_coef": ">= 0",
     }
     """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     out: Path = Path("runs/dppo")
-    envs: int = 8
-    """Parallel environments; each collects --rollout-steps decisions per update."""
-    steps: int = 100_000
-    """Environment-step budget."""
     ft_steps: int = 0
     """Denoising steps fine-tuned, the last ones (0: all); the ones before run the frozen base."""
     min_std: float = 0.1
@@ -69,18 +57,12 @@ class DPPOConfig(FinetuneConfig):
     """Noise level of the stochastic steps (default: the policy's own, DDPM's for diffusion)."""
     denoise_gamma: float = 0.99
     """Discount per denoising step before the last: the steps nearest the chunk weigh most."""
-    gamma: float = 0.99
-    """Discount per environment step (per decision: gamma ** action_horizon)."""
-    gae_lambda: float = 0.95
-    """GAE lambda over decisions."""
     lr: float = 1e-5
     """Adam learning rate of the denoiser."""
     critic_lr_scale: float = 100.0
     """The value function's learning rate as a multiple of --lr."""
     value_hidden: int = 256
     """Width of the value function's two hidden layers."""
-    rollout_steps: int = 64
-    """Decisions per env between updates."""
     batch_size: int = 256
     """Minibatch size (decisions) of a gradient step."""
     epochs: int = 5
@@ -89,8 +71,6 @@ class DPPOConfig(FinetuneConfig):
     """Ratio clipping per denoising step. DPPO's papers use 0.01 with far larger batches; on the toy
     task of tests/test_dppo.py (16k env steps) 0.01 moved the base from 0.30 to 0.48 success and
     0.1 to 0.75, so 0.1 until a benchmark says otherwise."""
-    target_kl: float = 0.0
-    """Stop an update's epochs early past this approximate KL (0: never)."""
     critic_warmup: int = 2
     """Updates that train only the value function before the denoiser moves."""
     normalize_reward: bool = True
@@ -115,8 +95,7 @@ class DPPOMethod(SB3Method):
             )
 
     def check_processes(self, cfg: DPPOConfig, world: int) -> None:
-        if cfg.target_kl:
-            raise ConfigError(f"DPPO on {world} processes needs --target-kl 0 (each process would stop on its own KL)")
+        cfg.check_processes("DPPO", world)
 
     def env_steps_per_transition(self, cfg: DPPOConfig, base: Policy) -> int:
         return base.action_horizon

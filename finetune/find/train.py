@@ -32,11 +32,10 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv
 
-from dpft.base_policies.infra.errors import ConfigError
 from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import Policy
 from dpft.envs.tasks import task_defines_success
-from dpft.finetune.common.config import FinetuneConfig
+from dpft.finetune.common.config import OnPolicyConfig
 from dpft.finetune.common.normalize import RewardNormalizer
 from dpft.finetune.common.run import SB3Method, run_sb3
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv, NoiseVecEnv
@@ -45,50 +44,24 @@ from dpft.finetune.find.policy import SquashedNoisePolicy, actor_from_ppo, initi
 
 
 @dataclass
-class FINDConfig(FinetuneConfig):
+class FINDConfig(OnPolicyConfig):
     """Fine-tune the initial-noise distribution on-policy (FIND); the base stays frozen."""
 
     RANGES: ClassVar[dict[str, str]] = {
         "action_magnitude": "> 0",
         "hidden": ">= 1",
         "layers": ">= 1",
-        "lr": "(0, 1]",
-        "gamma": "[0, 1]",
-        "gae_lambda": "[0, 1]",
-        "rollout_steps": ">= 1",
-        "batch_size": ">= 1",
-        "epochs": ">= 1",
-        "clip_range": "(0, 1)",
-        "target_kl": ">= 0",
         "ent_coef": ">= 0",
     }
     """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
 
     out: Path = Path("runs/find")
-    envs: int = 8
-    """Parallel environments; each collects --rollout-steps chunk decisions per update."""
-    steps: int = 100_000
-    """Environment-step budget."""
     action_magnitude: float = 2.5
     """Noise bound m: the noise is m * tanh(v). 2.5 lets the start match N(0, I) in the bulk."""
     hidden: int = 256
     """Width of the policy and value networks."""
     layers: int = 2
     """Hidden layers of the policy and value networks."""
-    lr: float = 3e-4
-    """Adam learning rate."""
-    gamma: float = 0.99
-    """Discount per environment step (per chunk decision: gamma ** action_horizon)."""
-    gae_lambda: float = 0.95
-    """GAE lambda over chunk decisions."""
-    rollout_steps: int = 64
-    """Chunk decisions per env between updates (8 envs x 64 x 4 env steps = 2k env steps)."""
-    batch_size: int = 128
-    """Minibatch size of a gradient step."""
-    epochs: int = 10
-    """Passes over each rollout."""
-    clip_range: float = 0.2
-    """Ratio clipping against the distribution that collected the rollout."""
     target_kl: float = 0.02
     """Stop an update's epochs early past this approximate KL (0: never)."""
     ent_coef: float = 0.0
@@ -107,11 +80,7 @@ class FIND(SB3Method):
         return base.action_horizon
 
     def check_processes(self, cfg: FINDConfig, world: int) -> None:
-        if cfg.target_kl:
-            raise ConfigError(
-                f"FIND on {world} processes needs --target-kl 0: each process would stop its epochs at its own KL, "
-                "and the processes' updates would fall out of step"
-            )
+        cfg.check_processes("FIND", world)
 
     def make_env(self, cfg: FINDConfig, base: Policy) -> NoiseActionEnv:
         return NoiseActionEnv(cfg.make_chunked(base), base, cfg.action_magnitude, 0, task_defines_success(cfg.task))
