@@ -20,7 +20,17 @@ import pytest
 from dpft.base_policies.infra.errors import DpftError
 from dpft.envs.config import EnvConfig
 from dpft.finetune.dpo.label import LabelError, LabelSession, make_server, next_pair, shows_swapped, url_of
-from dpft.finetune.dpo.prefs import Pair, Prefs, PrefsError, Rollout, labels_path, read_labels, read_prefs, write_prefs
+from dpft.finetune.dpo.prefs import (
+    Pair,
+    Prefs,
+    PrefsError,
+    Rollout,
+    append_label,
+    labels_path,
+    read_labels,
+    read_prefs,
+    write_prefs,
+)
 
 TASK = "gym:InvertedPendulum-v5"  # the fastest MuJoCo task to render; 25 fps, 1 s = 25 steps
 K = 4  # action_horizon of the made-up policy: a chunk pair branches after start_decision * K steps
@@ -210,6 +220,18 @@ def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tm
         left, right = browser.eval("[...document.querySelectorAll('video')].map(v => v.currentSrc)")
         assert shows_swapped("p000000") and shows_swapped("p000001") and not shows_swapped("p000003")
         assert "/video/r000001.webm" in left and "/video/r000000.webm" in right  # swapped: stored rejected on the left
+        # one set of playback controls for both videos: pause, frame step, speed, one scrub bar
+        browser.press("p", "KeyP", 80)
+        browser.wait_for("[...document.querySelectorAll('video')].every(v => v.paused)")
+        t0 = browser.eval("document.getElementById('video-left').currentTime")
+        browser.press(".", "Period", 190)
+        browser.wait_for(f"[...document.querySelectorAll('video')].every(v => v.currentTime > {t0} + 0.01)")
+        browser.press("+", "Equal", 187)
+        browser.wait_for("[...document.querySelectorAll('video')].every(v => v.playbackRate === 2)")
+        browser.eval("(s => { s.value = 0.5; s.dispatchEvent(new Event('input')); })(document.getElementById('scrub'))")
+        browser.wait_for("[...document.querySelectorAll('video')].every(v => Math.abs(v.currentTime - 0.5) < 0.05)")
+        browser.press("p", "KeyP", 80)
+        browser.wait_for("[...document.querySelectorAll('video')].every(v => !v.paused)")
         browser.click("#btn-left")  # the rollout stored as rejected wins
         _shows(browser, "p000001", "1 / 4 labelled")
         # a chunk pair: playback starts 1 s before the branch (10 decisions of 4 steps, at 25 steps a second)
@@ -221,7 +243,9 @@ def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tm
         browser.close()  # closing the browser loses nothing: each answer was on disk before the page moved on
         server.close()
     lines = [json.loads(line) for line in labels_path(prefs).read_text().splitlines()]
-    assert lines == [{"pair": "p000000", "answer": "right"}, {"pair": "p000001", "answer": "left"}]  # stored order
+    answers = [{k: line[k] for k in ("pair", "answer")} for line in lines]
+    assert answers == [{"pair": "p000000", "answer": "right"}, {"pair": "p000001", "answer": "left"}]  # stored order
+    assert all({"time", "seconds", "replays"} <= set(line) for line in lines) and lines[0]["seconds"] > 0
     cached = {p.name.split("-")[0] for p in (tmp_path / "prefs.videos").glob("r*.webm")}
     assert {f"r{i:06d}" for i in range(6)} <= cached  # the videos of the pairs shown (and perhaps the next)
 
@@ -237,6 +261,15 @@ def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tm
         browser.press("b", "KeyB", 66)  # back: the pair answered last, with its answer
         _shows(browser, "p000003", "3 / 4 labelled, 1 skipped")
         assert browser.eval("document.getElementById('info').textContent").endswith("answered before: tie")
+        browser.press("t", "KeyT", 84)  # the same answer again; the skipped pair comes back
+        _shows(browser, "p000002", "3 / 4 labelled, 1 skipped")
+        browser.click("#reason")  # "can't tell", with a reason typed into its field and Enter
+        for ch in "blur":
+            browser.press(ch, f"Key{ch.upper()}", ord(ch.upper()))
+        browser.press("Enter", "Enter", 13)
+        browser.wait_for("!document.getElementById('done').hidden")
+        assert "1 can't tell" in browser.eval("document.getElementById('done-counts').textContent")
+        assert "dpft finetune dpo" in browser.eval("document.getElementById('next-command').textContent")
     finally:
         browser.close()
         server.close()
@@ -244,9 +277,11 @@ def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tm
     assert labelled == {
         "p000000": ("rejected", "person"),
         "p000001": ("chosen", "person"),
-        "p000002": (None, None),
+        "p000002": ("unclear", "person"),
         "p000003": ("tie", "person"),
     }
+    last = json.loads(labels_path(prefs).read_text().splitlines()[-1])
+    assert last["answer"] == "cant_tell" and last["reason"] == "blur"
 
 
 # ----- without a browser -------------------------------------------------------------------
@@ -278,6 +313,32 @@ def test_answers_are_on_disk_at_once_and_a_new_session_resumes(prefs: Path):
     LabelSession(prefs).answer("p000002", "left")  # the page shows p000002 swapped: its left is the stored rejected
     assert read_labels(labels_path(prefs)) == {"p000000": "skip", "p000001": "tie", "p000002": "right"}
     assert LabelSession(prefs).state("p000002")["pair"]["answer"] == "left"  # shown back on the page's sides
+
+
+def test_each_label_says_who_when_how_long_and_why_and_cant_tell_never_trains(prefs: Path, capsys):
+    s = LabelSession(prefs, labeller="ana", instructions="The block must end on the goal.")
+    state = s.state()
+    assert state["labeller"] == "ana" and state["instructions"].startswith("The block")
+    s.answer("p000000", "left", seconds=7.25, replays=2)
+    s.answer("p000001", "cant_tell", seconds=3.0, replays=0, reason="both leave the frame")
+    first, second = (json.loads(x) for x in labels_path(prefs).read_text().splitlines())
+    assert first["labeller"] == "ana" and first["seconds"] == 7.25 and first["replays"] == 2 and "time" in first
+    assert second["answer"] == "cant_tell" and second["reason"] == "both leave the frame"
+    pairs = {p.id: p for p in read_prefs(prefs).pairs}
+    assert pairs["p000001"].label == "unclear" and pairs["p000001"].preferred() is None  # never a training pair
+    assert LabelSession(prefs).state()["counts"]["cant_tell"] == 1
+
+
+def test_two_labellers_files_compare(prefs: Path, tmp_path: Path, capsys):
+    from dpft.finetune.dpo.tools import PrefsStatsConfig, prefs_stats
+
+    a, b = tmp_path / "a.labels.jsonl", tmp_path / "b.labels.jsonl"
+    for path, answers in ((a, ["left", "right", "tie", "skip"]), (b, ["left", "left", "tie", "right"])):
+        for i, answer in enumerate(answers):
+            append_label(path, f"p{i:06d}", answer)
+    (result,) = prefs_stats(PrefsStatsConfig(agreement=(a, b)))
+    assert result == {"both_answered": 3, "same_answer": 2, "agreement": 2 / 3}
+    assert "the same answer on 2 (67%)" in capsys.readouterr().out
 
 
 def test_a_labels_file_for_another_preference_file_is_one_clear_error(prefs: Path):
@@ -373,3 +434,5 @@ def test_cli_help_and_bad_settings():
     assert e.value.code == 0
     with pytest.raises(DpftError, match="--size"):
         cli.parse("prefs label", ["p.hdf5", "--size", "33"])
+    with pytest.raises(DpftError, match="--instructions nowhere.txt is not a file"):
+        cli.parse("prefs label", ["p.hdf5", "--instructions", "nowhere.txt"])

@@ -36,6 +36,7 @@ import re
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -73,9 +74,15 @@ class PrefsLabelConfig:
     """Width of the videos in pixels (even)."""
     every: int = 2
     """Render every k-th env step (fewer frames render faster; playback stays at real time)."""
+    labeller: str = ""
+    """Your name, stored with every answer (two labellers' files compare with `dpft prefs stats --agreement`)."""
+    instructions: Path | None = None
+    """A text file shown above the videos: what makes a rollout better, for this task."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.instructions is not None and not Path(self.instructions).is_file():
+            raise ConfigError(f"--instructions {self.instructions} is not a file")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port ({self.port}) must be between 0 and 65535 (0: any free port)")
         if self.size < 32 or self.size % 2:
@@ -306,8 +313,9 @@ class LabelSession:
     """One preference file being labelled: its pairs, the answers so far and the video cache.
     Safe to call from the server's request threads."""
 
-    def __init__(self, path: Path, size: int = 160, every: int = 2) -> None:
+    def __init__(self, path: Path, size: int = 160, every: int = 2, labeller: str = "", instructions: str = "") -> None:
         self.path = Path(path)
+        self.labeller, self.instructions = labeller, instructions
         self.labels = labels_path(self.path)
         self.prefs = read_prefs(self.path, labels=False)
         if not self.prefs.pairs:
@@ -321,14 +329,20 @@ class LabelSession:
         self.videos = VideoCache(self.path, self.prefs, size, every)
         self._lock = threading.Lock()
 
-    def answer(self, pair_id: str, answer: str) -> dict[str, Any]:
+    def answer(
+        self, pair_id: str, answer: str, seconds: float | None = None, replays: int | None = None, reason: str = ""
+    ) -> dict[str, Any]:
         """Record an answer given on the page's sides (stored in the file's order, on disk, then
-        in memory) and return the state with the next pair."""
+        in memory), with when, by whom, the seconds the pair was on screen, how often it was
+        replayed and a reason (for "can't tell"); return the state with the next pair."""
         if pair_id not in self.by_id:
             raise KeyError(pair_id)
         answer = on_screen(pair_id, answer)  # the same swap both ways
+        meta = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "labeller": self.labeller}
+        meta |= {"seconds": seconds, "replays": replays, "reason": reason[:500] or None}
+        meta = {k: v for k, v in meta.items() if v not in (None, "")}
         with self._lock:
-            append_label(self.labels, pair_id, answer)  # checks the answer
+            append_label(self.labels, pair_id, answer, meta)  # checks the answer
             self.answers.pop(pair_id, None)  # keep the dict in the order of the last answers
             self.answers[pair_id] = answer
         return self.state()
@@ -340,6 +354,7 @@ class LabelSession:
         pair = self.by_id[pair_id] if pair_id else next_pair(self.prefs.pairs, answers)
         after = next_pair(self.prefs.pairs, {**answers, pair.id: "left"}) if pair else None
         skipped = sum(a == "skip" for a in answers.values())
+        counts = {a: sum(x == a for x in answers.values()) for a in ("left", "right", "tie", "cant_tell")}
         return {
             "file": str(self.path),
             "labels": str(self.labels),
@@ -347,6 +362,10 @@ class LabelSession:
             "total": len(self.prefs.pairs),
             "labelled": len(answers) - skipped,
             "skipped": skipped,
+            "counts": counts,
+            "labeller": self.labeller,
+            "instructions": self.instructions,
+            "next_command": f"dpft finetune dpo --base {self.prefs.meta.get('policy', 'BASE')} --prefs {self.path}",
             "pair": self._pair(pair, answers) if pair else None,
             "prefetch": [f"/video/{rid}.webm" for rid in (after.chosen, after.rejected)] if after else [],
         }
@@ -364,6 +383,7 @@ class LabelSession:
             "number": self.prefs.pairs.index(pair) + 1,
             "answer": on_screen(pair.id, given) if given else None,
             "start": round(start, 3),
+            "fps": round(self.videos.fps or self.videos.probe(), 3),
             "left": {"rollout": left, "video": f"/video/{left}.webm"},
             "right": {"rollout": right, "video": f"/video/{right}.webm"},
         }
@@ -412,12 +432,14 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self.rfile.read(min(int(self.headers.get("Content-Length", 0)), 65536)))
             pair, answer = str(body["pair"]), str(body["answer"])
+            seconds = None if body.get("seconds") is None else round(float(body["seconds"]), 1)
+            replays = None if body.get("replays") is None else int(body["replays"])
+            reason = str(body.get("reason") or "")
         except (ValueError, TypeError, KeyError):
-            return self._json(
-                HTTPStatus.BAD_REQUEST, {"error": 'send {"pair": ID, "answer": "left"|"right"|"tie"|"skip"}'}
-            )
+            answers = '"left"|"right"|"tie"|"cant_tell"|"skip"'
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": f'send {{"pair": ID, "answer": {answers}}}'})
         try:
-            self._json(HTTPStatus.OK, self.session.answer(pair, answer))
+            self._json(HTTPStatus.OK, self.session.answer(pair, answer, seconds, replays, reason))
         except KeyError:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no pair {pair!r}"})
         except DpftError as e:
@@ -503,7 +525,8 @@ def url_of(server: ThreadingHTTPServer) -> str:
 
 
 def prefs_label(cfg: PrefsLabelConfig) -> LabelSession:
-    session = LabelSession(cfg.file, cfg.size, cfg.every)
+    instructions = cfg.instructions.read_text() if cfg.instructions else ""
+    session = LabelSession(cfg.file, cfg.size, cfg.every, cfg.labeller, instructions)
     server = make_server(session, cfg.port)
     try:
         session.videos.probe()

@@ -49,7 +49,7 @@ from dpft.base_policies.infra.state_io import reach
 
 FORMAT = "dpft-prefs"
 FORMAT_VERSION = 1
-LABELS = ("chosen", "rejected", "tie")
+LABELS = ("chosen", "rejected", "tie", "unclear")
 KINDS = ("trajectory", "chunk")
 META_KEYS = ("task", "obs_dim", "action_dim", "obs_horizon", "pred_horizon", "action_horizon")
 
@@ -264,10 +264,11 @@ def _read_index(path: Path, rollouts: dict[str, Rollout]) -> list[Pair]:
 
 
 # ----- a person's labels --------------------------------------------------------------
-ANSWERS = {"left": "chosen", "right": "rejected", "tie": "tie", "skip": None}
+ANSWERS = {"left": "chosen", "right": "rejected", "tie": "tie", "cant_tell": "unclear", "skip": None}
 """Answers are in the stored order: ``left`` means the pair's stored ``chosen`` member won,
 ``right`` that the ``rejected`` one did (the labelling page swaps the sides it shows for half the
-pairs and translates the click back)."""
+pairs and translates the click back). ``cant_tell`` removes the pair from training for good (a
+``skip`` asks again later); like a tie it names no winner."""
 
 
 def read_labels(path: Path) -> dict[str, str]:
@@ -293,6 +294,14 @@ def read_labels(path: Path) -> dict[str, str]:
     return answers
 
 
+def agreement(a: dict[str, str], b: dict[str, str]) -> dict[str, Any]:
+    """How two labellers' answers (``read_labels`` of two files for the same pairs) agree: the
+    pairs both answered with a verdict (not skip), and the share given the same one."""
+    both = [p for p in a if p in b and a[p] != "skip" and b[p] != "skip"]
+    same = sum(a[p] == b[p] for p in both)
+    return {"both_answered": len(both), "same_answer": same, "agreement": same / len(both) if both else None}
+
+
 def apply_labels(prefs: Prefs, answers: dict[str, str], where: Path | str = "labels") -> int:
     """Overwrite the labels of the answered pairs (source ``person``); returns how many."""
     by_id = {p.id: p for p in prefs.pairs}
@@ -311,13 +320,15 @@ def apply_labels(prefs: Prefs, answers: dict[str, str], where: Path | str = "lab
     return n
 
 
-def append_label(path: Path, pair: str, answer: str) -> None:
-    """Append one answer and flush it to disk at once (closing the page loses nothing)."""
+def append_label(path: Path, pair: str, answer: str, meta: dict[str, Any] | None = None) -> None:
+    """Append one answer (with ``meta``: when, by whom, seconds spent, replays, a reason) and
+    flush it to disk at once (closing the page loses nothing)."""
     if answer not in ANSWERS:
         raise PrefsError(f"answer {answer!r} is not one of {sorted(ANSWERS)}")
     torn = Path(path).exists() and Path(path).stat().st_size > 0 and not Path(path).read_bytes().endswith(b"\n")
+    record = {"pair": pair, "answer": answer, **(meta or {})}
     with open(path, "a") as f:
-        f.write(("\n" if torn else "") + json.dumps({"pair": pair, "answer": answer}) + "\n")  # a torn line stays alone
+        f.write(("\n" if torn else "") + json.dumps(record) + "\n")  # a torn line stays alone
         f.flush()
         os.fsync(f.fileno())
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from dpft.base_policies.infra.errors import ConfigError
 from dpft.base_policies.infra.paths import check_output_file
 from dpft.finetune.dpo.pairs_collect import format_stats
-from dpft.finetune.dpo.prefs import Prefs, merge, read_prefs, write_prefs
+from dpft.finetune.dpo.prefs import Prefs, agreement, merge, read_labels, read_prefs, write_prefs
 
 
 @dataclass
@@ -20,12 +20,27 @@ class PrefsStatsConfig:
     """Preference files (.hdf5, with their .jsonl index beside them)."""
     json: bool = False
     """One JSON object per file."""
+    agreement: tuple[Path, ...] = field(default_factory=tuple)
+    """Two labels files (<stem>.labels.jsonl) of the same pairs by two labellers: how often they agree."""
 
 
 def prefs_stats(cfg: PrefsStatsConfig) -> list[dict]:
-    if not cfg.files:
+    if not cfg.files and not cfg.agreement:
         raise ConfigError("name at least one preference file: dpft prefs stats --files prefs.hdf5")
+    if cfg.agreement and len(cfg.agreement) != 2:
+        raise ConfigError(f"--agreement takes two labels files, got {len(cfg.agreement)}")
     out = []
+    if cfg.agreement:
+        a, b = cfg.agreement
+        s = agreement(read_labels(a), read_labels(b))
+        out.append(s)
+        share = "–" if s["agreement"] is None else f"{s['agreement']:.0%}"
+        print(
+            json.dumps({"agreement_of": [str(a), str(b)], **s})
+            if cfg.json
+            else f"{a} and {b}: {s['both_answered']} pairs answered in both, the same answer on "
+            f"{s['same_answer']} ({share})"
+        )
     for path in cfg.files:
         s = read_prefs(path).stats()
         out.append(s)

@@ -511,10 +511,11 @@ def record_given(root: Path, given: list[tuple[Path, Prefs]], resume: bool, say:
         files = [f for f in (path, index_path(path), labels_path(path)) if f.exists()]
         digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
         rows.append({"file": str(path), "pairs": len(prefs.pairs), "used": used, "labelled_by_person": by_person,
-                     "unlabelled": labels[None], "ties": labels["tie"], "sha256": digests})  # fmt: skip
+                     "unlabelled": labels[None], "ties": labels["tie"], "cant_tell": labels["unclear"],
+                     "sha256": digests})  # fmt: skip
         say(
             f"prefs {path}: {used} of {len(prefs.pairs)} pairs train ({by_person} labelled by a person); "
-            f"{labels[None]} unlabelled and {labels['tie']} tied pairs are not used"
+            f"{labels[None]} unlabelled, {labels['tie']} tied and {labels['unclear']} can't-tell pairs are not used"
         )
     record = root / GIVEN
     if resume and record.exists():
