@@ -436,3 +436,58 @@ def test_cli_help_and_bad_settings():
         cli.parse("prefs label", ["p.hdf5", "--size", "33"])
     with pytest.raises(DpftError, match="--instructions nowhere.txt is not a file"):
         cli.parse("prefs label", ["p.hdf5", "--instructions", "nowhere.txt"])
+
+
+@pytest.fixture
+def hundred_pairs(tmp_path: Path) -> Path:
+    """100 unlabelled trajectory pairs of short InvertedPendulum rollouts (12 steps: quick to render)."""
+    env = EnvConfig(task=TASK).make_env()
+    rng = np.random.default_rng(1)
+    rollouts, pairs = {}, []
+    for n in range(100):
+        a, b = f"r{2 * n:06d}", f"r{2 * n + 1:06d}"
+        rollouts[a], rollouts[b] = _rollout(env, n, rng, 12), _rollout(env, n, rng, 12)
+        pairs.append(_pair(n, "trajectory", a, b, n))
+    env.close()
+    meta = {"task": TASK, "obs_dim": 4, "action_dim": 1, "obs_horizon": 1, "pred_horizon": K, "action_horizon": K}
+    path = tmp_path / "hundred.hdf5"
+    write_prefs(path, Prefs({**meta, "sampler": "ddim", "policy": "test"}, rollouts, pairs))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_a_scripted_labeller_answers_100_pairs_by_keyboard_and_a_dpo_round_trains_on_them(
+    hundred_pairs: Path, tmp_path: Path
+):
+    """The page holds up for a whole labelling session: 100 pairs answered with the keyboard only
+    (left, right, tie in turn), each once both videos play, then `dpft finetune dpo --prefs` trains
+    on the 67 preferences and says so."""
+    from conftest import tiny_policy
+
+    from dpft.finetune.commands import cli
+
+    server = Server(hundred_pairs)
+    browser = Browser(tmp_path / "profile")
+    keys = [("ArrowLeft", "ArrowLeft", 37), ("ArrowRight", "ArrowRight", 39), ("t", "KeyT", 84)]
+    try:
+        browser.open(server.url)
+        for n in range(100):
+            _shows(browser, f"p{n:06d}", f"{n} / 100 labelled")
+            browser.wait_for("!document.getElementById('btn-left').disabled")  # open once both videos loaded
+            browser.press(*keys[n % 3])
+        browser.wait_for("!document.getElementById('done').hidden")
+        assert browser.eval("document.getElementById('done-counts').textContent").startswith("67 preferences, 33 ties")
+    finally:
+        browser.close()
+        server.close()
+    assert len(read_labels(labels_path(hundred_pairs))) == 100
+
+    base = tmp_path / "base"
+    tiny_policy("diffusion", "mlp", obs_dim=4, action_dim=1, obs_horizon=1, pred_horizon=K, action_horizon=K).save(base)
+    argv = ["finetune", "dpo", "--base", str(base), "--task", TASK, "--prefs", str(hundred_pairs), "--rounds", "1"]
+    argv += ["--steps-per-round", "5", "--eval-episodes", "2", "--final", "last", "--out", str(tmp_path / "dpo")]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert (tmp_path / "dpo" / "policy" / "config.json").exists()
+    given = json.loads((tmp_path / "dpo" / "given_prefs.json").read_text())
+    assert given[0]["used"] == 67 and given[0]["labelled_by_person"] == 100 and given[0]["ties"] == 33
