@@ -270,6 +270,9 @@ def test_a_person_labels_pairs_in_a_headless_browser_and_resumes(prefs: Path, tm
         browser.wait_for("!document.getElementById('done').hidden")
         assert "1 can't tell" in browser.eval("document.getElementById('done-counts').textContent")
         assert "dpft finetune dpo" in browser.eval("document.getElementById('next-command').textContent")
+        browser.open(server.url + "?pair=p000001")  # any earlier answer reopens after a reload, with its answer
+        _shows(browser, "p000001", "4 / 4 labelled")
+        assert browser.eval("document.getElementById('info').textContent").endswith("answered before: right")
     finally:
         browser.close()
         server.close()
