@@ -100,6 +100,12 @@ RESIDUAL = Bench(
         "speed measurements, and button-press stopped at 35k env steps and resumed: their wall-clock is not",
         "comparable with the other seeds'. Seed 2 of pick-place and Hopper ran the same way in a later session (beside",
         "two to three other jobs on the 2 cores; their wall-clock is not comparable either).",
+        "Mixed-data rows (`-mh`, the DSRL benchmark's bases; configs name only the base, so every other",
+        "setting is `dpft finetune residual`'s default): residual-td3 and residual-td3-demos seed 0 from a git",
+        "worktree of commit ec278f7 (2026-12-04), two runs sharing the machine. `td3-demos` adds `--demos FILE`:",
+        "150 successful episodes of the mixed demonstrators (`dpft collect --demonstrators mh --success-only",
+        "--episodes 150 --seed 100`, the push-mh base's own recipe), in half of each batch; at the default",
+        "`--residual-scale 0.1`, 81% of the demonstrated corrections were clipped (beyond the residual's reach).",
     ],
 )
 

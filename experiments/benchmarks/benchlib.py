@@ -343,7 +343,8 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
     pending = [f"{j.task}/{j.method}/seed{j.seed}" for j in plan if j not in done]
     lines += ["", f"Finished runs: {len(done)} of {len(plan)} in the plan."]
     if bench.target_method:
-        n_seeds = len(bench.methods[bench.target_method])
+        method = bench.target_method.removeprefix(f"{bench.name}-") if bench.borrowed else bench.target_method
+        n_seeds = len(bench.methods[method])
         verdicts = [
             f"{t} {'met' if v >= bench.success_target else 'not met'} ({v:.2f}"
             + (f" against the base's {base_final[t]:.2f}" if t in base_final else "")
