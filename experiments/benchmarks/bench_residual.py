@@ -105,7 +105,7 @@ RESIDUAL = Bench(
         "worktree of commit ec278f7 (2026-12-04), two runs sharing the machine. `td3-demos` adds `--demos FILE`:",
         "150 successful episodes of the mixed demonstrators (`dpft collect --demonstrators mh --success-only",
         "--episodes 150 --seed 100`, the push-mh base's own recipe), in half of each batch; at the default",
-        "`--residual-scale 0.1`, 81% of the demonstrated corrections were clipped (beyond the residual's reach).",
+        "`--residual-scale 0.1`, 81% (push-mh) and 80% (pick-place-mh) of the demonstrated corrections were clipped.",
     ],
 )
 
