@@ -21,7 +21,6 @@ never committed to).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +34,7 @@ from dpft.base_policies.infra.errors import ConfigError
 from dpft.base_policies.policy import Policy
 from dpft.finetune.residual.policy import Features
 
-SPARSE_TERMINATE = re.compile(r"^sparse_success\(\s*terminate\s*=\s*True\s*\)$")
+SPARSE_TERMINATE = "sparse_success(terminate=True)"
 
 
 @dataclass
@@ -61,7 +60,7 @@ def demo_reward_kind(reward: str | None) -> str:
     rewards a demonstration file can give; anything else is refused."""
     if reward in (None, "dense"):
         return "dense"
-    if SPARSE_TERMINATE.match(reward.replace(" ", "")):
+    if reward.replace(" ", "") == SPARSE_TERMINATE:
         return "sparse"
     raise ConfigError(
         f"--demos with --reward {reward!r}: demonstrations carry only the task's own reward and the step of "
