@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "bench
 def test_the_preset_follows_whether_the_task_reports_success():
     assert preset_for("dsrl", "metaworld:push-v3").settings["reward"] == "sparse_success(terminate=True)"
     assert preset_for("dsrl", "gym:Hopper-v5").settings["reward"] == "dense"
-    assert preset_for("residual", "gym:Hopper-v5").settings["residual_scale"] == 0.25
+    assert "residual_scale" not in preset_for("residual", "gym:Hopper-v5").settings, "measured on the base"
     for task in ("metaworld:push-v3", "gym:Hopper-v5"):
         assert preset_for("dsrl", task).settings["final"] == "guarded"
 
@@ -32,7 +32,7 @@ def test_a_preset_fills_only_what_was_left_unset_and_says_so():
     assert line.startswith("settings: reward sparse_success(terminate=True), final guarded (preset 'success'")
     assert "override with --reward, --final" in line
     cfg, line = apply_preset(ResidualConfig(task="gym:Walker2d-v5", reward="dense", final="last"), "residual")
-    assert (cfg.residual_scale, cfg.eval_episodes, cfg.final) == (0.25, 10, "last")
+    assert (cfg.residual_scale, cfg.eval_episodes, cfg.final) == (None, 10, "last")
     cfg, _ = apply_preset(DSRLConfig(task="metaworld:push-v3"), "dsrl", uses_base=False)
     assert cfg.final == "last", "training from scratch has no base to guard against"
 

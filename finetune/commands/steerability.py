@@ -33,7 +33,6 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from dpft.base_policies import load_policy
 from dpft.base_policies.checkpoint import DEFAULT_BASE
@@ -43,9 +42,9 @@ from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import Policy
 from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
+from dpft.finetune.common.action_spread import chunk_spread
 from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.common.policy_eval import json_safe, rollout
-from dpft.finetune.common.rollout import policy_chunk_fn, run_episodes
 from dpft.finetune.common.stats import mean_ci, wilson_interval
 
 STREAM_SEED = 10_000
@@ -106,33 +105,6 @@ def outcomes(
         "zero_success": np.array([r.success for r in zero], dtype=float),
         "zero_return": np.array([r.episode_return for r in zero]),
     }
-
-
-@torch.no_grad()
-def chunk_spread(policy: Policy, cfg: EnvConfig, states: int, noises: int = 32) -> tuple[float, float]:
-    """(mean std of the executed chunk across ``noises`` N(0, I) noises at one observation, std of
-    the zero-noise chunk across observations), env action units, along zero-noise episodes."""
-    zero = policy_chunk_fn(policy, zero_noise=True)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    k = policy.action_horizon
-
-    def probe(obs: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        n = len(obs)
-        noise = policy.initial_noise(n * noises, gen)
-        x = torch.from_numpy(obs).to(policy.device).repeat_interleave(noises, 0)
-        chunks = policy.predict_chunk(x, noise)[:, :k].unflatten(0, (n, noises))
-        spread = chunks.std(dim=1).flatten(1).mean(dim=1)
-        mode = zero(obs)
-        return mode, {"spread": spread.cpu().numpy(), "mode": mode[:, :k]}
-
-    venv = replace(cfg, envs=1).make_vector(policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
-    try:
-        results = [r for i in range(states) for r in run_episodes(probe, venv, 1, seed=cfg.seed + i)]
-    finally:
-        venv.close()
-    within = np.concatenate([r.decisions["spread"] for r in results]).astype(np.float64)
-    modes = np.concatenate([r.decisions["mode"] for r in results]).reshape(len(within), -1)
-    return float(within.mean()), float(modes.std(axis=0).mean())
 
 
 def summarise(o: dict[str, np.ndarray], by_success: bool, room: float) -> dict[str, Any]:
@@ -224,7 +196,8 @@ def steerability(cfg: SteerabilityConfig) -> dict[str, Any]:
     o = outcomes(policy, env_cfg, cfg.states, cfg.streams, shard, progress=cfg.progress and shard.is_main)
     out = {"policy": cfg.policy, "task": task, "seed": cfg.seed, **summarise(o, by_success, cfg.room)}
     if cfg.spread_states and shard.is_main:
-        within, across = chunk_spread(policy, env_cfg, cfg.spread_states)
+        spread = chunk_spread(policy, env_cfg, cfg.spread_states)
+        within, across = float(spread.within.mean()), spread.across
         out.update(
             spread_across_noises=within, spread_across_observations=across, spread_ratio=within / max(across, 1e-12)
         )

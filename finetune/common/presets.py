@@ -36,11 +36,8 @@ SUCCESS = {"reward": "sparse_success(terminate=True)", "eval_episodes": 30, "fin
 RETURN = {"reward": "dense", "eval_episodes": 10, "final": "guarded"}
 PRESETS: dict[str, dict[str, Preset]] = {
     "dsrl": {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)},
-    # the residual benchmark's scales: 0.1 on Meta-World, 0.25 on Hopper (residual_hopper.yaml says why)
-    "residual": {
-        "success": Preset("success", {**SUCCESS, "residual_scale": 0.1}),
-        "return": Preset("return", {**RETURN, "residual_scale": 0.25}),
-    },
+    # the residual's scale is not a preset: it is measured on the base (finetune/common/action_spread.py)
+    "residual": {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)},
 }
 NO_BASE = {"final": "last"}
 """Training from scratch has no base to guard against."""
@@ -59,11 +56,18 @@ def apply_preset(cfg: Any, method: str, uses_base: bool = True) -> tuple[Any, st
     settings = {**preset.settings, **({} if uses_base else NO_BASE)}
     known = {f.name for f in fields(cfg)}
     filled = {k: v for k, v in settings.items() if k in known and getattr(cfg, k) is None}
-    explicit = getattr(cfg, "explicit", set())
-    cfg = replace(cfg, preset=preset.name, **filled)
-    cfg.explicit = explicit  # replace() drops attributes that are not fields
+    cfg = with_settings(cfg, preset=preset.name, **filled)
     if not filled:
         return cfg, None
     chosen = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in filled.items())
     flags = ", ".join(f"--{k.replace('_', '-')}" for k in filled)
     return cfg, f"settings: {chosen} (preset '{preset.name}' for {cfg.task}); override with {flags}"
+
+
+def with_settings(cfg: Any, **settings: Any) -> Any:
+    """``dataclasses.replace(cfg, **settings)`` that keeps which settings the user gave
+    (``cfg.explicit``, which is not a field and which replace() would drop)."""
+    explicit = getattr(cfg, "explicit", set())
+    cfg = replace(cfg, **settings)
+    cfg.explicit = explicit
+    return cfg

@@ -72,6 +72,12 @@ class SB3Method(abc.ABC):
         """Refuse settings that cannot work with this base (one clear ConfigError)."""
         return None
 
+    def measure(self, cfg: Any, base: Policy) -> tuple[Any, str | None]:
+        """``cfg`` with the unset settings that are measured on the base filled in, and the line
+        that says so (None: nothing measured). Runs once, on a fresh run; a resumed run keeps the
+        settings it recorded."""
+        return cfg, None
+
     def warmups(self, cfg: Any) -> dict[str, int]:
         """The warm-up settings (flag name -> env steps) that run before the learned part acts:
         a budget that ends inside them learns nothing and is refused."""
@@ -246,8 +252,10 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         base = None
     if not cfg.resume:  # a resumed run keeps the settings it recorded
         cfg, chosen = apply_preset(cfg, method.preset_family, method.uses_base)
-        if chosen and shard.is_main:
-            print(chosen, flush=True)
+        cfg, measured = method.measure(cfg, base)
+        for line in (chosen, measured):
+            if line and shard.is_main:
+                print(line, flush=True)
     check_budget(cfg, method.warmups(cfg))
     method.check(cfg, base)
     if shard.world > 1:

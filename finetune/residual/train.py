@@ -10,7 +10,7 @@ artifact is a :class:`ResidualPolicy`; ``dpft eval --policy OUT`` runs it like a
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,11 +30,13 @@ from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.policy import Policy
 from dpft.envs.chunking import ReportSuccess
 from dpft.envs.tasks import task_defines_success
+from dpft.finetune.common.action_spread import SPREAD_SEED, SPREAD_STATES, chunk_spread, residual_scale
 from dpft.finetune.common.callbacks import RecordScalars, q_statistics
 from dpft.finetune.common.config import FinetuneConfig
 from dpft.finetune.common.distributed import current_shard
 from dpft.finetune.common.networks import LayerNormSACPolicy, LayerNormTD3Policy
 from dpft.finetune.common.normalize import RewardNormalizer
+from dpft.finetune.common.presets import with_settings
 from dpft.finetune.common.run import SB3Method, run_sb3
 from dpft.finetune.common.updates import check_utd, gradient_steps_for, optimizer_kwargs, update_frequency
 from dpft.finetune.residual.algos import ResidualSAC, ResidualTD3
@@ -83,8 +85,9 @@ class ResidualConfig(FinetuneConfig):
     form: str = "step"
     """step: correct every executed action (ResiP); chunk: correct a whole chunk at its start (Policy Decorator)."""
     residual_scale: float | None = None
-    """Largest correction, as a share of half the action range, in (0, 1] (default: from the task's
-    preset: 0.1 on a task that reports success, 0.25 otherwise)."""
+    """Largest correction, as a share of half the action range, in (0, 1] (default: measured, the
+    base's spread across initial noises at one observation as such a share, clamped to [0.05, 1];
+    finetune/common/action_spread.py)."""
     steps: int = 100_000
     """Environment-step budget."""
     hidden: int = 256
@@ -162,6 +165,18 @@ class Residual(SB3Method):
     command = "finetune residual"
     config_cls = ResidualConfig
     preset_family = "residual"
+
+    def measure(self, cfg: ResidualConfig, base: Policy) -> tuple[ResidualConfig, str | None]:
+        if cfg.residual_scale is not None:
+            return cfg, None
+        probe = replace(cfg, seed=SPREAD_SEED, envs=1)
+        spread = chunk_spread(base, probe, SPREAD_STATES)
+        cfg = with_settings(cfg, residual_scale=residual_scale(spread))
+        return cfg, (
+            f"residual scale {cfg.residual_scale}: the base's action spread across initial noises "
+            f"({float(spread.within.mean()):.3f} env units on {SPREAD_STATES} zero-noise episodes) as a share of half "
+            "the action range; override with --residual-scale"
+        )
 
     def warmups(self, cfg: ResidualConfig) -> dict[str, int]:
         if cfg.algo == "ppo":
