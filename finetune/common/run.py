@@ -47,6 +47,7 @@ from dpft.finetune.common.data_parallel import (
     check_in_sync,
 )
 from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
+from dpft.finetune.common.final import choose_final
 from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard, row
 from dpft.finetune.common.interrupt import graceful_stop
 from dpft.finetune.common.logger import EnvStepLogger
@@ -333,29 +334,16 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     save()
     policy = method.artifact(model, base, cfg)
     summary = evaluate_on_fixed_episodes(policy, cfg, shard)
-    final = {**summary, "env_steps": model.num_timesteps * k, "train_wall_s": round(clock.seconds, 1)}
-    final["processes"] = shard.world
+    env_steps = model.num_timesteps * k
     if guard is not None:  # every process takes part in the evaluation, so before the others return
-        guard.offer(policy, summary, guard.validate(policy), final["env_steps"])
+        guard.offer(policy, summary, guard.validate(policy), env_steps)
     if not shard.is_main:
         return run.policy_dir
-    if best is not None:  # --final best: policy/ is the best evaluated policy, and final_eval.json says so
-        best.offer(policy, summary, final["env_steps"])
-        chosen = best.best()
-        policy = load_policy(best.dir, device)
-        final = {**final, **chosen["eval"], "final": "best", "policy_env_steps": chosen["env_steps"]}
-    if guard is not None:  # --final guarded: policy/ is the deployed policy, maybe the base itself
-        chosen, folder = guard.deployed, guard.deployed_policy_dir()
-        policy = base if folder is None else load_policy(folder, device)
-        final = {
-            **final,
-            **chosen["eval"],
-            "final": "guarded",
-            "deployed": "base" if folder is None else "fine-tuned",
-            "policy_env_steps": chosen["env_steps"],
-            "validation": row(chosen["val"]),
-            "last": row(summary),
-        }
+    if best is not None:
+        best.offer(policy, summary, env_steps)
+    record = {"env_steps": env_steps, "train_wall_s": round(clock.seconds, 1), "processes": shard.world}
+    record |= {"final": cfg.final, "policy_env_steps": env_steps}
+    policy, final = choose_final(policy, summary, record, best, guard, lambda: base, device, "policy_env_steps")
     policy.save(run.policy_dir)
     atomic_write_text(run.root / "final_eval.json", json.dumps(final, indent=2))
     success = "n/a" if final["success_rate"] is None else f"{final['success_rate']:.3f}"

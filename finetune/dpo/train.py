@@ -46,8 +46,8 @@ from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.best import BestPolicy
 from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
+from dpft.finetune.common.final import choose_final
 from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard
-from dpft.finetune.common.guard import row as row_of
 from dpft.finetune.dpo.evaluation import append_round, evaluate_episodes, log_eval, summary, win_rate
 from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, draw_times_noise, get_loss
 from dpft.finetune.dpo.pair_data import PairData, check_chains
@@ -375,16 +375,9 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     if not main:
         return policy
     last = json.loads((run.root / "evals.jsonl").read_text().splitlines()[-1])
-    final = last | {"processes": shard.world, "final": cfg.final, "policy_steps": state["total_steps"]}
-    if best is not None and best.best() is not None:  # --final best: the best evaluated round
-        chosen = best.best()
-        policy = load_policy(best.dir, device)
-        final |= chosen["eval"] | {"policy_steps": chosen["env_steps"]}
-    if guard is not None:  # --final guarded: the deployed policy, maybe the base itself
-        chosen, folder = guard.deployed, guard.deployed_policy_dir()
-        policy = _base_policy(cfg, device) if folder is None else load_policy(folder, device)
-        final |= chosen["eval"] | {"deployed": "base" if folder is None else "fine-tuned"}
-        final |= {"policy_steps": chosen["env_steps"], "validation": row_of(chosen["val"]), "last": row_of(last)}
+    record = {"processes": shard.world, "final": cfg.final, "policy_steps": state["total_steps"]}
+    base = lambda: _base_policy(cfg, device)  # noqa: E731
+    policy, final = choose_final(policy, last, record, best, guard, base, device, "policy_steps")
     if final.get("deployed") != "base":
         policy.config = replace(policy.config, provenance=provenance | {"gradient_steps": final["policy_steps"]})
     policy.save(run.policy_dir)
