@@ -135,8 +135,8 @@ NOTES = [
     "Reading (2026-12-04): the offset on push-mh leaves the noise no room (every stream and the zero noise",
     "fail), which is where a residual should help; residual-TD3 with its defaults did not (0.00 on 100",
     "episodes): its correction is bounded by `--residual-scale` 0.1 of half the action range, smaller",
-    "than the 0.3 offset, so the default cannot undo this shift (a scale chosen from the task, as issue 29",
-    "asks, is the next step). The runs came from a git worktree of commit 5e19d75.",
+    "than the 0.3 offset, so the default cannot undo this shift (a scale chosen from the task was",
+    "the next step). The runs came from a git worktree of commit 5e19d75.",
 ]
 
 
