@@ -1,6 +1,8 @@
 """Demonstrations in the residual's replay (--demos): the corrections the base needed, mixed into every batch."""
 
 import pickle
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -114,12 +116,16 @@ def test_demos_refuse_a_reward_they_cannot_carry(base_dir, demo_file):  # noqa: 
 
 
 def test_a_run_keeps_its_demonstrations_in_the_checkpointed_replay(tmp_path, base_dir, demo_file, capsys):  # noqa: F811
-    cfg = quick(tmp_path, base_dir, steps=600, algo="td3", demos=demo_file, checkpoint_every=300)
+    copy = tmp_path / "demos.hdf5"
+    shutil.copy(demo_file, copy)
+    cfg = quick(tmp_path, base_dir, steps=600, algo="td3", demos=copy, checkpoint_every=300)
     train_residual(cfg)
     assert "demos: " in capsys.readouterr().out
     with open(tmp_path / "res" / "checkpoint" / "replay.pkl", "rb") as f:
         buf = pickle.load(f)
     assert isinstance(buf, DemoMixReplayBuffer) and buf.demo_ratio == 0.5 and buf.demos.pos > 0
+    copy.unlink()  # a resumed run reads them from the checkpoint, not from the file
+    train_residual(replace(cfg, steps=900, resume=True))
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from torch import nn
 from dpft.base_policies.data import load_demonstrations
 from dpft.base_policies.infra.errors import ConfigError
 from dpft.base_policies.infra.registry import multi_process
+from dpft.base_policies.infra.run_folder import RunFolder
 from dpft.base_policies.policy import Policy
 from dpft.envs.chunking import ReportSuccess
 from dpft.envs.tasks import task_defines_success
@@ -155,8 +156,6 @@ class ResidualConfig(FinetuneConfig):
         check_utd(self.utd)
         if self.demos is not None and (self.algo == "ppo" or self.form != "step"):
             raise ConfigError("--demos needs an off-policy per-step residual (--algo td3 or sac, --form step)")
-        if self.demos is not None and not Path(self.demos).exists():
-            raise ConfigError(f"--demos {self.demos} does not exist")
 
 
 class Residual(SB3Method):
@@ -182,6 +181,12 @@ class Residual(SB3Method):
         if cfg.algo == "ppo":
             return {}
         return {"warmup_steps": cfg.warmup_steps, "critic_warmup_steps": cfg.critic_warmup_steps}
+
+    def check(self, cfg: ResidualConfig, base: Policy) -> None:
+        # a resumed run reads its demonstrations from the checkpoint's replay, not from the file
+        resumed = cfg.resume and RunFolder(Path(cfg.out)).has_checkpoint()
+        if cfg.demos is not None and not resumed and not Path(cfg.demos).exists():
+            raise ConfigError(f"--demos {cfg.demos} does not exist")
 
     def check_processes(self, cfg: ResidualConfig, world: int) -> None:
         if cfg.algo == "ppo" and cfg.target_kl:
