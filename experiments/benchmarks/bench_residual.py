@@ -23,13 +23,15 @@ from benchlib import Bench, Job, dpft_command, main, read_bench_config, task_of
 
 
 def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
-    """Methods are ``ALGO`` (per-step residual), ``ALGO-chunk`` (per-chunk) or ``ALGO-demos``
-    (per-step, with demonstrations in half of each batch)."""
-    algo, _, variant = job.method.partition("-")
-    form = "chunk" if variant == "chunk" else "step"
+    """Methods are ``ALGO`` (per-step residual) with optional parts: ``-chunk`` (per-chunk),
+    ``-demos`` (demonstrations in half of each batch), ``-scaleS`` (``--residual-scale S``
+    instead of the scale measured on the base)."""
+    algo, *variants = job.method.split("-")
+    form = "chunk" if "chunk" in variants else "step"
     flags = ["--algo", algo, "--form", form] + (["--envs", "8"] if algo == "ppo" else [])
-    if variant == "demos":
+    if "demos" in variants:
         flags += ["--demos", str(demos_for(job))]
+    flags += [x for v in variants if v.startswith("scale") for x in ("--residual-scale", v.removeprefix("scale"))]
     return dpft_command(["finetune", "residual"], job, cfg_path, resume, flags)
 
 
@@ -55,7 +57,10 @@ HEADER = [
     "",
     "Runs: `python experiments/benchmarks/bench_residual.py run --workers 2` (settings in",
     "`experiments/configs/bench/residual_<task>.yaml`: 100k env steps, per-step residual, correction",
-    "scale 0.1 of the half action range (Hopper 0.25); residual-TD3 seeds 0-2 (n-step 3, LayerNorm critics,",
+    "scale 0.1 of the half action range (Hopper 0.25) on the narrow-data rows, on the mixed-data (`-mh`)",
+    "rows the scale `dpft finetune residual` measures on the base (its action spread across initial noises:",
+    "push-mh 0.29, drawer-open-mh 0.28, button-press-mh 0.41, pick-place-mh 0.28, peg-insert-side-mh 0.36),",
+    "and `-scale0.1` rows with the earlier fixed 0.1; residual-TD3 seeds 0-2 (n-step 3, LayerNorm critics,",
     "5k env steps of base-only warm-up, 5k of critic-only warm-up, exploration ramped over 10k, action",
     "noise 0.1), residual-PPO seed 0 with 8 envs; on push also residual-SAC and per-chunk residual-SAC seed 0;",
     "Meta-World with a sparse success reward that ends the episode, Hopper with its own dense reward),",
@@ -88,12 +93,26 @@ RESIDUAL = Bench(
         "pick-place-mh",
         "peg-insert-side-mh",
     ),  # fmt: skip
-    methods={"td3": (0, 1, 2), "ppo": (0,), "sac": (0,), "sac-chunk": (0,), "td3-demos": (0,)},
+    methods={
+        "td3": (0, 1, 2),
+        "ppo": (0,),
+        "sac": (0,),
+        "sac-chunk": (0,),
+        "td3-demos": (0,),
+        "td3-scale0.1": (0,),
+        "td3-demos-scale0.1": (0,),
+    },
     command=command,
     header=HEADER,
     borrowed={"dsrl-na": ("dsrl", "na"), "sac-scratch": ("dsrl", "scratch")},
     target_method="residual-td3",
-    only_on={"sac": ("push",), "sac-chunk": ("push",), "td3-demos": MIXED},
+    only_on={
+        "sac": ("push",),
+        "sac-chunk": ("push",),
+        "td3-demos": MIXED,
+        "td3-scale0.1": MIXED,
+        "td3-demos-scale0.1": ("push-mh", "pick-place-mh"),
+    },
     footer=[
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
         "(the code of seeds 0-1), with up to four other processes on the cores, a 9-minute SIGSTOP pause for",
@@ -101,10 +120,11 @@ RESIDUAL = Bench(
         "comparable with the other seeds'. Seed 2 of pick-place and Hopper ran the same way in a later session (beside",
         "two to three other jobs on the 2 cores; their wall-clock is not comparable either).",
         "Mixed-data rows (`-mh`, the DSRL benchmark's bases; configs name only the base, so every other",
-        "setting is `dpft finetune residual`'s default): residual-td3 and residual-td3-demos seed 0 from a git",
-        "worktree of commit ec278f7 (2026-12-04), two runs sharing the machine. `td3-demos` adds `--demos FILE`:",
+        "setting is `dpft finetune residual`'s default): residual-td3-scale0.1 and residual-td3-demos-scale0.1",
+        "seed 0 from a git worktree of commit ec278f7 (2026-12-04), when 0.1 was the default scale, two runs",
+        "sharing the machine. `td3-demos` adds `--demos FILE`:",
         "150 successful episodes of the mixed demonstrators (`dpft collect --demonstrators mh --success-only",
-        "--episodes 150 --seed 100`, the push-mh base's own recipe), in half of each batch; at the default",
+        "--episodes 150 --seed 100`, the push-mh base's own recipe), in half of each batch; at",
         "`--residual-scale 0.1`, 81% (push-mh) and 80% (pick-place-mh) of the demonstrated corrections were clipped.",
     ],
 )
