@@ -1,13 +1,18 @@
 """The base's action spread across noises, and the residual scale a run measures from it."""
 
+import math
+
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from dpft.base_policies import load_policy
+from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.envs.config import EnvConfig
 from dpft.finetune.commands import cli
 from dpft.finetune.common.action_spread import SCALE_RANGE, Spread, chunk_spread, residual_scale
+from dpft.finetune.dsrl.steered import SteeredPolicy
 from dpft.finetune.residual.train import Residual, ResidualConfig
 
 
@@ -67,3 +72,14 @@ def test_a_bare_residual_run_prints_and_records_the_measured_scale(tmp_path, cap
     recorded = yaml.safe_load((out / "config.yaml").read_text())
     assert f"residual scale {recorded['residual_scale']}: the base's action spread" in printed
     assert 0.1 < recorded["residual_scale"] < 0.5
+
+
+def test_a_residual_on_a_steered_base_is_sized_by_the_policy_it_steers():
+    base = load_policy("shipped:metaworld-push-v3-mh")
+    torch.manual_seed(0)
+    actor = SquashedMeanActor(base.obs_horizon * base.obs_dim, [16], math.prod(base.noise_shape))
+    steered = SteeredPolicy(base, actor, {"action_magnitude": 1.5, "hidden": [16], "variant": "na"})
+    cfg = ResidualConfig(task="metaworld:push-v3", reward="sparse_success(terminate=True)")
+    on_steered, line = Residual().measure(cfg, steered)
+    assert on_steered.residual_scale == Residual().measure(cfg, base)[0].residual_scale
+    assert "the underlying base's action spread" in line

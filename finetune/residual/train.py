@@ -24,6 +24,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from dpft.base_policies.composed import ComposedPolicy
 from dpft.base_policies.data import load_demonstrations
 from dpft.base_policies.infra.errors import ConfigError
 from dpft.base_policies.infra.registry import multi_process
@@ -169,10 +170,11 @@ class Residual(SB3Method):
         if cfg.residual_scale is not None:
             return cfg, None
         probe = replace(cfg, seed=SPREAD_SEED, envs=1)
-        spread = chunk_spread(base, probe, SPREAD_STATES)
+        spread = chunk_spread(innermost_base(base), probe, SPREAD_STATES)
         cfg = with_settings(cfg, residual_scale=residual_scale(spread))
         return cfg, (
-            f"residual scale {cfg.residual_scale}: the base's action spread across initial noises "
+            f"residual scale {cfg.residual_scale}: the {'' if innermost_base(base) is base else 'underlying '}"
+            "base's action spread across initial noises "
             f"({float(spread.within.mean()):.3f} env units on {SPREAD_STATES} zero-noise episodes) as a share of half "
             "the action range; override with --residual-scale"
         )
@@ -334,6 +336,15 @@ class Residual(SB3Method):
             q = {"critic": lambda d: torch.cat(critic(d.observations, d.actions), dim=1).min(dim=1).values}
             out.append(RecordScalars(k, cfg.eval_every, q_statistics(q)))
         return out
+
+
+def innermost_base(policy: Policy) -> Policy:
+    """The diffusion/flow policy under a steered or residual policy (itself for a plain one): a
+    steered policy's chunks hardly vary with the noise it is given, so a residual on top of DSRL
+    is sized by the spread of the policy DSRL steers."""
+    while isinstance(policy, ComposedPolicy):
+        policy = policy.base
+    return policy
 
 
 def _linears(module: nn.Module) -> list[nn.Linear]:
