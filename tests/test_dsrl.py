@@ -26,7 +26,7 @@ from dpft.finetune.common.run_checkpoint import load_sb3_checkpoint, save_sb3_ch
 from dpft.finetune.common.stats import wilson_interval
 from dpft.finetune.dsrl.na import DSRLNA
 from dpft.finetune.dsrl.noise_env import NoiseActionEnv
-from dpft.finetune.dsrl.train import DSRL, DSRLConfig, train_dsrl
+from dpft.finetune.dsrl.train import DSRL, DSRLConfig, NAOptions, train_dsrl
 
 TASK = "toy_envs:Obstacle-v0"
 
@@ -107,7 +107,8 @@ def test_dsrl_improves_success_and_artifact_round_trips(tmp_path, base_dir, caps
 
 
 def test_na_learns_on_executed_chunks_without_touching_the_base(tmp_path, base_dir):
-    cfg = quick(tmp_path, base_dir, variant="na", task=TASK, envs=2, distill_samples=3, steps=1600, layer_norm=True)
+    na = NAOptions(distill_samples=3)
+    cfg = quick(tmp_path, base_dir, variant="na", task=TASK, envs=2, na=na, steps=1600, layer_norm=True)
     base = load_policy(base_dir)
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
     venv = make_vec_env(cfg, lambda: DSRL().make_env(cfg, base))
@@ -295,12 +296,13 @@ def test_resuming_a_run_from_before_the_noise_prior_keeps_its_behaviour(tmp_path
     save_sb3_checkpoint(model, run.checkpoint_dir)
     run.write_config(cfg)
     old = yaml.safe_load(run.config_path.read_text())
+    old |= old.pop("na")  # written before the --na.* group, too
     for key in DSRL.before_key_existed:
         del old[key]
     run.config_path.write_text(yaml.safe_dump(old))
 
     resumed_cfg = run.read_config(DSRLConfig, DSRL.before_key_existed)
-    assert not resumed_cfg.noise_prior and not resumed_cfg.distill_policy_noise
+    assert not resumed_cfg.noise_prior and not resumed_cfg.na.distill_policy_noise
     loaded, _ = load_sb3_checkpoint(DSRLNA, run.checkpoint_dir, venv, **DSRL().load_kwargs(resumed_cfg, base))
     assert model.noise_prior and not loaded.noise_prior and not loaded.distill_policy_noise
     assert model.q_scaled_temperature and not loaded.q_scaled_temperature  # the raw temperature it had

@@ -1,11 +1,13 @@
 """Residual policies: a learned, bounded correction on top of a frozen base."""
 
 import json
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import StopAt
 from stable_baselines3.common.vec_env import DummyVecEnv
 from synthetic import offset_reach_episodes
@@ -28,7 +30,7 @@ from dpft.finetune.common.run import run_sb3
 from dpft.finetune.dsrl.steered import SteeredPolicy
 from dpft.finetune.residual.env import ResidualVecEnv, noise_rng
 from dpft.finetune.residual.policy import Features, ResidualNet, ResidualPolicy
-from dpft.finetune.residual.train import Residual, ResidualConfig, train_residual
+from dpft.finetune.residual.train import PPOOptions, Residual, ResidualConfig, train_residual
 
 TASK = "toy_envs:Reach-v0"
 
@@ -50,7 +52,7 @@ def quick(tmp_path, base, **kw) -> ResidualConfig:
     defaults = dict(
         base=str(base), out=tmp_path / "res", steps=1500, warmup_steps=200, critic_warmup_steps=200,
         explore_ramp_steps=400, residual_scale=0.5, hidden=64, batch_size=128, eval_every=10**9,
-        eval_episodes=50, checkpoint_every=10**9, progress=False, rollout_steps=64,
+        eval_episodes=50, checkpoint_every=10**9, progress=False, ppo=PPOOptions(rollout_steps=64),
         reward="dense", final="last", n_step=1,  # what these tests were built on (presets: test_presets.py)
     )  # fmt: skip
     return ResidualConfig(**{**defaults, **kw})
@@ -250,7 +252,7 @@ def test_artifact_round_trip_and_dpft_eval(tmp_path, base_dir, capsys):
 def test_interrupted_run_resumes_exactly(tmp_path, base_dir, algo):
     """Stopped mid-episode and resumed: the same weights as a run that was never stopped."""
     kw = dict(algo=algo, steps=900, checkpoint_every=10**9, envs=2)
-    kw |= {"batch_size": 32, "rollout_steps": 64} if algo == "ppo" else {}
+    kw |= {"batch_size": 32, "ppo": PPOOptions(rollout_steps=64)} if algo == "ppo" else {}
     whole = load_policy(train_residual(quick(tmp_path / "whole", base_dir, **kw)))
     cfg = quick(tmp_path / "cut", base_dir, **kw)
     method = Residual()
@@ -432,3 +434,22 @@ def test_the_best_policy_is_replaced_only_by_a_better_one(tmp_path, base_dir):
     assert best.best()["env_steps"] == 300 and (tmp_path / "best_policy" / "config.json").exists()
     best.forget_after(250)  # resumed from a checkpoint before it
     assert best.best() is None and not (tmp_path / "best_policy").exists()
+
+
+def test_per_algorithm_settings_have_their_own_flags_and_earlier_flat_files_still_read():
+    from dpft.base_policies.infra.records import from_dict
+
+    cfg = cli.parse("finetune residual", ["--algo", "ppo", "--ppo.rollout-steps", "16", "--td3.action-noise", "0.2"])
+    assert (cfg.ppo.rollout_steps, cfg.td3.action_noise, cfg.sac.init_alpha) == (16, 0.2, 0.1)
+    assert {"ppo.rollout_steps", "td3.action_noise"} <= cfg.explicit
+    results = Path(__file__).resolve().parents[1] / "experiments" / "results"
+    old = yaml.safe_load((results / "residual_bench" / "push" / "ppo" / "seed0" / "config.yaml").read_text())
+    assert "rollout_steps" in old and "ppo" not in old, "a run recorded before the groups"
+    cfg = from_dict(ResidualConfig, old)
+    assert (cfg.ppo.rollout_steps, cfg.ppo.epochs, cfg.ppo.target_kl) == (
+        old["rollout_steps"],
+        old["epochs"],
+        old["target_kl"],
+    )
+    both = from_dict(ResidualConfig, {"epochs": 3, "ppo": {"epochs": 5, "clip_range": 0.1}})
+    assert (both.ppo.epochs, both.ppo.clip_range) == (5, 0.1), "the grouped value wins"

@@ -34,6 +34,7 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     type (as the command line would) with a clear message."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    data = moved_into_groups(cls, data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -53,6 +54,22 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
             value = Path(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def moved_into_groups(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the flat keys that ``cls.MOVED`` maps to a group (``{"epochs": "ppo.epochs"}``)
+    moved there, so a config file or a run's config.yaml written before the group existed still
+    reads. A key given both ways keeps the grouped value."""
+    moved = getattr(cls, "MOVED", {})
+    if not any(k in moved for k in data):
+        return data
+    out = {k: v for k, v in data.items() if k not in moved}
+    for old, new in moved.items():
+        if old not in data:
+            continue
+        group, _, name = new.partition(".")
+        out[group] = {name: data[old], **(out.get(group) or {})}
+    return out
 
 
 def check_record(cls: type, data: Any, prefix: str = "") -> None:

@@ -15,7 +15,7 @@ so the discount is ``gamma ** action_horizon``; a time limit is stored as trunca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +43,19 @@ VARIANTS = {"sac": DSRLSAC, "na": DSRLNA}
 
 
 @dataclass
+class NAOptions:
+    """Noise aliasing's own settings: what the noise critic is distilled on."""
+
+    RANGES: ClassVar[dict[str, str]] = {"distill_samples": ">= 0", "distill_within_weight": ">= 0"}
+    distill_samples: int = 4
+    """N(0, I) noises denoised per collected transition for distilling the noise critic."""
+    distill_policy_noise: bool = True
+    """Also distil the noise critic on the actor's own noise (the chunks the TD target denoises anyway)."""
+    distill_within_weight: float = 0.0
+    """Extra weight on the noise critic's error across noises within a state (what the actor follows)."""
+
+
+@dataclass
 class DSRLConfig(FinetuneConfig):
     """Fine-tune a frozen diffusion/flow policy with DSRL (RL over its initial noise)."""
 
@@ -51,8 +64,6 @@ class DSRLConfig(FinetuneConfig):
         "hidden": ">= 1",
         "layers": ">= 1",
         "critics": ">= 1",
-        "distill_samples": ">= 0",
-        "distill_within_weight": ">= 0",
         "utd": "> 0",
         "target_entropy": "any",
         "target_kl": "> 0",
@@ -65,6 +76,11 @@ class DSRLConfig(FinetuneConfig):
         "lr": "(0, 1]",
     }
     """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
+    MOVED: ClassVar[dict[str, str]] = {
+        k: f"na.{k}" for k in ("distill_samples", "distill_policy_noise", "distill_within_weight")
+    }
+    """Settings that were flat before the per-variant group: a config file or a run's config.yaml
+    that names them flat still reads (dpft.base_policies.infra.records)."""
 
     out: Path = Path("runs/dsrl")
     """Run folder; the steered policy is written to OUT/policy."""
@@ -83,12 +99,8 @@ class DSRLConfig(FinetuneConfig):
     """LayerNorm after every hidden layer of the critics."""
     critics: int = 2
     """Size of the critic ensemble (the TD target and the actor use the minimum over it)."""
-    distill_samples: int = 4
-    """na: N(0, I) noises denoised per collected transition for distilling the noise critic."""
-    distill_policy_noise: bool = True
-    """na: also distil the noise critic on the actor's own noise (the chunks the TD target denoises anyway)."""
-    distill_within_weight: float = 0.0
-    """na: extra weight on the noise critic's error across noises within a state (what the actor follows)."""
+    na: NAOptions = field(default_factory=NAOptions)
+    """--variant na only (--na.*): how the noise critic is distilled."""
     utd: float = 1.0
     """Gradient steps per collected transition (update-to-data ratio): 1, 2, ... or 0.5 (one
     update every 2 transitions: 8.3 instead of 13.1 min per 100k env steps on push, and what it
@@ -170,7 +182,7 @@ class DSRL(SB3Method):
         return base.action_horizon
 
     def make_env(self, cfg: DSRLConfig, base: Policy) -> NoiseActionEnv:
-        distill = cfg.distill_samples if cfg.variant == "na" else 0
+        distill = cfg.na.distill_samples if cfg.variant == "na" else 0
         chunked = cfg.make_chunked(base)
         return NoiseActionEnv(chunked, base, cfg.action_magnitude, distill, task_defines_success(cfg.task))
 
@@ -269,8 +281,8 @@ def variant_kwargs(cfg: DSRLConfig, base: Policy) -> dict:
         "base": base,
         "action_horizon": base.action_horizon,
         "chunk_dim": chunk_dim,
-        "distill_policy_noise": cfg.distill_policy_noise,
-        "distill_within_weight": cfg.distill_within_weight,
+        "distill_policy_noise": cfg.na.distill_policy_noise,
+        "distill_within_weight": cfg.na.distill_within_weight,
         "noise_prior": cfg.noise_prior,
         "q_scaled_temperature": cfg.q_scaled_temperature,
         "action_critic_kwargs": {
@@ -281,7 +293,7 @@ def variant_kwargs(cfg: DSRLConfig, base: Policy) -> dict:
         "replay_buffer_class": ChunkReplayBuffer,
         "replay_buffer_kwargs": {
             "chunk_dim": chunk_dim,
-            "distill_samples": cfg.distill_samples,
+            "distill_samples": cfg.na.distill_samples,
             "noise_dim": int(np.prod(base.noise_shape)),
         },
     }

@@ -10,7 +10,7 @@ artifact is a :class:`ResidualPolicy`; ``dpft eval --policy OUT`` runs it like a
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +50,55 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": ResidualSAC, "td3": ResidualTD3,
 
 
 @dataclass
+class TD3Options:
+    """Residual-TD3's own settings."""
+
+    RANGES: ClassVar[dict[str, str]] = {"action_noise": ">= 0"}
+    action_noise: float = 0.1
+    """Std of the Gaussian exploration noise on r."""
+
+
+@dataclass
+class SACOptions:
+    """Residual-SAC's own settings."""
+
+    RANGES: ClassVar[dict[str, str]] = {"init_alpha": "> 0"}
+    init_alpha: float = 0.1
+    """Initial entropy temperature (tuned toward -action_dim entropy)."""
+
+
+@dataclass
+class PPOOptions:
+    """Residual-PPO's own settings (ResiP runs PPO: many envs, use --envs 8 or more)."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "rollout_steps": ">= 1",
+        "epochs": ">= 1",
+        "target_kl": ">= 0",
+        "gae_lambda": "[0, 1]",
+        "clip_range": "> 0",
+        "log_std_init": "any",
+        "ent_coef": ">= 0",
+    }
+    rollout_steps: int = 256
+    """Transitions per env between updates."""
+    epochs: int = 10
+    """Passes over each rollout."""
+    target_kl: float = 0.02
+    """Stop an update's epochs early past this KL (0: never)."""
+    normalize_reward: bool = True
+    """Scale rewards by a running std of the discounted return."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """Ratio clipping."""
+    log_std_init: float = -1.0
+    """Initial log std of r (small: the base explores enough)."""
+    ent_coef: float = 0.0
+    """Entropy bonus."""
+
+
+@dataclass
 class ResidualConfig(FinetuneConfig):
     """Fine-tune a frozen diffusion/flow (or DSRL) policy with a learned residual correction."""
 
@@ -66,18 +115,17 @@ class ResidualConfig(FinetuneConfig):
         "utd": "> 0",
         "n_step": ">= 1",
         "critics": ">= 1",
-        "init_alpha": "> 0",
-        "action_noise": ">= 0",
-        "rollout_steps": ">= 1",
-        "epochs": ">= 1",
-        "target_kl": "> 0",
-        "gae_lambda": "[0, 1]",
-        "clip_range": "> 0",
-        "log_std_init": "any",
-        "ent_coef": ">= 0",
         "demo_ratio": "[0, 1)",
     }
     """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
+    MOVED: ClassVar[dict[str, str]] = {
+        **{k: f"ppo.{k}" for k in ("rollout_steps", "epochs", "target_kl", "normalize_reward", "gae_lambda")},
+        **{k: f"ppo.{k}" for k in ("clip_range", "log_std_init", "ent_coef")},
+        "init_alpha": "sac.init_alpha",
+        "action_noise": "td3.action_noise",
+    }
+    """Settings that were flat before the per-algorithm groups: a config file or a run's
+    config.yaml that names them flat still reads (dpft.base_policies.infra.records)."""
 
     out: Path = Path("runs/residual")
     """Run folder; the residual policy is written to OUT/policy."""
@@ -120,33 +168,18 @@ class ResidualConfig(FinetuneConfig):
     """sac/td3: size of the critic ensemble (targets use the minimum)."""
     layer_norm: bool = True
     """sac/td3: LayerNorm after every hidden layer of the critics."""
-    init_alpha: float = 0.1
-    """sac: initial entropy temperature (tuned toward -action_dim entropy)."""
-    action_noise: float = 0.1
-    """td3: std of the Gaussian exploration noise on r."""
     demos: Path | None = None
     """sac/td3: a demonstration file (robomimic HDF5 from `dpft collect`, ...) mixed into every batch
     (RLPD / ResFiT): each demonstrated action becomes the correction the residual would have needed
     on top of the base (finetune/residual/demos.py)."""
     demo_ratio: float = 0.5
     """sac/td3 with --demos: share of each batch drawn from the demonstrations."""
-    # ----- on-policy (ppo) -----
-    rollout_steps: int = 256
-    """ppo: transitions per env between updates."""
-    epochs: int = 10
-    """ppo: passes over each rollout."""
-    target_kl: float = 0.02
-    """ppo: stop an update's epochs early past this KL (0: never)."""
-    normalize_reward: bool = True
-    """ppo: scale rewards by a running std of the discounted return."""
-    gae_lambda: float = 0.95
-    """ppo: GAE lambda."""
-    clip_range: float = 0.2
-    """ppo: ratio clipping."""
-    log_std_init: float = -1.0
-    """ppo: initial log std of r (small: the base explores enough)."""
-    ent_coef: float = 0.0
-    """ppo: entropy bonus."""
+    td3: TD3Options = field(default_factory=TD3Options)
+    """--algo td3 only (--td3.*)."""
+    sac: SACOptions = field(default_factory=SACOptions)
+    """--algo sac only (--sac.*)."""
+    ppo: PPOOptions = field(default_factory=PPOOptions)
+    """--algo ppo only (--ppo.*)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -191,9 +224,9 @@ class Residual(SB3Method):
             raise ConfigError(f"--demos {cfg.demos} does not exist")
 
     def check_processes(self, cfg: ResidualConfig, world: int) -> None:
-        if cfg.algo == "ppo" and cfg.target_kl:
+        if cfg.algo == "ppo" and cfg.ppo.target_kl:
             raise ConfigError(
-                f"residual PPO on {world} processes needs --target-kl 0: each process would stop its epochs at its "
+                f"residual PPO on {world} processes needs --ppo.target-kl 0: each process would stop its epochs at its "
                 "own KL, and the processes' updates would fall out of step"
             )
 
@@ -217,7 +250,7 @@ class Residual(SB3Method):
             )
         features = Features.for_base(base, torch.as_tensor(low), torch.as_tensor(high))
         self.wrapper = ResidualVecEnv(venv, base, cfg.form, cfg.residual_scale, features, cfg.seed)
-        if cfg.algo == "ppo" and cfg.normalize_reward:
+        if cfg.algo == "ppo" and cfg.ppo.normalize_reward:
             return RewardNormalizer(self.wrapper, cfg.gamma ** self.env_steps_per_transition(cfg, base))
         return self.wrapper
 
@@ -233,16 +266,16 @@ class Residual(SB3Method):
             model = PPO(
                 "MlpPolicy",
                 venv,
-                n_steps=cfg.rollout_steps,
+                n_steps=cfg.ppo.rollout_steps,
                 batch_size=cfg.batch_size,
-                n_epochs=cfg.epochs,
-                gae_lambda=cfg.gae_lambda,
-                clip_range=cfg.clip_range,
-                ent_coef=cfg.ent_coef,
-                target_kl=cfg.target_kl or None,
+                n_epochs=cfg.ppo.epochs,
+                gae_lambda=cfg.ppo.gae_lambda,
+                clip_range=cfg.ppo.clip_range,
+                ent_coef=cfg.ppo.ent_coef,
+                target_kl=cfg.ppo.target_kl or None,
                 policy_kwargs={
                     "net_arch": {"pi": [cfg.hidden] * cfg.layers, "vf": [cfg.hidden] * cfg.layers},
-                    "log_std_init": cfg.log_std_init,
+                    "log_std_init": cfg.ppo.log_std_init,
                 },
                 **common,
             )
@@ -262,11 +295,11 @@ class Residual(SB3Method):
             },
         }
         if cfg.algo == "sac":
-            model = ResidualSAC(LayerNormSACPolicy, venv, ent_coef=f"auto_{cfg.init_alpha}", **off_policy, **common)
+            model = ResidualSAC(LayerNormSACPolicy, venv, ent_coef=f"auto_{cfg.sac.init_alpha}", **off_policy, **common)
             _zero(model.policy.actor.mu)
         else:
             dim = venv.action_space.shape[0]
-            noise = NormalActionNoise(np.zeros(dim), cfg.action_noise * np.ones(dim))
+            noise = NormalActionNoise(np.zeros(dim), cfg.td3.action_noise * np.ones(dim))
             model = ResidualTD3(LayerNormTD3Policy, venv, action_noise=noise, **off_policy, **common)
             _zero(_linears(model.policy.actor.mu)[-1])
             model.policy.actor_target.load_state_dict(model.policy.actor.state_dict())
