@@ -126,6 +126,8 @@ RESIDUAL = Bench(
         "150 successful episodes of the mixed demonstrators (`dpft collect --demonstrators mh --success-only",
         "--episodes 150 --seed 100`, the push-mh base's own recipe), in half of each batch; at",
         "`--residual-scale 0.1`, 81% (push-mh) and 80% (pick-place-mh) of the demonstrated corrections were clipped.",
+        "The mixed-data residual-td3 and residual-td3-demos rows at the measured scale: seed 0 from a git worktree",
+        "of commit fe8fc17 (2026-12-04), beside one other run (a benchmark row or a preference pilot) on the 2 cores.",
     ],
 )
 
