@@ -38,6 +38,10 @@ FLAGS = {
     "d3po": ["--loss", "d3po", "--sampler", "stochastic", "--beta", "10"],
     "filtered-bc": ["--loss", "filtered-bc"],
     "diffusion-dpo-flip20": ["--loss", "diffusion-dpo", "--flip-labels", "0.2"],  # label-noise robustness
+    # chunk-level pairs: 32 mid-episode states per round, each branched 4 times, plus 8 x 2 rollouts;
+    # the reference follows the policy after every round (experiments/results/dpo_pilots/mh.md)
+    "diffusion-dpo-chunk": ["--loss", "diffusion-dpo", "--chunk-states", "32", "--chunk-streams", "4"]
+    + ["--states", "8", "--streams", "2", "--resync-reference"],
 }
 
 
@@ -70,17 +74,30 @@ HEADER = [
 ]
 
 NARROW = ("push", "drawer-open", "button-press", "pick-place", "hopper")
-MIXED = ("push-mh", "pick-place-mh")  # the mixed-data bases, whose zero-noise mode is at 1.00
+MIXED = ("push-mh", "pick-place-mh", "drawer-open-mh", "button-press-mh", "peg-insert-side-mh")
+"""The mixed-data bases (push-mh and pick-place-mh: their zero-noise mode is at 1.00)."""
 
 DPO = Bench(
     name="dpo",
     tasks=(*NARROW, *MIXED),
-    methods={"diffusion-dpo": (0, 1, 2), "d3po": (0, 1, 2), "filtered-bc": (0, 1, 2), "diffusion-dpo-flip20": (0,)},
+    methods={
+        "diffusion-dpo": (0, 1, 2),
+        "d3po": (0, 1, 2),
+        "filtered-bc": (0, 1, 2),
+        "diffusion-dpo-flip20": (0,),
+        "diffusion-dpo-chunk": (0, 1, 2),
+    },
     command=command,
     header=HEADER,
     # D3PO (which barely moves the narrow bases) is not run on the mixed-data rows; label noise is
     # measured where the clean run gains (pick-place) as well as on push
-    only_on={"d3po": NARROW, "diffusion-dpo-flip20": ("push", "pick-place")},
+    only_on={
+        "d3po": NARROW,
+        "diffusion-dpo-flip20": ("push", "pick-place"),
+        "diffusion-dpo": (*NARROW, *MIXED[:2]),
+        "filtered-bc": (*NARROW, *MIXED[:2]),
+        "diffusion-dpo-chunk": MIXED,
+    },
     task_seeds={t: (0,) for t in MIXED},  # rows added beside the issue's plan: one seed so far
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
 )
