@@ -92,6 +92,8 @@ RESIDUAL = Bench(
         "button-press-mh",
         "pick-place-mh",
         "peg-insert-side-mh",
+        "hopper-medium",
+        "walker2d-medium",
     ),  # fmt: skip
     methods={
         "td3": (0, 1, 2),
@@ -110,6 +112,7 @@ RESIDUAL = Bench(
         "sac": ("push",),
         "sac-chunk": ("push",),
         "td3-demos": MIXED,
+        "ppo": ("push", "drawer-open", "button-press", "pick-place", "hopper", *MIXED),
         "td3-scale0.1": MIXED,
         "td3-demos-scale0.1": ("push-mh", "pick-place-mh"),
     },
