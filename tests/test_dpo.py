@@ -60,7 +60,6 @@ def quick(tmp_path, base_dir, **kw) -> DPOConfig:
     args = dict(base=str(base_dir), task=TASK, out=tmp_path / "dpo", rounds=2, states=32, streams=4)
     args |= dict(steps_per_round=200, eval_episodes=50, progress=False, beta=2000.0, lr=1e-4)  # a small, clean task
     args |= dict(final="last")  # these tests look at what training did; --final has its own test
-    args |= dict(chunk_states=0, resync_reference=False)  # rollout pairs against the base, unless a test says
     return DPOConfig(**{**args, **kw})
 
 
@@ -462,13 +461,3 @@ def test_final_guarded_and_best_choose_among_the_rounds_with_intervals(tmp_path,
     evals = [json.loads(x) for x in (best.out / "evals.jsonl").read_text().splitlines()][1:]
     top = max((r["success_rate"], r["return_mean"]) for r in evals)
     assert (final["success_rate"], final["return_mean"]) == top and final["policy_steps"] == chosen["env_steps"]
-
-
-def test_the_defaults_are_the_recipe_that_moved_the_mixed_data_bases(tmp_path, prefs_file):
-    """Chunk-level pairs, three rounds, the reference following the policy (dpo_pilots/mh.md); with
-    a person's --prefs one round, so their labels are not followed by reward-ranked pairs unasked."""
-    cfg = DPOConfig()
-    assert (cfg.rounds, cfg.states, cfg.streams, cfg.chunk_states, cfg.chunk_streams) == (3, 8, 2, 32, 4)
-    assert cfg.resync_reference and cfg.final == "guarded"
-    assert DPOConfig(prefs=(prefs_file,)).rounds == 1
-    assert DPOConfig(prefs=(prefs_file,), rounds=2).rounds == 2

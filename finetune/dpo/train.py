@@ -79,17 +79,6 @@ class DPOConfig(EnvConfig, PairsConfig):
 
     base: str = DEFAULT_BASE
     """The policy to fine-tune (a diffusion or flow policy folder, run folder or shipped:<name>)."""
-    states: int = 8
-    """Start states (reset seeds seed, seed+1, ...) of the rollout pairs of each round."""
-    streams: int = 2
-    """Rollouts per start state, each with its own noise."""
-    chunk_states: int = 32
-    """Chunk-level pair states per round: a saved mid-episode state of those rollouts, branched
-    --chunk-streams times (each branch draws its own chunk there, the policy finishes the episode).
-    Pairs that differ in one chunk from one state are what moved the mixed-data bases
-    (experiments/results/dpo_pilots/mh.md); 0: rollout pairs only."""
-    chunk_streams: int = 4
-    """Branches per chunk-level state."""
     task: str | None = None  # type: ignore[assignment]
     """Task id (default: the task the base was trained for)."""
     envs: int = 32
@@ -116,15 +105,12 @@ class DPOConfig(EnvConfig, PairsConfig):
     """Chunks compared per pair and step (random decisions of a trajectory pair)."""
     steps_per_round: int = 500
     """Gradient steps per round."""
-    rounds: int | None = None
-    """Rounds of collect -> update -> evaluate (default: 3; 1 with --prefs, so that a person's labels
-    are not followed by pairs ranked by the task's reward unless asked for)."""
+    rounds: int = 1
+    """Rounds of collect -> update -> evaluate."""
     flip_labels: float = 0.0
     """Robustness check: train on labels flipped for this share of the pairs (random, fixed per pair)."""
-    resync_reference: bool = True
-    """Copy the policy into the reference after each round, so every round moves from where the last
-    ended (--no-resync-reference: the reference stays the base; on push-mh that gained less:
-    experiments/results/dpo_pilots/mh.md)."""
+    resync_reference: bool = False
+    """Copy the policy into the reference after each round (default: the reference stays the base)."""
     ema_decay: float = 0.0
     """EMA of the weights for the saved and evaluated policy (0: off)."""
     eval_episodes: int = 50
@@ -149,8 +135,6 @@ class DPOConfig(EnvConfig, PairsConfig):
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.rounds is None:
-            self.rounds = 1 if self.prefs else 3
         EnvConfig.__post_init__(self)
         self.check()
         check_device_spec(self.device)
