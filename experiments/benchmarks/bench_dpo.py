@@ -103,6 +103,18 @@ DPO = Bench(
 )
 
 
+FOOTER = [
+    "`diffusion-dpo-chunk` (the mixed-data rows' settings plus `--chunk-states 32 --chunk-streams 4 --states 8",
+    "--streams 2 --resync-reference`: each round 8 x 2 rollouts and 32 mid-episode states of them, each branched",
+    "4 times, the reference copied from the policy after every round; chosen from the pilots in",
+    "`experiments/results/dpo_pilots/mh.md`): seed 0 from a git worktree of commit 56613da (2026-12-04), beside",
+    "one other run on the 2 cores. Reading: it gained +0.29 on push-mh and +0.37 on drawer-open-mh (to 0.99),",
+    "and made pick-place-mh, button-press-mh and peg-insert-side-mh much worse. These rows report the last",
+    "round's policy; under `--final guarded`, DPO's default, a round's policy is deployed only once it beats",
+    "the base on validation episodes of its own.",
+]
+
+
 def base_evals(task: str) -> None:
     """The base on the 100 final-evaluation episodes (N(0, I) and zero noise), with this benchmark's
     reward: the residual and DSRL tables end episodes at success, which changes which noise each
@@ -173,10 +185,10 @@ def report() -> None:
             lines.append("| " + " | ".join(row) + " |")
         if success and base100[0]:
             b = score(base100[0])
-            for method in ("diffusion-dpo", "d3po"):
+            for method in ("diffusion-dpo", "d3po", "diffusion-dpo-chunk"):
                 if finals_by_method.get(method):
                     gain = float(np.mean(finals_by_method[method])) - b
-                    fbc = finals_by_method.get("filtered-bc")
+                    fbc = finals_by_method.get("filtered-bc") if method != "diffusion-dpo-chunk" else None
                     vs = f", filtered BC {np.mean(fbc) - b:+.2f}" if fbc else ""
                     if task in MIXED and base100[1]:  # the base's own mode, what a gain should also beat
                         vs += f"; final {np.mean(finals_by_method[method]):.2f} vs zero noise {score(base100[1]):.2f}"
@@ -191,6 +203,7 @@ def report() -> None:
     lines += ["", f"Finished runs: {len(done)} of {len(plan)} in the plan."]
     lines.append("Target, >= +0.30 success over the base (N(0, I), 100 episodes) within 100k env steps of rollouts: "
                  + ("; ".join(verdicts) or "no finished run yet") + ".")  # fmt: skip
+    lines += FOOTER
     pending = [f"{j.task}/{j.method}/seed{j.seed}" for j in plan if j not in done]
     if pending:
         lines.append(f"Not finished: {', '.join(pending)}.")
