@@ -42,6 +42,7 @@ METHODS = (  # (column, benchmark, method folder)
     ("DPPO", "dsrl", "dppo"),
     ("residual-TD3", "residual", "td3"),
     ("Diffusion-DPO", "dpo", "diffusion-dpo"),
+    ("DPO, chunk pairs", "dpo", "diffusion-dpo-chunk"),
 )
 
 
