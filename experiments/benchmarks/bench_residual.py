@@ -130,7 +130,9 @@ RESIDUAL = Bench(
         "--episodes 150 --seed 100`, the push-mh base's own recipe), in half of each batch; at",
         "`--residual-scale 0.1`, 81% (push-mh) and 80% (pick-place-mh) of the demonstrated corrections were clipped.",
         "The mixed-data residual-td3 and residual-td3-demos rows at the measured scale: seed 0 from a git worktree",
-        "of commit fe8fc17 (2026-12-04), beside one other run (a benchmark row or a preference pilot) on the 2 cores.",
+        "of commit fe8fc17 (2026-12-04), beside one other run (a benchmark row or a preference pilot) on the 2 cores;",
+        "seeds 1-2 and the Hopper-medium row from a worktree of 56613da / 798ed1e (the same residual code, its",
+        "settings grouped by algorithm), the same way.",
     ],
 )
 
