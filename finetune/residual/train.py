@@ -10,7 +10,7 @@ artifact is a :class:`ResidualPolicy`; ``dpft eval --policy OUT`` runs it like a
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -119,8 +119,7 @@ class ResidualConfig(FinetuneConfig):
     }
     """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
     MOVED: ClassVar[dict[str, str]] = {
-        **{k: f"ppo.{k}" for k in ("rollout_steps", "epochs", "target_kl", "normalize_reward", "gae_lambda")},
-        **{k: f"ppo.{k}" for k in ("clip_range", "log_std_init", "ent_coef")},
+        **{f.name: f"ppo.{f.name}" for f in fields(PPOOptions)},
         "init_alpha": "sac.init_alpha",
         "action_noise": "td3.action_noise",
     }
@@ -202,11 +201,11 @@ class Residual(SB3Method):
     def measure(self, cfg: ResidualConfig, base: Policy) -> tuple[ResidualConfig, str | None]:
         if cfg.residual_scale is not None:
             return cfg, None
-        probe = replace(cfg, seed=SPREAD_SEED, envs=1)
-        spread = chunk_spread(innermost_base(base), probe, SPREAD_STATES)
+        denoiser = innermost_base(base)
+        spread = chunk_spread(denoiser, replace(cfg, seed=SPREAD_SEED, envs=1), SPREAD_STATES)
         cfg = with_settings(cfg, residual_scale=residual_scale(spread))
         return cfg, (
-            f"residual scale {cfg.residual_scale}: the {'' if innermost_base(base) is base else 'underlying '}"
+            f"residual scale {cfg.residual_scale}: the {'' if denoiser is base else 'underlying '}"
             "base's action spread across initial noises "
             f"({float(spread.within.mean()):.3f} env units on {SPREAD_STATES} zero-noise episodes) as a share of half "
             "the action range; override with --residual-scale"
