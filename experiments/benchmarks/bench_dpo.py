@@ -109,7 +109,7 @@ FOOTER = [
     "4 times, the reference copied from the policy after every round; chosen from the pilots in",
     "`experiments/results/dpo_pilots/mh.md`): seed 0 from a git worktree of commit 56613da (2026-12-04), beside",
     "one other run on the 2 cores (seeds 1-2 from 56613da / 798ed1e, the same preference code). Reading: it gained on",
-    "push-mh (+0.21 over three seeds, one seed +0.29) and drawer-open-mh (seed 0: +0.37, to 0.99), and made",
+    "push-mh (+0.21 over three seeds) and drawer-open-mh (+0.31 over three seeds, to 0.93), and made",
     "pick-place-mh, button-press-mh and peg-insert-side-mh much worse. These rows report the last",
     "round's policy; under `--final guarded`, DPO's default, a round's policy is deployed only once it beats",
     "the base on validation episodes of its own.",
