@@ -232,7 +232,7 @@ NOTES = [
     "window-open kept the 0.95 base, as DSRL did. The Hopper residual row did not finish.",
     "The residual rows ran when the default `--residual-scale` was 0.1; it is now measured on the base (the",
     "base's action spread across initial noises; on the mixed-data push base 0.29, which took residual-TD3",
-    "from 0.61 to 0.91: residual_bench.md). Rows at the new default are still to run.",
+    "from 0.61 (one seed) to 0.89 over three seeds: residual_bench.md). Rows at the new default are still to run.",
     "Provenance: seed 0 of the three Meta-World DSRL rows came from a git worktree of commit 4ac8946 (the",
     "presets' first commit); sweep-into seeds 1-2, Hopper and the residual rows from a worktree of cec3226",
     "(same defaults). The bases were built with the commands of `bases` above (rebuilt later with",
