@@ -453,3 +453,11 @@ def test_per_algorithm_settings_have_their_own_flags_and_earlier_flat_files_stil
     )
     both = from_dict(ResidualConfig, {"epochs": 3, "ppo": {"epochs": 5, "clip_range": 0.1}})
     assert (both.ppo.epochs, both.ppo.clip_range) == (5, 0.1), "the grouped value wins"
+
+
+def test_a_group_given_as_a_plain_value_beside_a_flat_name_is_one_clear_error():
+    from dpft.base_policies.infra.errors import ConfigError
+    from dpft.base_policies.infra.records import from_dict
+
+    with pytest.raises(ConfigError, match="'ppo' must be"):
+        from_dict(ResidualConfig, {"epochs": 3, "ppo": 5})

@@ -68,7 +68,9 @@ def moved_into_groups(cls: type, data: dict[str, Any]) -> dict[str, Any]:
         if old not in data:
             continue
         group, _, name = new.partition(".")
-        out[group] = {name: data[old], **(out.get(group) or {})}
+        given = out.get(group) or {}
+        if isinstance(given, dict):  # anything else is left for the type check to name
+            out[group] = {name: data[old], **given}
     return out
 
 
