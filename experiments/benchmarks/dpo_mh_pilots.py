@@ -1,6 +1,9 @@
 """The preference pilots on the mixed-data bases: one table from their kept files.
 
     python experiments/benchmarks/dpo_mh_pilots.py     # writes experiments/results/dpo_pilots/mh.md
+    python experiments/benchmarks/dpo_mh_pilots.py run mh_NAME TASK [dpo flags ...]
+        # dpft finetune dpo --config experiments/configs/bench/dpo_TASK.yaml --seed 0 FLAGS, then the
+        # last policy on the 100 final episodes; keeps the three files below
 
 Each pilot folder ``experiments/results/dpo_pilots/mh_<name>/`` keeps the run's ``config.yaml``
 (every setting: the command is ``dpft finetune dpo --config config.yaml``), ``evals.jsonl`` (the
@@ -11,6 +14,10 @@ base and each round on 50 fixed episodes, seed 1,000,000 + run seed) and ``final
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -20,6 +27,8 @@ PILOTS = ROOT / "experiments" / "results" / "dpo_pilots"
 SHOWN = (
     "loss",
     "lr",
+    "beta",
+    "bc_weight",
     "steps_per_round",
     "states",
     "streams",
@@ -72,7 +81,28 @@ data. The recipe is a benchmark row (`diffusion-dpo-chunk` in dpo_bench.md), not
 """
 
 
+def run(name: str, task: str, flags: list[str]) -> None:
+    """One pilot: the benchmark config of ``task`` plus ``flags``, seed 0 unless a flag says otherwise."""
+    out, kept = ROOT / "runs" / "dpo_pilots" / name, PILOTS / name
+    if (kept / "final_seed2000.json").exists():
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    dpft = [sys.executable, "-m", "dpft.finetune"]
+    resume = (out / "checkpoint").exists()
+    cmd = ["finetune", "dpo", "--out", str(out), "--no-progress"]
+    cmd += ["--resume"] if resume else ["--config", f"experiments/configs/bench/dpo_{task}.yaml", "--seed", "0", *flags]
+    subprocess.run([*dpft, *cmd], cwd=ROOT, env=env, check=True)
+    ev = ["eval", "--policy", str(out), "--episodes", "100", "--seed", "2000", "--envs", "8", "--json", "--no-progress"]
+    res = subprocess.run([*dpft, *ev], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    kept.mkdir(parents=True, exist_ok=True)
+    for f in ("config.yaml", "evals.jsonl"):
+        shutil.copyfile(out / f, kept / f)
+    (kept / "final_seed2000.json").write_text(res.stdout.strip().splitlines()[-1] + "\n")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["run"]:
+        return run(sys.argv[2], sys.argv[3], sys.argv[4:])
     lines = [HEADER, "| folder | base | settings | base, 50 ep. | after each round | env steps | final, 100 ep. |"]
     lines.append("|---|---|---|---|---|---|---|")
     lines += [row(f) for f in sorted(PILOTS.glob("mh_*")) if (f / "final_seed2000.json").exists()]
