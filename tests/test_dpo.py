@@ -18,8 +18,9 @@ from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 from dpft.envs.config import EnvConfig
 from dpft.finetune.commands import cli
 from dpft.finetune.common.distributed import Shard
+from dpft.finetune.dpo import reference
 from dpft.finetune.dpo import train as dpo_train
-from dpft.finetune.dpo.losses import LossConfig, PairBatch, d3po, diffusion_dpo, get_loss
+from dpft.finetune.dpo.losses import LossConfig, PairBatch, d3po, diffusion_dpo, get_loss, prepare_batch, seppo
 from dpft.finetune.dpo.pair_data import PairData
 from dpft.finetune.dpo.pairs_collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.prefs import (
@@ -461,3 +462,79 @@ def test_final_guarded_and_best_choose_among_the_rounds_with_intervals(tmp_path,
     evals = [json.loads(x) for x in (best.out / "evals.jsonl").read_text().splitlines()][1:]
     top = max((r["success_rate"], r["return_mean"]) for r in evals)
     assert (final["success_rate"], final["return_mean"]) == top and final["policy_steps"] == chosen["env_steps"]
+
+
+def _seppo_setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = tiny_policy("diffusion", obs_dim=3, action_dim=2)
+    model.fit_normalizers(torch.randn(100, 3), torch.rand(100, 2) * 2 - 1)
+    ref = copy.deepcopy(model)
+    obs = torch.randn(6, 3)
+    b = batch_from(obs, torch.rand(6, 8, 2) * 2 - 1, torch.randn(6, 3), torch.rand(6, 8, 2) * 2 - 1)
+    b = replace(b, pair=torch.tensor([0, 0, 1, 1, 2, 2]), pairs=3)  # two rows per pair
+    return model, ref, b
+
+
+def test_seppo_samples_are_the_references_own_chunks_at_the_chosen_observations():
+    model, ref, b = _seppo_setup()
+    prepared = prepare_batch("seppo", ref, b, torch.Generator().manual_seed(3))
+    noise = ref.initial_noise(6, torch.Generator().manual_seed(3))
+    assert torch.equal(prepared.obs_l, b.obs_w) and torch.equal(prepared.chunk_w, b.chunk_w)
+    assert torch.equal(prepared.chunk_l, ref.predict_chunk(b.obs_w, noise))  # the rejected member is never used
+    assert prepare_batch("diffusion-dpo", ref, b, None) is b
+
+
+def test_seppo_is_its_written_out_objective():
+    """-log sigma(-beta ((e_w - e_ref,w) - I (e_s - e_ref,s))) per pair, I = +1 where the model fits
+    the preferred chunk better than the reference does, else -1; at the start (model = reference) log 2."""
+    model, ref, b = _seppo_setup()
+    b = prepare_batch("seppo", ref, b, torch.Generator().manual_seed(3))
+    cfg = LossConfig(beta=50.0, bc_weight=0.0, clip=0.2, noise_level=None, generator=torch.Generator().manual_seed(0))
+    loss, info = seppo(model, ref, b, cfg)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and info["reference_sample_losing"] == 0.0
+    t, noise = model.sample_times(6, torch.Generator().manual_seed(9)), torch.randn(6, 8, 2)
+    b = replace(b, t=t, noise=noise)
+    opt, first = torch.optim.SGD(model.parameters(), lr=1e-2), b.pair == 0
+    for _ in range(20):  # the model now fits pair 0's preferred chunks better than the reference, and others worse
+        opt.zero_grad()
+        model.denoising_loss(b.obs_w[first], b.chunk_w[first], t[first], noise[first]).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        members = {"w": (b.obs_w, b.chunk_w), "s": (b.obs_l, b.chunk_l)}
+        err = {(who, m): p.denoising_loss(*members[m], t, noise) for who, p in (("model", model), ("ref", ref))
+               for m in members}  # fmt: skip
+    expected, signs = [], []
+    for k in range(3):
+        rows = b.pair == k
+        d_w = (err["model", "w"][rows] - err["ref", "w"][rows]).mean()
+        d_s = (err["model", "s"][rows] - err["ref", "s"][rows]).mean()
+        sign = 1.0 if d_w < 0 else -1.0
+        signs.append(sign)
+        expected.append(-torch.nn.functional.logsigmoid(-50.0 * (d_w - sign * d_s)))
+    loss, info = seppo(model, ref, b, cfg)
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert info["reference_sample_losing"] == pytest.approx(np.mean([s > 0 for s in signs]))
+    assert set(signs) == {1.0, -1.0}  # both branches of the anchor are exercised
+
+
+def test_seppo_draws_each_rounds_reference_from_the_base_and_earlier_rounds(tmp_path, base_dir, prefs_file):
+    draws = {reference.draw(s, 3) for s in range(200)}
+    assert draws == {-1, 0, 1, 2} and reference.draw(7, 3) == reference.draw(7, 3)  # a resumed run draws the same
+    with pytest.raises(ConfigError, match="drop --resync-reference"):
+        quick(tmp_path, base_dir, loss="seppo", resync_reference=True)
+    write_prefs(tmp_path / "p.hdf5", prefs_file[1])
+    cfg = quick(tmp_path, base_dir, loss="seppo", prefs=(tmp_path / "p.hdf5",), rounds=2, steps_per_round=3,
+                eval_episodes=4, states=4, streams=2)  # fmt: skip
+    train_dpo(cfg)
+    kept = load_policy(base_dir)
+    load_weights(kept, cfg.out / "references" / "round_000", "model.safetensors")
+    ref = load_policy(base_dir)
+    load_weights(ref, cfg.out / "checkpoint", "ref.safetensors")
+    drawn = kept if reference.draw(cfg.seed, 1) == 0 else load_policy(base_dir)
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), drawn.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_seppo_moves_the_mode(tmp_path, base_dir):
+    policy = train_dpo(quick(tmp_path, base_dir, loss="seppo", rounds=3))
+    assert right_share(policy) >= 0.75

@@ -44,6 +44,8 @@ FLAGS = {
     + ["--states", "8", "--streams", "2", "--resync-reference"],
 }
 FLAGS["diffusion-dpo-chunk-flip20"] = [*FLAGS["diffusion-dpo-chunk"], "--flip-labels", "0.2"]
+# SePPO on the same chunk-level pairs (their preferred members); it draws its own reference each round
+FLAGS["seppo-chunk"] = ["--loss", "seppo", *FLAGS["diffusion-dpo-chunk"][2:-1]]
 NOISY = {"diffusion-dpo": "diffusion-dpo-flip20", "diffusion-dpo-chunk": "diffusion-dpo-chunk-flip20"}
 """Each label-noise row beside the clean row it is read against."""
 
@@ -92,6 +94,7 @@ DPO = Bench(
         "diffusion-dpo-flip20": (0,),
         "diffusion-dpo-chunk": (0, 1, 2),
         "diffusion-dpo-chunk-flip20": (0, 1, 2),
+        "seppo-chunk": (0, 1, 2),
     },
     command=command,
     header=HEADER,
@@ -105,6 +108,7 @@ DPO = Bench(
         "diffusion-dpo-chunk": (*MIXED, *LOCO),
         # label noise where the clean chunk-pair row gains most (drawer-open-mh, +0.31 over three seeds)
         "diffusion-dpo-chunk-flip20": ("drawer-open-mh",),
+        "seppo-chunk": MIXED,
     },
     task_seeds={t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
@@ -194,10 +198,10 @@ def report() -> None:
             lines.append("| " + " | ".join(row) + " |")
         if success and base100[0]:
             b = score(base100[0])
-            for method in ("diffusion-dpo", "d3po", "diffusion-dpo-chunk"):
+            for method in ("diffusion-dpo", "d3po", "diffusion-dpo-chunk", "seppo-chunk"):
                 if finals_by_method.get(method):
                     gain = float(np.mean(finals_by_method[method])) - b
-                    fbc = finals_by_method.get("filtered-bc") if method != "diffusion-dpo-chunk" else None
+                    fbc = finals_by_method.get("filtered-bc") if not method.endswith("-chunk") else None
                     vs = f", filtered BC {np.mean(fbc) - b:+.2f}" if fbc else ""
                     if task in MIXED and base100[1]:  # the base's own mode, what a gain should also beat
                         vs += f"; final {np.mean(finals_by_method[method]):.2f} vs zero noise {score(base100[1]):.2f}"

@@ -16,6 +16,19 @@ Add one with :func:`register_loss`; ``dpft finetune dpo --loss NAME`` then finds
   ``--sampler stochastic``.
 - ``filtered-bc``: plain BC on the preferred members only: the comparator that needs no
   preferences, only a filter.
+- ``seppo`` (SePPO, Zhang et al., 2024, arXiv 2410.05255): only the preferred member of each pair
+  is data; the other member is replaced by the reference model's own sample at the preferred
+  member's observation (on-policy for the reference, drawn fresh every step, see
+  :func:`reference_samples`), and the reference is a previous round's policy (the training loop
+  draws it, :mod:`.reference`). An anchor decides per pair whether that sample is treated as
+  losing or winning: the preferred sample is the anchor, and while the model fits it better than
+  the reference does (``e_w - e_ref,w < 0``: the reference is the weaker policy there) the
+  reference's sample is taken as losing (the Diffusion-DPO term), otherwise as winning (its term
+  enters with the opposite sign, so the model learns from both). Written out, per pair,
+  ``-log sigma(-beta * ((e_w - e_ref,w) - I * (e_s - e_ref,s)))`` with
+  ``I = +1 if e_w - e_ref,w < 0 else -1`` (no gradient through ``I``). Only the abstracts of the
+  paper (v1 and v2, "SSPO") could be read where this was written; the anchor rule is this
+  reading of them, not a transcription of the paper's equation.
 
 ``bc_weight`` adds the denoising loss of the model on the preferred chunks to any of them: it
 keeps both likelihoods from falling together (the "likelihood displacement" of DPO).
@@ -86,18 +99,30 @@ class LossConfig:
 
 
 LossFn = Callable[[DenoisingPolicy, DenoisingPolicy, PairBatch, LossConfig], tuple[torch.Tensor, dict[str, float]]]
+PrepareFn = Callable[[DenoisingPolicy, PairBatch, torch.Generator | None], PairBatch]
 LOSSES: dict[str, LossFn] = {}
 NEEDS_CHAINS: set[str] = set()
+PREPARE: dict[str, PrepareFn] = {}
+"""Per loss, what is done to a whole batch (with the reference) before it is split across processes."""
 
 
-def register_loss(name: str, needs_chains: bool = False) -> Callable[[LossFn], LossFn]:
+def register_loss(
+    name: str, needs_chains: bool = False, prepare: PrepareFn | None = None
+) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
         LOSSES[name] = fn
         if needs_chains:
             NEEDS_CHAINS.add(name)
+        if prepare is not None:
+            PREPARE[name] = prepare
         return fn
 
     return deco
+
+
+def prepare_batch(name: str, ref: DenoisingPolicy, b: PairBatch, generator: torch.Generator | None) -> PairBatch:
+    """The batch a loss trains on: as sampled, or as the loss's ``prepare`` makes it."""
+    return PREPARE[name](ref, b, generator) if name in PREPARE else b
 
 
 def get_loss(name: str) -> LossFn:
@@ -191,3 +216,37 @@ def filtered_bc(model, ref, b: PairBatch, cfg: LossConfig):
     e_w = model.denoising_loss(b.obs_w, b.chunk_w, t, noise)
     loss = e_w.mean()
     return loss, {"bc_loss": loss.item(), "model_err_chosen": loss.item()}
+
+
+def reference_samples(ref: DenoisingPolicy, b: PairBatch, generator: torch.Generator | None) -> PairBatch:
+    """``b`` with every ``l`` row replaced by the reference's own chunk at the ``w`` row's
+    observation, from fresh N(0, I) noise drawn from ``generator`` (the same draw in every process)."""
+    with torch.no_grad():
+        chunk = ref.predict_chunk(b.obs_w, ref.initial_noise(b.obs_w.shape[0], generator))
+    return replace(b, obs_l=b.obs_w, chunk_l=chunk, chain_l=None)
+
+
+@register_loss("seppo", prepare=reference_samples)
+def seppo(model, ref, b: PairBatch, cfg: LossConfig):
+    t, noise = _times_noise(model, b, cfg)  # shared by the preferred chunk and the reference's sample
+    e_w = model.denoising_loss(b.obs_w, b.chunk_w, t, noise)
+    e_s = model.denoising_loss(b.obs_l, b.chunk_l, t, noise)
+    with torch.no_grad():
+        r_w = ref.denoising_loss(b.obs_w, b.chunk_w, t, noise)
+        r_s = ref.denoising_loss(b.obs_l, b.chunk_l, t, noise)
+    d_w, d_s = _per_pair(e_w - r_w, b), _per_pair(e_s - r_s, b)
+    losing = torch.where(d_w.detach() < 0, 1.0, -1.0)  # the anchor: is the reference the weaker policy?
+    logits = -cfg.beta * (d_w - losing * d_s)
+    loss = -F.logsigmoid(logits).mean()
+    bc = e_w.mean()
+    total = loss + cfg.bc_weight * bc if cfg.bc_weight else loss
+    return total, {
+        "dpo_loss": loss.item(),
+        "bc_loss": bc.item(),
+        "reference_sample_losing": (losing > 0).float().mean().item(),
+        "margin": logits.mean().item(),
+        "model_err_chosen": e_w.mean().item(),
+        "model_err_reference_sample": e_s.mean().item(),
+        "ref_err_chosen": r_w.mean().item(),
+        "ref_err_reference_sample": r_s.mean().item(),
+    }

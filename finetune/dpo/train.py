@@ -48,8 +48,9 @@ from dpft.finetune.common.best import BestPolicy
 from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.common.final import choose_final
 from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard
+from dpft.finetune.dpo import reference
 from dpft.finetune.dpo.evaluation import append_round, evaluate_episodes, log_eval, summary, win_rate
-from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, draw_times_noise, get_loss
+from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, draw_times_noise, get_loss, prepare_batch
 from dpft.finetune.dpo.pair_data import PairData, check_chains
 from dpft.finetune.dpo.pairs_collect import PairsConfig, collect_prefs
 from dpft.finetune.dpo.prefs import Prefs, PrefsError, check_compatible, merge, read_prefs, write_prefs
@@ -88,7 +89,8 @@ class DPOConfig(EnvConfig, PairsConfig):
     out: Path = Path("runs/dpo")
     """Run folder."""
     loss: str = "diffusion-dpo"
-    """diffusion-dpo, d3po, filtered-bc, or a loss added with register_loss."""
+    """diffusion-dpo, d3po, filtered-bc, seppo (the preferred members only, against samples of an
+    earlier round's policy drawn as the reference), or a loss added with register_loss."""
     beta: float = 100.0
     """Inverse temperature of the preference loss (denoising errors are means over the chunk; on
     push 100 did better than 20 or 500, experiments/results/dpo_pilots)."""
@@ -158,6 +160,10 @@ class DPOConfig(EnvConfig, PairsConfig):
             raise ConfigError("--steps-per-round and --bc-weight must be >= 0, --clip in (0, 1), --ema-decay in [0, 1)")
         if self.checkpoint_every < 1:
             raise ConfigError("--checkpoint-every must be >= 1")
+        if self.loss == "seppo" and self.resync_reference:
+            raise ConfigError(
+                "--loss seppo draws each round's reference from the earlier rounds itself; drop --resync-reference"
+            )
 
 
 def _base_policy(cfg: DPOConfig, device: torch.device) -> DenoisingPolicy:
@@ -281,6 +287,7 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             while state["step"] < cfg.steps_per_round:
                 at_step_start = (gen.get_state(), loss_gen.get_state())  # an interrupted step is redone exactly
                 batch = data.sample(cfg.batch_pairs, cfg.chunks_per_pair, gen, shared_index=needs_chains)
+                batch = prepare_batch(cfg.loss, ref, batch, loss_gen)
                 batch = draw_times_noise(model, batch, loss_gen).part(shard.rank, shard.world)
                 model.train()
                 loss, info = loss_fn(model, ref, batch, lcfg)
@@ -336,6 +343,13 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             )
             if cfg.resync_reference:
                 ref.load_state_dict(policy.state_dict())
+            elif cfg.loss == "seppo" and r + 1 < cfg.rounds:
+                if main:
+                    reference.keep_round_policy(run.root, r, policy)
+                shard.barrier()
+                drawn = reference.draw(cfg.seed, r + 1)
+                what = reference.load_reference(ref, run.root, drawn, lambda: _base_policy(cfg, device))
+                say(f"round {r + 1}'s reference: {what}", flush=True)
             state["round"], state["step"] = r + 1, 0
             checkpoint()
     except KeyboardInterrupt:
