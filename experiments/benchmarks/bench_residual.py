@@ -25,13 +25,14 @@ from benchlib import Bench, Job, dpft_command, main, read_bench_config, task_of
 def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
     """Methods are ``ALGO`` (per-step residual) with optional parts: ``-chunk`` (per-chunk),
     ``-demos`` (demonstrations in half of each batch), ``-scaleS`` (``--residual-scale S``
-    instead of the scale measured on the base)."""
+    instead of the scale measured on the base), ``-utdN`` (``--utd N`` gradient steps per transition)."""
     algo, *variants = job.method.split("-")
     form = "chunk" if "chunk" in variants else "step"
     flags = ["--algo", algo, "--form", form] + (["--envs", "8"] if algo == "ppo" else [])
     if "demos" in variants:
         flags += ["--demos", str(demos_for(job))]
     flags += [x for v in variants if v.startswith("scale") for x in ("--residual-scale", v.removeprefix("scale"))]
+    flags += [x for v in variants if v.startswith("utd") for x in ("--utd", v.removeprefix("utd"))]
     return dpft_command(["finetune", "residual"], job, cfg_path, resume, flags)
 
 
@@ -103,6 +104,7 @@ RESIDUAL = Bench(
         "td3-demos": (0,),
         "td3-scale0.1": (0,),
         "td3-demos-scale0.1": (0,),
+        "td3-utd2": (0,),
     },
     command=command,
     header=HEADER,
@@ -115,6 +117,7 @@ RESIDUAL = Bench(
         "ppo": ("push", "drawer-open", "button-press", "pick-place", "hopper", *MIXED),
         "td3-scale0.1": MIXED,
         "td3-demos-scale0.1": ("push-mh", "pick-place-mh"),
+        "td3-utd2": ("pick-place-mh", "push-mh"),  # the two rows below 0.90 at the default UTD 1
     },
     footer=[
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
