@@ -28,6 +28,7 @@ from dpft.base_policies.infra.device import check_device_spec, resolve_device
 from dpft.base_policies.infra.divergence import DivergenceGuard
 from dpft.base_policies.infra.errors import CheckpointError, ConfigError, TrainingError
 from dpft.base_policies.infra.files import check_keys, interpreting
+from dpft.base_policies.infra.interrupt import RunInterrupted, graceful_stop, stop_requested
 from dpft.base_policies.infra.ranges import check_ranges
 from dpft.base_policies.infra.registry import all_cores, multi_process
 from dpft.base_policies.infra.run_folder import RunFolder, open_run
@@ -283,45 +284,60 @@ def train_bc(cfg: TrainBCConfig) -> Path:
         _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
         return step
 
+    def stop_agreed() -> bool:
+        """A stop asked of any process (SIGTERM, Ctrl-C), agreed by all; with several processes
+        asked every ``--log-every`` steps, so the check costs one collective per log line."""
+        if world == 1:
+            return stop_requested()
+        if step % cfg.log_every:
+            return False
+        flag = torch.tensor([float(stop_requested())], device=accelerator.device)
+        return accelerator.reduce(flag, "sum").item() > 0
+
     writer = run.writer(cfg) if main else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not (main and cfg.progress), desc="train-bc", unit="step")
     t0, s0 = time.perf_counter(), step
-    try:
-        while step < cfg.steps:
-            obs, act = sampler.next()
-            model.train()
-            loss, _ = model(obs.to(accelerator.device), act.to(accelerator.device))
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            guard.update(step + 1, loss, grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(accelerator.unwrap_model(model), step)
-            step += 1
-            bar.update(1)
-            if main and step % cfg.log_every == 0:
-                sps = (step - s0) / (time.perf_counter() - t0)
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
-                writer.add_scalar("time/steps_per_s", sps, step)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if main and val_w is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                writer.add_scalar("val/loss", validation_loss(ema.shadow, val_w), step)
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                saved = save_checkpoint()
-            elif step % cfg.log_every == 0 and (bad := guard.first_bad_step(accelerator)) is not None:
-                raise diverged(cfg, run, bad, saved)
-    except KeyboardInterrupt:
-        save_checkpoint()
-        raise KeyboardInterrupt(
-            f"interrupted at step {step}; continue with: dpft train-bc --out {cfg.out} --resume"
-        ) from None
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+    resume_hint = f"dpft train-bc --out {cfg.out} --resume"
+    with graceful_stop():
+        try:
+            while step < cfg.steps:
+                if stop_agreed():  # between two steps: the checkpoint is where an unstopped run would be
+                    saved = save_checkpoint()
+                    raise RunInterrupted(f"interrupted at step {step}; continue with: {resume_hint}")
+                obs, act = sampler.next()
+                model.train()
+                loss, _ = model(obs.to(accelerator.device), act.to(accelerator.device))
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                guard.update(step + 1, loss, grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                ema.update(accelerator.unwrap_model(model), step)
+                step += 1
+                bar.update(1)
+                if main and step % cfg.log_every == 0:
+                    sps = (step - s0) / (time.perf_counter() - t0)
+                    writer.add_scalar("train/loss", loss.item(), step)
+                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+                    writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+                    writer.add_scalar("time/steps_per_s", sps, step)
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                if main and val_w is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                    writer.add_scalar("val/loss", validation_loss(ema.shadow, val_w), step)
+                if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    saved = save_checkpoint()
+                elif step % cfg.log_every == 0 and (bad := guard.first_bad_step(accelerator)) is not None:
+                    raise diverged(cfg, run, bad, saved)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stop where it stands
+            save_checkpoint()
+            raise RunInterrupted(f"interrupted at step {step}; continue with: {resume_hint}") from None
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
     save_checkpoint()
     if main:
         ema.shadow.save(run.policy_dir)

@@ -33,7 +33,7 @@ class StopAt(BaseCallback):
         self.at, self.k = at, k
 
     def _on_step(self) -> bool:
-        from dpft.finetune.common.interrupt import request_stop
+        from dpft.base_policies.infra.interrupt import request_stop
 
         if self.num_timesteps * self.k == self.at:
             request_stop()

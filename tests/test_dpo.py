@@ -14,6 +14,7 @@ from synthetic import bimodal_episodes, obstacle_x
 from dpft.base_policies import ArchConfig, ConfigError, load_policy
 from dpft.base_policies.checkpoint import load_weights
 from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.infra.interrupt import RunInterrupted, request_stop
 from dpft.base_policies.train_bc import TrainBCConfig, train_bc
 from dpft.envs.config import EnvConfig
 from dpft.finetune.commands import cli
@@ -325,7 +326,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys, base_dir):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_exactly(tmp_path, base_dir, monkeypatch):
+@pytest.mark.parametrize("how", ["second ctrl-c", "stop requested"])
+def test_interrupted_run_resumes_exactly(tmp_path, base_dir, monkeypatch, how):
+    """Mid-step (a second Ctrl-C) or at the next step boundary (SIGTERM, a first Ctrl-C)."""
     full = train_dpo(quick(tmp_path / "a", base_dir, steps_per_round=60, checkpoint_every=25))
     calls = {"n": 0}
     real = dpo_train.get_loss("diffusion-dpo")
@@ -333,12 +336,16 @@ def test_interrupted_run_resumes_exactly(tmp_path, base_dir, monkeypatch):
     def flaky(*args):
         calls["n"] += 1
         if calls["n"] == 90:  # round 1, step 30
-            raise KeyboardInterrupt
+            if how == "stop requested":
+                request_stop()  # what the SIGTERM handler does; this step still runs
+            else:
+                raise KeyboardInterrupt
         return real(*args)
 
     monkeypatch.setattr(dpo_train, "get_loss", lambda name: flaky)
     cfg = quick(tmp_path / "b", base_dir, steps_per_round=60, checkpoint_every=25)
-    with pytest.raises(KeyboardInterrupt, match="--resume"):
+    step = 29 if how == "second ctrl-c" else 30  # the 30th step of round 1 is step 29
+    with pytest.raises(RunInterrupted, match=f"interrupted in round 1 at step {step}; .*--resume"):
         train_dpo(cfg)
     monkeypatch.setattr(dpo_train, "get_loss", lambda name: real)
     resumed = train_dpo(quick(tmp_path / "b", base_dir, steps_per_round=60, checkpoint_every=25, resume=True))

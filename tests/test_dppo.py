@@ -9,9 +9,9 @@ import torch
 from conftest import StopAt
 
 from dpft.base_policies import load_policy
+from dpft.base_policies.infra.interrupt import RunInterrupted
 from dpft.base_policies.policy import DenoisingPolicy
 from dpft.envs.config import EnvConfig
-from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.policy_eval import evaluate
 from dpft.finetune.common.run import make_vec_env, run_sb3
 from dpft.finetune.dppo.train import DPPOConfig, DPPOMethod, train_dppo

@@ -12,6 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from dpft.base_policies import CheckpointError, ConfigError, TaskError, load_policy
+from dpft.base_policies.infra.interrupt import RunInterrupted
 from dpft.base_policies.infra.run_folder import RunFolder
 from dpft.base_policies.policy import Policy
 from dpft.envs.chunking import ChunkedEnv
@@ -19,7 +20,6 @@ from dpft.envs.config import EnvConfig
 from dpft.envs.tasks import make
 from dpft.finetune.commands import cli
 from dpft.finetune.common.guard import Guard
-from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.policy_eval import evaluate
 from dpft.finetune.common.run import make_vec_env
 from dpft.finetune.common.run_checkpoint import load_sb3_checkpoint, save_sb3_checkpoint

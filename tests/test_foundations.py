@@ -17,10 +17,10 @@ from stable_baselines3 import PPO
 
 from dpft.base_policies import CheckpointError, load_policy
 from dpft.base_policies.composed import folder_hash
+from dpft.base_policies.infra.interrupt import RunInterrupted
 from dpft.base_policies.infra.run_folder import RunFolder
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.finetune.commands import cli
-from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.run import make_vec_env, run_sb3
 from dpft.finetune.common.run_checkpoint import load_sb3_checkpoint
 from dpft.finetune.dsrl.steered import SteeredPolicy

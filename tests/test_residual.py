@@ -14,6 +14,7 @@ from synthetic import offset_reach_episodes
 
 from dpft.base_policies import ArchConfig, PolicyConfig, load_policy
 from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.infra.interrupt import RunInterrupted
 from dpft.base_policies.policy import policy_type
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.base_policies.train_bc import TrainBCConfig, train_bc
@@ -23,7 +24,6 @@ from dpft.envs.episode_replay import ReplayableEpisodes
 from dpft.envs.tasks import make
 from dpft.finetune.commands import cli
 from dpft.finetune.common.best import BestPolicy, score
-from dpft.finetune.common.interrupt import RunInterrupted
 from dpft.finetune.common.policy_eval import evaluate
 from dpft.finetune.common.rollout import policy_chunk_fn, run_episodes
 from dpft.finetune.common.run import run_sb3

@@ -1,8 +1,12 @@
 """BC training: the claim users care about (multi-modality), resume, CLI and data parallelism."""
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ from torch import nn
 
 from dpft.base_policies import ArchConfig, ConfigError, load_policy
 from dpft.base_policies.data import write_robomimic_hdf5
+from dpft.base_policies.infra.interrupt import RunInterrupted, request_stop
 from dpft.base_policies.train_bc import BatchSampler, TrainBCConfig, train_bc
 from dpft.finetune.commands import cli
 
@@ -69,7 +74,10 @@ def test_generative_policy_keeps_both_modes_where_mse_averages(bimodal_file, tmp
     assert abs(mse_x[0]) < 0.6, "the MSE baseline should average the modes and head for the obstacle"
 
 
-def test_interrupted_run_resumes_to_the_same_weights(bimodal_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["stop requested", "second ctrl-c"])
+def test_interrupted_run_resumes_to_the_same_weights(bimodal_file, tmp_path, monkeypatch, how):
+    """A stop request (what SIGTERM or a first Ctrl-C makes) checkpoints between two steps; a second
+    Ctrl-C checkpoints where it stands. Both resume to the weights of a run never stopped."""
     common = dict(
         dataset=bimodal_file,
         policy="diffusion",
@@ -87,11 +95,14 @@ def test_interrupted_run_resumes_to_the_same_weights(bimodal_file, tmp_path, mon
     def flaky_next(self):
         calls["n"] += 1
         if calls["n"] == 18:
-            raise KeyboardInterrupt
+            if how == "stop requested":
+                request_stop()  # what the SIGTERM handler does; this step still runs
+            else:
+                raise KeyboardInterrupt
         return original(self)
 
     monkeypatch.setattr(BatchSampler, "next", flaky_next)
-    with pytest.raises(KeyboardInterrupt, match="interrupted at step 17"):
+    with pytest.raises(RunInterrupted, match=f"interrupted at step {18 if how == 'stop requested' else 17}"):
         train_bc(TrainBCConfig(out=tmp_path / "cut", **common))
     assert not (tmp_path / "cut" / "policy").exists()
     monkeypatch.setattr(BatchSampler, "next", original)
@@ -166,3 +177,21 @@ def test_data_parallel_under_accelerate_launch(bimodal_file, tmp_path):
     assert "2 processes" in proc.stdout
     policy = load_policy(tmp_path / "ddp")
     assert np.isfinite(policy.predict_chunk(torch.zeros(2, 2)).numpy()).all()
+
+
+@pytest.mark.slow
+def test_a_killed_train_bc_checkpoints_and_says_how_to_resume(bimodal_file, tmp_path):
+    """A real SIGTERM to a `dpft train-bc` process: one line on stderr, no traceback, the checkpoint
+    at the step it names."""
+    out = tmp_path / "bc"
+    cmd = [sys.executable, "-m", "dpft.finetune", "train-bc", "--dataset", str(bimodal_file), "--out", str(out)]
+    cmd += ["--steps", "1000000", "--checkpoint-every", "50", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err
+    step = int(re.search(r"interrupted at step (\d+); continue with: dpft train-bc --out .* --resume", err).group(1))
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == step

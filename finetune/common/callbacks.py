@@ -18,8 +18,8 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
+from dpft.base_policies.infra.interrupt import RunInterrupted, stop_requested
 from dpft.finetune.common.eval_log import append_eval, trim_evals
-from dpft.finetune.common.interrupt import RunInterrupted, stop_requested
 
 
 class WallClock:

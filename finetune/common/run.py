@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from dpft.base_policies.checkpoint import load_policy
 from dpft.base_policies.infra.device import resolve_device
 from dpft.base_policies.infra.errors import CheckpointError, ConfigError, TrainingError
+from dpft.base_policies.infra.interrupt import graceful_stop
 from dpft.base_policies.infra.run_folder import open_run
 from dpft.base_policies.infra.state_io import atomic_write_text, recover_dir
 from dpft.base_policies.policy import Policy
@@ -49,7 +50,6 @@ from dpft.finetune.common.data_parallel import (
 from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.common.final import choose_final
 from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard, row
-from dpft.finetune.common.interrupt import graceful_stop
 from dpft.finetune.common.logger import EnvStepLogger
 from dpft.finetune.common.policy_eval import evaluate
 from dpft.finetune.common.presets import apply_preset

@@ -37,6 +37,7 @@ from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, load_weight
 from dpft.base_policies.infra.device import check_device_spec, resolve_device
 from dpft.base_policies.infra.errors import CheckpointError, ConfigError, TrainingError
 from dpft.base_policies.infra.files import check_keys, interpreting, read_json
+from dpft.base_policies.infra.interrupt import RunInterrupted, graceful_stop, stop_requested
 from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.infra.run_folder import open_run
 from dpft.base_policies.infra.state_io import RESTART, atomic_dir, atomic_write_text, load_state, save_state
@@ -266,104 +267,110 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
 
     at_step_start = None
     t_start, wall0 = time.perf_counter(), state.get("wall_s", 0.0)
-    try:
-        if state["base_eval"] is None:
-            state["base_eval"] = evaluate_episodes(ref, cfg, cfg.eval_episodes, eval_seed, shard)
-            log_eval(writer, summary(state["base_eval"], by_success), None, 0)
-            base_row = {"round": -1, "env_steps": 0, "wall_s": 0.0, "pairs": 0}
-            if main:
-                append_round(run.root / "evals.jsonl", base_row | summary(state["base_eval"], by_success))
-        guard, best = _final_choice(cfg, run.root, state["total_steps"], shard, by_success, eval_seed, device)
-        while state["round"] < cfg.rounds:
-            r = state["round"]
-            prefs = _round_data(cfg, run.root, given, r, model, state, shard)
-            data = PairData(prefs, device, needs_chains, cfg.flip_labels, cfg.seed)
-            writer.add_scalar("data/pairs", data.pairs, state["total_steps"])
-            writer.add_scalar("data/env_steps", state["env_steps"], state["total_steps"])
-            lcfg = LossConfig(cfg.beta, cfg.bc_weight, cfg.clip, cfg.noise_level, loss_gen)
-            bar = tqdm(
-                total=cfg.steps_per_round, initial=state["step"], disable=not (cfg.progress and main), desc=f"round {r}"
-            )
-            while state["step"] < cfg.steps_per_round:
-                at_step_start = (gen.get_state(), loss_gen.get_state())  # an interrupted step is redone exactly
-                batch = data.sample(cfg.batch_pairs, cfg.chunks_per_pair, gen, shared_index=needs_chains)
-                batch = prepare_batch(cfg.loss, ref, batch, loss_gen)
-                batch = draw_times_noise(model, batch, loss_gen).part(shard.rank, shard.world)
-                model.train()
-                loss, info = loss_fn(model, ref, batch, lcfg)
-                if shard.any(not torch.isfinite(loss).item()):  # all processes stop, not only the one that saw it
-                    raise TrainingError(
-                        f"the {cfg.loss} loss became non-finite at step {state['total_steps']}; "
-                        "lower --lr or --beta "
-                        f"(the last checkpoint in {run.checkpoint_dir} is kept)"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                # the mean of the shares' gradients is the whole batch's gradient
-                shard.mean_grads_([p for p in model.parameters() if p.requires_grad])
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                if ema is not None:
-                    with torch.no_grad():
-                        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
-                state["step"] += 1
-                state["total_steps"] += 1
-                at_step_start = None  # the step is done: an interrupt from here on keeps the generators as they are
-                bar.update(1)
-                if state["total_steps"] % 20 == 0:
-                    values = torch.tensor([float(v) for v in info.values()], dtype=torch.float64)
-                    shard.mean_([values])  # over every process's share of the batch
-                    for k, v in zip(info, values.tolist()):
-                        writer.add_scalar(f"train/{k}", v, state["total_steps"])
-                if state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps_per_round:
-                    checkpoint()
-            bar.close()
-            policy = ema if ema is not None else model
-            policy.eval()
-            outcomes = evaluate_episodes(policy, cfg, cfg.eval_episodes, eval_seed, shard)
-            state["wall_s"] = wall0 + time.perf_counter() - t_start
-            row = {"round": r, "env_steps": state["env_steps"], "wall_s": state["wall_s"], "pairs": data.pairs}
-            row |= summary(outcomes, by_success)
-            if best is not None:
-                best.offer(policy, summary(outcomes, by_success), state["total_steps"])
-            if guard is not None:
-                val = guard.validate(policy)
-                row["deployed"] = guard.offer(policy, summary(outcomes, by_success), val, state["total_steps"])
-            row["win_rate_vs_base"] = win_rate(outcomes, state["base_eval"], by_success)
-            row["base"] = summary(state["base_eval"], by_success)
-            log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
-            if main:
-                append_round(run.root / "evals.jsonl", row)
-            key = "success_rate" if by_success else "return_mean"
-            say(
-                f"round {r}: {key} {row[key]:.3f} (base {row['base'][key]:.3f}), "
-                f"return {row['return_mean']:.1f}, win rate vs base {row['win_rate_vs_base']:.2f}, "
-                f"{data.pairs} pairs, {state['env_steps']} env steps of rollouts",
-                flush=True,
-            )
-            if cfg.resync_reference:
-                ref.load_state_dict(policy.state_dict())
-            elif cfg.loss == "seppo" and r + 1 < cfg.rounds:
+    with graceful_stop():
+        try:
+            if state["base_eval"] is None:
+                state["base_eval"] = evaluate_episodes(ref, cfg, cfg.eval_episodes, eval_seed, shard)
+                log_eval(writer, summary(state["base_eval"], by_success), None, 0)
+                base_row = {"round": -1, "env_steps": 0, "wall_s": 0.0, "pairs": 0}
                 if main:
-                    reference.keep_round_policy(run.root, r, policy)
-                shard.barrier()
-                drawn = reference.draw(cfg.seed, r + 1)
-                what = reference.load_reference(ref, run.root, drawn, lambda: _base_policy(cfg, device))
-                say(f"round {r + 1}'s reference: {what}", flush=True)
-            state["round"], state["step"] = r + 1, 0
-            checkpoint()
-    except KeyboardInterrupt:
-        if at_step_start is not None:
-            gen.set_state(at_step_start[0])
-            loss_gen.set_state(at_step_start[1])
-        if main:  # no collective here: the other processes may be stopping too
-            _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
-        raise KeyboardInterrupt(
-            f"interrupted in round {state['round']} at step {state['step']}; continue with: "
-            f"dpft finetune dpo --out {cfg.out} --resume"
-        ) from None
-    finally:
-        writer.close()
+                    append_round(run.root / "evals.jsonl", base_row | summary(state["base_eval"], by_success))
+            guard, best = _final_choice(cfg, run.root, state["total_steps"], shard, by_success, eval_seed, device)
+            while state["round"] < cfg.rounds:
+                r = state["round"]
+                prefs = _round_data(cfg, run.root, given, r, model, state, shard)
+                data = PairData(prefs, device, needs_chains, cfg.flip_labels, cfg.seed)
+                writer.add_scalar("data/pairs", data.pairs, state["total_steps"])
+                writer.add_scalar("data/env_steps", state["env_steps"], state["total_steps"])
+                lcfg = LossConfig(cfg.beta, cfg.bc_weight, cfg.clip, cfg.noise_level, loss_gen)
+                bar = tqdm(
+                    total=cfg.steps_per_round,
+                    initial=state["step"],
+                    disable=not (cfg.progress and main),
+                    desc=f"round {r}",
+                )
+                while state["step"] < cfg.steps_per_round:
+                    if shard.any(stop_requested()):  # SIGTERM or a first Ctrl-C: stop between two steps
+                        raise KeyboardInterrupt
+                    at_step_start = (gen.get_state(), loss_gen.get_state())  # an interrupted step is redone exactly
+                    batch = data.sample(cfg.batch_pairs, cfg.chunks_per_pair, gen, shared_index=needs_chains)
+                    batch = prepare_batch(cfg.loss, ref, batch, loss_gen)
+                    batch = draw_times_noise(model, batch, loss_gen).part(shard.rank, shard.world)
+                    model.train()
+                    loss, info = loss_fn(model, ref, batch, lcfg)
+                    if shard.any(not torch.isfinite(loss).item()):  # all processes stop, not only the one that saw it
+                        raise TrainingError(
+                            f"the {cfg.loss} loss became non-finite at step {state['total_steps']}; "
+                            "lower --lr or --beta "
+                            f"(the last checkpoint in {run.checkpoint_dir} is kept)"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    # the mean of the shares' gradients is the whole batch's gradient
+                    shard.mean_grads_([p for p in model.parameters() if p.requires_grad])
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    opt.step()
+                    if ema is not None:
+                        with torch.no_grad():
+                            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
+                    state["step"] += 1
+                    state["total_steps"] += 1
+                    at_step_start = None  # the step is done: an interrupt from here on keeps the generators as they are
+                    bar.update(1)
+                    if state["total_steps"] % 20 == 0:
+                        values = torch.tensor([float(v) for v in info.values()], dtype=torch.float64)
+                        shard.mean_([values])  # over every process's share of the batch
+                        for k, v in zip(info, values.tolist()):
+                            writer.add_scalar(f"train/{k}", v, state["total_steps"])
+                    if state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps_per_round:
+                        checkpoint()
+                bar.close()
+                policy = ema if ema is not None else model
+                policy.eval()
+                outcomes = evaluate_episodes(policy, cfg, cfg.eval_episodes, eval_seed, shard)
+                state["wall_s"] = wall0 + time.perf_counter() - t_start
+                row = {"round": r, "env_steps": state["env_steps"], "wall_s": state["wall_s"], "pairs": data.pairs}
+                row |= summary(outcomes, by_success)
+                if best is not None:
+                    best.offer(policy, summary(outcomes, by_success), state["total_steps"])
+                if guard is not None:
+                    val = guard.validate(policy)
+                    row["deployed"] = guard.offer(policy, summary(outcomes, by_success), val, state["total_steps"])
+                row["win_rate_vs_base"] = win_rate(outcomes, state["base_eval"], by_success)
+                row["base"] = summary(state["base_eval"], by_success)
+                log_eval(writer, row, row["win_rate_vs_base"], state["total_steps"])
+                if main:
+                    append_round(run.root / "evals.jsonl", row)
+                key = "success_rate" if by_success else "return_mean"
+                say(
+                    f"round {r}: {key} {row[key]:.3f} (base {row['base'][key]:.3f}), "
+                    f"return {row['return_mean']:.1f}, win rate vs base {row['win_rate_vs_base']:.2f}, "
+                    f"{data.pairs} pairs, {state['env_steps']} env steps of rollouts",
+                    flush=True,
+                )
+                if cfg.resync_reference:
+                    ref.load_state_dict(policy.state_dict())
+                elif cfg.loss == "seppo" and r + 1 < cfg.rounds:
+                    if main:
+                        reference.keep_round_policy(run.root, r, policy)
+                    shard.barrier()
+                    drawn = reference.draw(cfg.seed, r + 1)
+                    what = reference.load_reference(ref, run.root, drawn, lambda: _base_policy(cfg, device))
+                    say(f"round {r + 1}'s reference: {what}", flush=True)
+                state["round"], state["step"] = r + 1, 0
+                checkpoint()
+        except KeyboardInterrupt:
+            if at_step_start is not None:
+                gen.set_state(at_step_start[0])
+                loss_gen.set_state(at_step_start[1])
+            if main:  # no collective here: the other processes may be stopping too
+                _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+            raise RunInterrupted(
+                f"interrupted in round {state['round']} at step {state['step']}; continue with: "
+                f"dpft finetune dpo --out {cfg.out} --resume"
+            ) from None
+        finally:
+            writer.close()
     policy = ema if ema is not None else model
     if not all(torch.isfinite(t).all() for t in policy.state_dict().values()):
         raise TrainingError(
