@@ -78,6 +78,8 @@ def _cli_reference() -> None:
         "",
         "Every command's `--help`, generated from its typed config at each docs build. Any setting",
         "can also come from `--config FILE.yaml` (keys as the flag names); flags win over the file.",
+        "A file that starts with `extends: OTHER.yaml` (relative to it) takes that file's settings and",
+        "overrides them, group by group: `experiments/configs/bench/` composes every row this way.",
         "",
     ]
     for name in command_names():

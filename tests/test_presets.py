@@ -43,7 +43,7 @@ def test_a_preset_fills_only_what_was_left_unset_and_says_so():
 def test_benchmark_configs_hold_only_what_differs_from_the_defaults(path):
     """So the defaults cannot drift from what the benchmarks measured without a config saying it."""
     method = path.stem.split("_")[0]
-    cfg = yaml.safe_load(path.read_text())
+    cfg = cli.read_config_file(path)  # with the shared file it extends
     task = {"metaworld": "metaworld:push-v3", "gym": "gym:Hopper-v5"}[cfg["base"].split(":")[1].split("-")[0]]
     defaults = {**vars({"dsrl": DSRLConfig, "residual": ResidualConfig}[method]()), **preset_for(method, task).settings}
     same = {k: v for k, v in cfg.items() if defaults.get(k) == v and k not in ("base", "final")}

@@ -125,6 +125,31 @@ def test_cli_config_file_then_flags_override(tmp_path):
     assert (cfg.steps, cfg.lr, cfg.arch.pred_horizon) == (3, 0.01, 16)
 
 
+def test_a_config_file_extends_another_group_by_group(tmp_path):
+    """``extends:`` starts from another file's settings (a path relative to the file); the file's
+    own override them, a nested group key by key; flags still win over both."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.yaml").write_text("steps: 7\nlr: 0.01\narch:\n  pred_horizon: 16\n  hidden_dim: 32\n")
+    (tmp_path / "row.yaml").write_text("extends: shared/base.yaml\nlr: 0.02\narch:\n  hidden_dim: 64\n")
+    cfg = cli.parse("train-bc", ["--config", str(tmp_path / "row.yaml"), "--steps", "3"])
+    assert (cfg.steps, cfg.lr, cfg.arch.pred_horizon, cfg.arch.hidden_dim) == (3, 0.02, 16, 64)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("extends: nope.yaml\n", "nope.yaml (extended by"),
+        ("extends: c.yaml\n", "leads back to a file that extends it"),
+        ("extends: [a.yaml, b.yaml]\n", "'extends' must name one config file"),
+    ],
+)
+def test_a_bad_extends_is_one_line(tmp_path, capsys, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    assert cli.main(["train-bc", "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

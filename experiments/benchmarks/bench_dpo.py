@@ -28,6 +28,7 @@ from benchlib import (
     fmt,
     has_success,
     load_json,
+    read_bench_config,
     run_job,
     score,
     sync,
@@ -133,9 +134,7 @@ def base_evals(task: str) -> None:
     reward: the residual and DSRL tables end episodes at success, which changes which noise each
     later episode draws, so their base numbers are not reused. The base on each run's own
     evaluation episodes is the run's round -1 (evals.jsonl)."""
-    import yaml
-
-    base = yaml.safe_load(DPO.config(task).read_text())["base"]
+    base = read_bench_config(DPO.config(task))["base"]
     for name, flags in (("base_normal", []), ("base_zero", ["--zero-noise"])):
         dpft_eval(DPO, base, DPO.runs / task / f"{name}.json", BASE_EVAL["episodes"], BASE_EVAL["seed"], flags, None)
 

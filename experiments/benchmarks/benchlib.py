@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "experiments" / "configs" / "bench"
@@ -113,9 +112,10 @@ class Job:
 def read_bench_config(cfg_path: Path) -> dict:
     """A benchmark config with what it leaves to dpft filled in: the task (the base's), the reward
     and evaluation episodes of the task's preset, and the budget and schedule defaults."""
+    from dpft.finetune.commands.cli import read_config_file
     from dpft.finetune.common.presets import preset_for
 
-    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg = read_config_file(cfg_path)  # with the shared file it extends
     method = cfg_path.name.split("_")[0]
     task = cfg.get("task") or task_of(cfg["base"])
     preset = preset_for(method, task).settings if method in ("dsrl", "residual") else {}  # dpo: no presets

@@ -101,8 +101,9 @@ def _usage(prefix: str = "") -> str:
 
 
 CONFIG_HELP = (
-    "--config FILE.yaml|FILE.toml supplies any of the settings below (keys as the flag names, with - or _); "
-    "flags given on the command line override the file. Every command also takes --threads N (torch CPU "
+    "--config FILE.yaml|FILE.toml supplies any of the settings below (keys as the flag names, with - or _; "
+    "'extends: OTHER.yaml' starts from another file's settings); flags given on the command line override the "
+    "file. Every command also takes --threads N (torch CPU "
     "threads; default 1, train-bc: the cores divided among the processes on this machine); eval, collect, "
     "prefs collect, steerability, train-bc, and every finetune method take --processes N (run "
     "under accelerate launch with N processes)."
@@ -118,9 +119,13 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The settings of a ``--config`` file. ``extends: OTHER.yaml`` (a path relative to the file)
+    starts from that file's settings; this file's override them, group by group (``td3:
+    {action_noise: 0.2}`` keeps the group's other settings), so several configs can share one."""
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+        by = f" (extended by {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {path}{by} does not exist")
     text = read_text(path, "config file")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
@@ -128,7 +133,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"config file {path}: 'extends' must name one config file, got {parent!r}")
+    parent_path = path.parent / parent
+    if parent_path.resolve() in {p.resolve() for p in (*_chain, path)}:
+        raise ConfigError(f"config file {path}: 'extends: {parent}' leads back to a file that extends it")
+    return _overlay(read_config_file(parent_path, (*_chain, path)), data)
+
+
+def _overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _split_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
