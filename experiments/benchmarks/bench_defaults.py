@@ -71,6 +71,8 @@ PLAN = [
     *(Row(f"metaworld:{t}", base_of(t), "residual", 0) for t in NEW_TASKS),
     Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "residual", 0),
     *(Row(f"metaworld:{t}", base_of(t), "residual-scale0.1", 0) for t in NEW_TASKS),
+    *(Row(f"metaworld:{t}", base_of(t), "dpo", 0) for t in NEW_TASKS),
+    Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dpo", 0),
 ]
 """``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun)."""
 
@@ -125,7 +127,7 @@ def run_row(row: Row) -> str:
     if (row.out / "final_eval.json").exists() or (RAW / row.rel / "final_eval.json").exists():
         return f"{row.rel}: done already"
     resume = (row.out / "checkpoint").exists() or (row.out / ".checkpoint.old").exists()
-    if row.method not in ("dsrl", "residual"):
+    if row.method not in ("dsrl", "residual", "dpo"):
         return f"{row.rel}: kept from an earlier default, not rerun"
     cmd = ["finetune", row.method, "--out", str(row.out), "--no-progress"]
     cmd += ["--resume"] if resume else ["--base", row.base, "--task", row.task, "--seed", str(row.seed)]
@@ -184,6 +186,7 @@ def report() -> None:
     for row in PLAN:
         folder = RAW / row.rel
         evals = [json.loads(x) for x in (folder / "evals.jsonl").read_text().splitlines()] if folder.exists() else []
+        evals = [e for e in evals if e.get("round", 0) >= 0]  # dpo: round -1 is the base's own evaluation
         record = load(folder / RECORD)
         if not evals or record is None:
             continue
@@ -199,7 +202,12 @@ def report() -> None:
         base100 = " / ".join(fmt(point(b), success) if b else "–" for b in bases)
         done = f"{fmt(point(final100), success)} ({base100})" if final100 and final else "–"
         if final100 and final:
-            done += f", deployed: {final.get('deployed', '?')} from {final.get('policy_env_steps', 0) // 1000}k"
+            when = (
+                f"after {final['policy_steps']} gradient steps"
+                if "policy_steps" in final
+                else f"from {final.get('policy_env_steps', 0) // 1000}k"
+            )
+            done += f", deployed: {final.get('deployed', '?')} {when}"
         late = [e for e in evals if e["env_steps"] > 25_000]
         dips = f"{sum(point(e) < ref for e in late)} of {len(late)}"
         below = f"{sum(point(e['deployed']) < low for e in evals)} of {len(evals)}"
@@ -250,7 +258,7 @@ def summary_lines() -> list[str]:
     """Per task and method: the mean final score over the seeds that finished, with a 95% interval."""
     out = []
     for task in sorted({r.task for r in PLAN}):
-        for method in ("dsrl", "residual", "residual-scale0.1"):
+        for method in ("dsrl", "residual", "residual-scale0.1", "dpo"):
             rows = [r for r in PLAN if r.task == task and r.method == method]
             finals = [load(RAW / r.rel / "final_seed2000.json") for r in rows]
             scores = [point(f) for f in finals if f]
