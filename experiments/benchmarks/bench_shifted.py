@@ -47,7 +47,10 @@ ROWS = (
     Row("push-mh-offset0.3", "shipped:metaworld-push-v3-mh", "metaworld:push-v3", "action_offset=0.3"),
     Row("hopper-medium-gain0.7", "shipped:gym-Hopper-v5-medium", "gym:Hopper-v5", "action_gain=0.7"),
 )  # fmt: skip
-METHODS = ("dsrl", "residual")
+METHODS = ("dsrl", "residual", "residual-dense")
+FLAGS = {"residual-dense": ["--reward", "dense"]}
+"""A variant's flags beyond the defaults: ``residual-dense`` trains on the task's own shaped reward
+(on a shift where the base never succeeds, the sparse success reward gives nothing to learn from)."""
 
 
 def dpft(*args: str) -> list[str]:
@@ -77,8 +80,9 @@ def run(row: Row, method: str, seed: int = 0) -> str:
     if done.exists():
         return f"{row.name}/{method}: done already"
     resume = (out / "checkpoint").exists() or (out / ".checkpoint.old").exists()
-    cmd = dpft("finetune", method, "--out", str(out), "--no-progress")
+    cmd = dpft("finetune", method.split("-")[0], "--out", str(out), "--no-progress")
     cmd += ["--resume"] if resume else ["--base", row.base, "--task", row.shifted, "--seed", str(seed)]
+    cmd += [] if resume else FLAGS.get(method, [])
     out.parent.mkdir(parents=True, exist_ok=True)
     with (out.parent / f"seed{seed}.log").open("a") as log:
         code = subprocess.call(cmd, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
@@ -108,8 +112,9 @@ def report() -> None:
         "--base B --task T+SHIFT --out R --seed 0` with the defaults (guarded), then `dpft eval` of the deployed",
         "policy on 100 episodes (seed 2000). Success rate on Meta-World, return on Hopper.",
         "",
-        "| row | base, plain task: N(0, I) / zero / best-of-8 | shifted: the same | DSRL-NA | residual-TD3 |",
-        "|---|---|---|---|---|",
+        "| row | base, plain task: N(0, I) / zero / best-of-8 | shifted: the same | DSRL-NA | residual-TD3 "
+        "| residual-TD3, dense reward |",
+        "|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in ROWS:
         cells = []
