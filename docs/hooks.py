@@ -80,6 +80,9 @@ def _cli_reference() -> None:
         "can also come from `--config FILE.yaml` (keys as the flag names); flags win over the file.",
         "A file that starts with `extends: OTHER.yaml` (relative to it) takes that file's settings and",
         "overrides them, group by group: `experiments/configs/bench/` composes every row this way.",
+        "A method that can run several algorithms keeps each one's own settings under its prefix",
+        "(`finetune residual --td3.* --sac.* --ppo.*`, `finetune dsrl --na.*`); the settings of a method",
+        "that always runs one algorithm (FIND's and DPPO's PPO, DPO's loss) stay flat.",
         "",
     ]
     for name in command_names():
