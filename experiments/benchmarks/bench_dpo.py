@@ -47,6 +47,9 @@ FLAGS = {
 FLAGS["diffusion-dpo-chunk-flip20"] = [*FLAGS["diffusion-dpo-chunk"], "--flip-labels", "0.2"]
 # SePPO on the same chunk-level pairs (their preferred members); it draws its own reference each round
 FLAGS["seppo-chunk"] = ["--loss", "seppo", *FLAGS["diffusion-dpo-chunk"][2:-1]]
+# the same with --final guarded (DPO's default): a round's policy is deployed only once it beats the base on
+# validation episodes of its own; rows on the bases the chunk recipe made worse
+FLAGS["diffusion-dpo-chunk-guarded"] = [*FLAGS["diffusion-dpo-chunk"], "--final", "guarded"]
 NOISY = {"diffusion-dpo": "diffusion-dpo-flip20", "diffusion-dpo-chunk": "diffusion-dpo-chunk-flip20"}
 """Each label-noise row beside the clean row it is read against."""
 
@@ -96,6 +99,7 @@ DPO = Bench(
         "diffusion-dpo-chunk": (0, 1, 2),
         "diffusion-dpo-chunk-flip20": (0, 1, 2),
         "seppo-chunk": (0, 1, 2),
+        "diffusion-dpo-chunk-guarded": (0,),
     },
     command=command,
     header=HEADER,
@@ -110,6 +114,7 @@ DPO = Bench(
         # label noise where the clean chunk-pair row gains most (drawer-open-mh, +0.31 over three seeds)
         "diffusion-dpo-chunk-flip20": ("drawer-open-mh",),
         "seppo-chunk": MIXED,
+        "diffusion-dpo-chunk-guarded": ("pick-place-mh", "button-press-mh"),
     },
     task_seeds={t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
