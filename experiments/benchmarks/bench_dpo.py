@@ -34,6 +34,8 @@ from benchlib import (
     sync,
 )
 
+from dpft.finetune.common.guard import lower_bound, point
+
 FLAGS = {
     "diffusion-dpo": ["--loss", "diffusion-dpo"],
     "d3po": ["--loss", "d3po", "--sampler", "stochastic", "--beta", "10"],
@@ -218,7 +220,18 @@ def report() -> None:
                     met = "; target >= 70%: " + ("met" if g_clean > 0 and g_noisy >= 0.7 * g_clean else "not met")
                     verdicts.append(f"{task} {noisy_method} (20% of labels flipped, n={len(noisy)}): "
                                     f"{g_noisy:+.2f} ({share}{met})")  # fmt: skip
-        elif base100[0] and finals_by_method.get("diffusion-dpo-chunk"):
+        for method in (m for m in DPO.methods if m.endswith("-guarded")):
+            for seed in DPO.methods[method]:
+                folder = DPO.raw / task / method / f"seed{seed}"
+                record, rows = load_json(folder / "guarded.json"), folder / "evals.jsonl"
+                if record is None or not rows.exists():
+                    continue
+                low = lower_bound(record["base"]["eval"])
+                deployed = [json.loads(x)["deployed"] for x in rows.read_text().splitlines()[1:] if x.strip()]
+                below = sum(point(d) < low for d in deployed)
+                verdicts.append(f"{task} {method} seed {seed}: {below} of {len(deployed)} deployed evaluations below "
+                                f"the base's lower 95% bound ({low:.2f}; target: none)")  # fmt: skip
+        if not success and base100[0] and finals_by_method.get("diffusion-dpo-chunk"):
             gain = float(np.mean(finals_by_method["diffusion-dpo-chunk"])) / score(base100[0]) - 1
             verdicts.append(f"{task} diffusion-dpo-chunk: return {gain:+.0%} ({'met' if gain >= 0.15 else 'not met'}"
                             " against +15%)")  # fmt: skip

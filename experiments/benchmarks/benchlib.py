@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "experiments" / "configs" / "bench"
 RESULTS = ROOT / "experiments" / "results"
-KEEP = ("evals.jsonl", "final_eval.json", "final_seed2000.json", "config.yaml", "config.json")
+KEEP = ("evals.jsonl", "final_eval.json", "final_seed2000.json", "config.yaml", "config.json", "guarded.json")
 MILESTONES = (10_000, 25_000, 50_000, 100_000)
 BASE_EVAL = {"episodes": 100, "seed": 2000}
 TRAIN_EVAL_SEED = 1_000_000  # evaluate_on_fixed_episodes: seed + 1,000,000, min(8, episodes) envs
