@@ -49,6 +49,9 @@ FLAGS = {
 FLAGS["diffusion-dpo-chunk-flip20"] = [*FLAGS["diffusion-dpo-chunk"], "--flip-labels", "0.2"]
 # SePPO on the same chunk-level pairs (their preferred members); it draws its own reference each round
 FLAGS["seppo-chunk"] = ["--loss", "seppo", *FLAGS["diffusion-dpo-chunk"][2:-1]]
+# the same with beta 1000 (a ten times stronger pull toward the reference): in the pilots it kept the bases that
+# beta 100 made worse (experiments/results/dpo_pilots/mh.md)
+FLAGS["diffusion-dpo-chunk-b1000"] = [*FLAGS["diffusion-dpo-chunk"], "--beta", "1000"]
 # the same with --final guarded (DPO's default): a round's policy is deployed only once it beats the base on
 # validation episodes of its own; rows on the bases the chunk recipe made worse
 FLAGS["diffusion-dpo-chunk-guarded"] = [*FLAGS["diffusion-dpo-chunk"], "--final", "guarded"]
@@ -102,6 +105,7 @@ DPO = Bench(
         "diffusion-dpo-chunk-flip20": (0, 1, 2),
         "seppo-chunk": (0, 1, 2),
         "diffusion-dpo-chunk-guarded": (0,),
+        "diffusion-dpo-chunk-b1000": (0, 1, 2),
     },
     command=command,
     header=HEADER,
@@ -117,6 +121,7 @@ DPO = Bench(
         "diffusion-dpo-chunk-flip20": ("drawer-open-mh",),
         "seppo-chunk": MIXED,
         "diffusion-dpo-chunk-guarded": ("pick-place-mh", "button-press-mh"),
+        "diffusion-dpo-chunk-b1000": MIXED,
     },
     task_seeds={t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
@@ -204,10 +209,10 @@ def report() -> None:
             lines.append("| " + " | ".join(row) + " |")
         if success and base100[0]:
             b = score(base100[0])
-            for method in ("diffusion-dpo", "d3po", "diffusion-dpo-chunk", "seppo-chunk"):
+            for method in ("diffusion-dpo", "d3po", "diffusion-dpo-chunk", "diffusion-dpo-chunk-b1000", "seppo-chunk"):
                 if finals_by_method.get(method):
                     gain = float(np.mean(finals_by_method[method])) - b
-                    fbc = finals_by_method.get("filtered-bc") if not method.endswith("-chunk") else None
+                    fbc = finals_by_method.get("filtered-bc") if "-chunk" not in method else None
                     vs = f", filtered BC {np.mean(fbc) - b:+.2f}" if fbc else ""
                     if task in MIXED and base100[1]:  # the base's own mode, what a gain should also beat
                         vs += f"; final {np.mean(finals_by_method[method]):.2f} vs zero noise {score(base100[1]):.2f}"
