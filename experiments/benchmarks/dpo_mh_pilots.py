@@ -49,7 +49,9 @@ dense return. 'pairs' per round: rollout pairs (`--states` x `--streams` N(0, I)
 start state) and chunk-level pairs (`--chunk-states` mid-episode states of those rollouts, each
 branched `--chunk-streams` times: every branch draws its own chunk there and the policy finishes the
 episode). 'env steps': rollouts for pairs, evaluations not counted. From a git worktree of commit
-fe8fc17 (2026-12-04), beside one other run on the 2 cores.
+fe8fc17 (2026-12-04); the `bc10`, `beta1000` and `fbc` chunk pilots from worktrees of 0bf2a97-d13b5fa
+(2026-12-05, the same preference code; `dpo_mh_pilots.py run NAME TASK FLAGS` remakes each), beside one
+other run on the 2 cores.
 """
 
 
@@ -78,6 +80,15 @@ to 0.37. Fewer, cleaner pairs made things worse, not better: ranked by success a
 round) or with episodes ended at success (27-40), both bases collapsed to 0.06-0.08 on the evaluation
 episodes within three rounds: 500 gradient steps on a few dozen pairs pull the denoiser off its
 data. The recipe is a benchmark row (`diffusion-dpo-chunk` in dpo_bench.md), not the default.
+
+Reading (2026-12-05): the chunk recipe's failures are a pull that is too weak. On button-press-mh
+(base 0.85 on the 100 episodes), where beta 100 fell to 0.28, a ten times larger BC weight (0.56) or
+filtered BC on the same pairs (0.58) fell less, and beta 1000 least (0.76; 0.98 on the 50 evaluation
+episodes after round 1). With beta 1000 no base collapsed: push-mh 0.75 (base 0.53), pick-place-mh 0.69
+(0.56; beta 100: 0.37), drawer-open-mh 0.88 (0.62), peg-insert-side-mh 0.72 (0.65; beta 100: 0.37),
+button-press-mh 0.76 (0.85), one seed each; none gained +0.30. Filtered BC on pick-place-mh's chunk pairs
+fell to 0.40. The beta-1000 recipe is the benchmark's `diffusion-dpo-chunk-b1000` row (its seed 0 repeats
+these pilots to the last digit).
 """
 
 
