@@ -138,6 +138,23 @@ FOOTER = [
     "pick-place-mh, button-press-mh and peg-insert-side-mh much worse. These rows report the last",
     "round's policy; under `--final guarded`, DPO's default, a round's policy is deployed only once it beats",
     "the base on validation episodes of its own.",
+    "Rows added on 2026-12-05 (git worktree at commits e355ce3-d13b5fa; between them the preference code",
+    "changed only by the graceful stop and the new seppo loss, which leave the other losses' numbers as they",
+    "were), one or two runs at a time on the 2 cores: `diffusion-dpo-chunk-flip20` (the chunk recipe with 20%",
+    "of the labels flipped, `--flip-labels 0.2`) on drawer-open-mh, 3 seeds: 0.96, 0.82 and 0.33, mean 0.70,",
+    "+0.08 over the base, 27% of the clean rows' +0.31 (target >= 70%: missed; seed 2 collapsed in round 1).",
+    "`seppo-chunk` (`--loss seppo` on the same chunk pairs, its reference drawn from the base and the earlier",
+    "rounds): push-mh +0.13, pick-place-mh -0.02, button-press-mh -0.25 (one seed each; drawer-open-mh and",
+    "peg-insert-side-mh in the table). `diffusion-dpo-chunk-guarded` (the chunk recipe with `--final guarded`)",
+    "on the two bases it made worse: the guard deployed no round and kept the base (button-press-mh 0.85;",
+    "pick-place-mh 0.57 on the 100 episodes, one episode from the base row's 0.56, evaluated earlier).",
+    "`diffusion-dpo-chunk-b1000` (the chunk recipe with `--beta 1000`): no base collapsed, push-mh 0.67 and",
+    "drawer-open-mh 0.90 over three seeds (+0.14, +0.28), pick-place-mh +0.13, peg-insert-side-mh +0.07,",
+    "button-press-mh -0.09 (one seed); its seed 0 repeats the pilots in dpo_pilots/mh.md to the last digit.",
+    "Medium locomotion (`dpo_hopper-medium.yaml`, `dpo_walker2d-medium.yaml`: pairs ranked by return, the",
+    "chunk recipe, one seed): Hopper-medium 798 against the base's 821 (-3%; its branches ran to the end of",
+    "each episode, 116k env steps of rollouts, over the 100k budget), Walker2d-medium 559 against 583 (-4%):",
+    "target +15%, missed.",
 ]
 
 
