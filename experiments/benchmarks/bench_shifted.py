@@ -139,9 +139,14 @@ def report() -> None:
 NOTES = [
     "Reading (2026-12-04): the offset on push-mh leaves the noise no room (every stream and the zero noise",
     "fail), which is where a residual should help; residual-TD3 with its defaults did not (0.00 on 100",
-    "episodes): its correction is bounded by `--residual-scale` 0.1 of half the action range, smaller",
-    "than the 0.3 offset, so the default cannot undo this shift (a scale chosen from the task was",
-    "the next step). The runs came from a git worktree of commit 5e19d75.",
+    "episodes) when its correction was bounded by `--residual-scale` 0.1 of half the action range, smaller",
+    "than the 0.3 offset (from a git worktree of commit 5e19d75; kept as `shifted_bench/.../residual-scale0.1`).",
+    "Reading (2026-12-05, git worktree of 3f626aa-e07cd1b, the same DSRL and residual code): with the scale",
+    "measured on the base (0.44 on the shifted task: the spread is measured where the shifted dynamics take the",
+    "base) residual-TD3 reached 0.07, and 0.04 with the task's shaped reward instead of the sparse success",
+    "(`residual-dense`: with a base that never succeeds the sparse reward has nothing to learn from); DSRL-NA",
+    "0.00. Target (residual >= 0.90 where DSRL-NA stays below 0.50): missed. Both residual runs' learning",
+    "policies stayed at 0.00-0.17 on the evaluation episodes throughout the 100k env steps.",
 ]
 
 
