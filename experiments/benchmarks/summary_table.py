@@ -43,6 +43,8 @@ METHODS = (  # (column, benchmark, method folder)
     ("residual-TD3", "residual", "td3"),
     ("Diffusion-DPO", "dpo", "diffusion-dpo"),
     ("DPO, chunk pairs", "dpo", "diffusion-dpo-chunk"),
+    ("DPO, chunk pairs, beta 1000", "dpo", "diffusion-dpo-chunk-b1000"),
+    ("SePPO, chunk pairs", "dpo", "seppo-chunk"),
 )
 
 
