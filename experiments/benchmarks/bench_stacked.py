@@ -120,7 +120,7 @@ def report() -> None:
 
 
 NOTES = [
-    "Reading (2026-12-05): one seed per row (seed 0), from a git worktree of 58d650e-a93911a (the same DSRL and",
+    "Reading (2026-12-05): one seed per row (seed 0), from git worktrees of 603098e and d13b5fa (the same DSRL and",
     "residual code as the benchmark rows), beside one other run on the 2 cores. Both rows meet the target",
     "against the three-seed means of each method alone, but the DSRL half had done the work: DSRL-NA's own",
     "50k policy scored 1.00 and 0.99, and the residual half kept drawer-open-mh at 1.00 and moved",
