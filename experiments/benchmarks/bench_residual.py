@@ -136,7 +136,7 @@ RESIDUAL = Bench(
         "of commit fe8fc17 (2026-12-04), beside one other run (a benchmark row or a preference pilot) on the 2 cores;",
         "seeds 1-2 and the Hopper-medium row from a worktree of 56613da / 798ed1e (the same residual code, its",
         "settings grouped by algorithm), the same way.",
-        "Button-press-mh seed 2 and the Walker2d-medium row from a git worktree of 3f626aa-e355ce3 (2026-12-05, the",
+        "Button-press-mh seed 2 and the Walker2d-medium row from git worktrees of 3f626aa and 603098e (2026-12-05, the",
         "same residual code), beside one other run. Walker2d-medium: 1095 against the base's 583 (+88%, one seed),",
         "below DSRL-NA's 1631; Hopper-medium 1133 below DSRL-NA's 1205: the locomotion target (residual >= DSRL-NA's",
         "return) is missed on both. `td3-utd2` (`--utd 2`) on the two rows below 0.90 is in the plan, not run yet.",

@@ -49,7 +49,7 @@ dense return. 'pairs' per round: rollout pairs (`--states` x `--streams` N(0, I)
 start state) and chunk-level pairs (`--chunk-states` mid-episode states of those rollouts, each
 branched `--chunk-streams` times: every branch draws its own chunk there and the policy finishes the
 episode). 'env steps': rollouts for pairs, evaluations not counted. From a git worktree of commit
-fe8fc17 (2026-12-04); the `bc10`, `beta1000` and `fbc` chunk pilots from worktrees of 0bf2a97-d13b5fa
+fe8fc17 (2026-12-04); the `bc10`, `beta1000` and `fbc` chunk pilots from worktrees of e07cd1b-603098e
 (2026-12-05, the same preference code; `dpo_mh_pilots.py run NAME TASK FLAGS` remakes each), beside one
 other run on the 2 cores.
 """
