@@ -139,7 +139,9 @@ RESIDUAL = Bench(
         "Button-press-mh seed 2 and the Walker2d-medium row from git worktrees of 3f626aa and 603098e (2026-12-05, the",
         "same residual code), beside one other run. Walker2d-medium: 1095 against the base's 583 (+88%, one seed),",
         "below DSRL-NA's 1631; Hopper-medium 1133 below DSRL-NA's 1205: the locomotion target (residual >= DSRL-NA's",
-        "return) is missed on both. `td3-utd2` (`--utd 2`) on the two rows below 0.90 is in the plan, not run yet.",
+        "return) is missed on both. Pick-place-mh seed 1 (0.62) and `td3-utd2` (`--utd 2`, two gradient steps per",
+        "transition) on pick-place-mh seed 0 from the worktree of d13b5fa: UTD 2 did worse (0.47 against 0.66 at UTD",
+        "1, the same seed); its push-mh row is planned, not run.",
     ],
 )
 
