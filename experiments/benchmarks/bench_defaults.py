@@ -255,7 +255,7 @@ NOTES = [
     "Provenance: seed 0 of the three Meta-World DSRL rows came from a git worktree of commit 4ac8946 (the",
     "presets' first commit); sweep-into seeds 1-2, Hopper and the residual-scale0.1 rows from a worktree of",
     "cec3226 (same defaults); the residual and DPO rows of 2026-12-05 from a worktree of d13b5fa, two runs at a",
-    "time. The bases were built with the commands of `bases` above, and rebuilt for each later session with",
+    "time. The bases were built with the commands of `bases` above, and rebuilt on later days with",
     "the same collection reports (`defaults_bench/bases/<task>/build.log`: 150 episodes, 233 attempted on",
     "sweep-into, return 845.5 ± 482.0); a rebuilt base scores what the first one did on the runs' 30",
     "evaluation episodes (sweep-into 0.63, window-open 0.93, plate-slide 0.97, the 'base on eval ep.' column).",
