@@ -155,14 +155,21 @@ def _times_noise(model: DenoisingPolicy, b: PairBatch, cfg: LossConfig) -> tuple
     return b.t, b.noise
 
 
-@register_loss("diffusion-dpo")
-def diffusion_dpo(model, ref, b: PairBatch, cfg: LossConfig):
-    t, noise = _times_noise(model, b, cfg)  # shared by the two members of each row
+def _denoising_errors(model, ref, b: PairBatch, cfg: LossConfig) -> tuple[torch.Tensor, ...]:
+    """Model and reference denoising errors of both members of each row, at the same times and noise:
+    ``(e_w, e_l, e_ref_w, e_ref_l)``, the reference's without a graph."""
+    t, noise = _times_noise(model, b, cfg)
     e_w = model.denoising_loss(b.obs_w, b.chunk_w, t, noise)
     e_l = model.denoising_loss(b.obs_l, b.chunk_l, t, noise)
     with torch.no_grad():
         r_w = ref.denoising_loss(b.obs_w, b.chunk_w, t, noise)
         r_l = ref.denoising_loss(b.obs_l, b.chunk_l, t, noise)
+    return e_w, e_l, r_w, r_l
+
+
+@register_loss("diffusion-dpo")
+def diffusion_dpo(model, ref, b: PairBatch, cfg: LossConfig):
+    e_w, e_l, r_w, r_l = _denoising_errors(model, ref, b, cfg)
     d = _per_pair((e_w - r_w) - (e_l - r_l), b)
     logits = -cfg.beta * d
     loss = -F.logsigmoid(logits).mean()
@@ -228,12 +235,7 @@ def reference_samples(ref: DenoisingPolicy, b: PairBatch, generator: torch.Gener
 
 @register_loss("seppo", prepare=reference_samples)
 def seppo(model, ref, b: PairBatch, cfg: LossConfig):
-    t, noise = _times_noise(model, b, cfg)  # shared by the preferred chunk and the reference's sample
-    e_w = model.denoising_loss(b.obs_w, b.chunk_w, t, noise)
-    e_s = model.denoising_loss(b.obs_l, b.chunk_l, t, noise)
-    with torch.no_grad():
-        r_w = ref.denoising_loss(b.obs_w, b.chunk_w, t, noise)
-        r_s = ref.denoising_loss(b.obs_l, b.chunk_l, t, noise)
+    e_w, e_s, r_w, r_s = _denoising_errors(model, ref, b, cfg)  # s: the reference's own sample
     d_w, d_s = _per_pair(e_w - r_w, b), _per_pair(e_s - r_s, b)
     losing = torch.where(d_w.detach() < 0, 1.0, -1.0)  # the anchor: is the reference the weaker policy?
     logits = -cfg.beta * (d_w - losing * d_s)
