@@ -537,8 +537,13 @@ def test_seppo_draws_each_rounds_reference_from_the_base_and_earlier_rounds(tmp_
     load_weights(kept, cfg.out / "references" / "round_000", "model.safetensors")
     ref = load_policy(base_dir)
     load_weights(ref, cfg.out / "checkpoint", "ref.safetensors")
-    drawn = kept if reference.draw(cfg.seed, 1) == 0 else load_policy(base_dir)
+    last = load_policy(base_dir)
+    load_weights(last, cfg.out / "references" / "round_001", "model.safetensors")
+    drawn = {-1: load_policy(base_dir), 0: kept, 1: last}[reference.draw(cfg.seed, 2)]
+    # the last round's policy is kept and the next reference drawn, so `--resume --rounds N` can add rounds
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), drawn.state_dict().values()))
+    assert cli.main(["finetune", "dpo", "--out", str(cfg.out), "--resume", "--rounds", "3", "--no-progress"]) == 0
+    assert (cfg.out / "references" / "round_002").exists()
 
 
 @pytest.mark.slow

@@ -350,7 +350,7 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                 )
                 if cfg.resync_reference:
                     ref.load_state_dict(policy.state_dict())
-                elif cfg.loss == "seppo" and r + 1 < cfg.rounds:
+                elif cfg.loss == "seppo":  # also after the last round: `--resume --rounds N` may add more
                     if main:
                         reference.keep_round_policy(run.root, r, policy)
                     shard.barrier()
