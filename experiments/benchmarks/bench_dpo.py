@@ -123,7 +123,10 @@ DPO = Bench(
         "diffusion-dpo-chunk-guarded": ("pick-place-mh", "button-press-mh"),
         "diffusion-dpo-chunk-b1000": MIXED,
     },
-    task_seeds={t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
+    task_seeds={
+        **{t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
+        **{f"{t}/diffusion-dpo-chunk-b1000": (0, 1, 2) for t in MIXED},  # the beta 1000 recipe on every base
+    },
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
 )
 

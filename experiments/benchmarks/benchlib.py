@@ -66,7 +66,8 @@ class Bench:
     """Copy each finished run's policy folder into the results (only when it is small: a policy on a
     shipped base that names the base; a preference-fine-tuned policy is a full copy of the weights)."""
     task_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    """Seeds run on some tasks only (task -> seeds), e.g. rows added beside the issue's plan."""
+    """Seeds run on some tasks only (task -> seeds), e.g. rows added beside the issue's plan; a key
+    "task/method" sets one row's seeds and wins over the task's."""
 
     @property
     def runs(self) -> Path:
@@ -85,7 +86,8 @@ class Bench:
         plan leaves a whole (n = 1) table rather than a few complete rows."""
         jobs = [Job(self, t, m, s) for t in self.tasks for m, seeds in self.methods.items() for s in seeds]
         jobs = [j for j in jobs if j.task in self.only_on.get(j.method, self.tasks)]
-        jobs = [j for j in jobs if j.seed in self.task_seeds.get(j.task, (j.seed,))]
+        seeds = self.task_seeds
+        jobs = [j for j in jobs if j.seed in seeds.get(f"{j.task}/{j.method}", seeds.get(j.task, (j.seed,)))]
         return sorted(jobs, key=lambda j: j.seed)
 
 
