@@ -17,7 +17,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from dpft.base_policies.config import ArchConfig, PolicyConfig, validate_arch
 from dpft.base_policies.data import Demonstrations, load_demonstrations, make_windows, split_episodes
@@ -28,11 +27,12 @@ from dpft.base_policies.infra.device import check_device_spec, resolve_device
 from dpft.base_policies.infra.divergence import DivergenceGuard
 from dpft.base_policies.infra.errors import CheckpointError, ConfigError, TrainingError
 from dpft.base_policies.infra.files import check_keys, interpreting
-from dpft.base_policies.infra.interrupt import RunInterrupted, graceful_stop, stop_requested
+from dpft.base_policies.infra.interrupt import graceful_stop, stop_requested
 from dpft.base_policies.infra.ranges import check_ranges
 from dpft.base_policies.infra.registry import all_cores, multi_process
 from dpft.base_policies.infra.run_folder import RunFolder, open_run
 from dpft.base_policies.infra.state_io import RESTART, atomic_dir, load_state, rng_state, save_state, set_rng_state
+from dpft.base_policies.infra.step_loop import StepLoop
 from dpft.base_policies.policy import DenoisingPolicy, policy_type, policy_type_names
 from dpft.base_policies.posterior import PosteriorTargets, ensemble_spread
 
@@ -276,69 +276,80 @@ def train_bc(cfg: TrainBCConfig) -> Path:
     model, opt = accelerator.prepare(policy, opt)
     guard = DivergenceGuard(accelerator.device)
 
-    def save_checkpoint() -> int:
-        """Checkpoint at ``step`` unless training diverged before it (then raise, keeping the last good one)."""
+    def save_checkpoint(n: int) -> None:
+        """Checkpoint after ``n`` steps unless training diverged before it (then raise, keeping the last good one)."""
+        nonlocal saved
         bad = guard.first_bad_step(accelerator)
         if bad is not None:
             raise diverged(cfg, run, bad, saved)
-        _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, step)
-        return step
+        _checkpoint(accelerator, run, policy, ema, opt, sched, sampler, n)
+        saved = n
 
-    def stop_agreed() -> bool:
+    def stop_agreed(n: int) -> bool:
         """A stop asked of any process (SIGTERM, Ctrl-C), agreed by all; with several processes
         asked every ``--log-every`` steps, so the check costs one collective per log line."""
         if world == 1:
             return stop_requested()
-        if step % cfg.log_every:
+        if n % cfg.log_every:
             return False
         flag = torch.tensor([float(stop_requested())], device=accelerator.device)
         return accelerator.reduce(flag, "sum").item() > 0
 
+    def bc_step(n: int) -> dict[str, torch.Tensor]:
+        obs, act = sampler.next()
+        model.train()
+        loss, _ = model(obs.to(accelerator.device), act.to(accelerator.device))
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        guard.update(n + 1, loss, grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(accelerator.unwrap_model(model), n)
+        return {"loss": loss, "grad_norm": grad_norm}
+
     writer = run.writer(cfg) if main else None
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (main and cfg.progress), desc="train-bc", unit="step")
     t0, s0 = time.perf_counter(), step
-    resume_hint = f"dpft train-bc --out {cfg.out} --resume"
+
+    def log(n: int, scalars) -> None:
+        if main:
+            writer.add_scalar("train/loss", scalars["loss"].item(), n)
+            writer.add_scalar("train/grad_norm", float(scalars["grad_norm"]), n)
+            writer.add_scalar("train/lr", sched.get_last_lr()[0], n)
+            writer.add_scalar("time/steps_per_s", (n - s0) / (time.perf_counter() - t0), n)
+
+    def after_step(n: int) -> None:
+        if main and val_w is not None and (n % cfg.val_every == 0 or n == cfg.steps):
+            writer.add_scalar("val/loss", validation_loss(ema.shadow, val_w), n)
+        if n % cfg.log_every == 0 and n % cfg.checkpoint_every:  # a checkpoint step checks for itself
+            bad = guard.first_bad_step(accelerator)
+            if bad is not None:
+                raise diverged(cfg, run, bad, saved)
+
+    def own_checkpoint(n: int) -> None:  # a second Ctrl-C: no collective, the other processes may be stopping too
+        if main and guard.first_bad_step() is None:
+            _write_checkpoint(run, policy, ema, opt, sched, sampler, n)
+
+    loop = StepLoop(
+        step=bc_step,
+        checkpoint=save_checkpoint,
+        emergency_checkpoint=own_checkpoint,
+        resume_hint=f"dpft train-bc --out {cfg.out} --resume",
+        checkpoint_every=cfg.checkpoint_every,
+        stop_agreed=stop_agreed,
+        log=log,
+        log_every=cfg.log_every,
+        after_step=after_step,
+        desc="train-bc",
+        progress=main and cfg.progress,
+    )
     with graceful_stop():
         try:
-            while step < cfg.steps:
-                if stop_agreed():  # between two steps: the checkpoint is where an unstopped run would be
-                    saved = save_checkpoint()
-                    raise RunInterrupted(f"interrupted at step {step}; continue with: {resume_hint}")
-                obs, act = sampler.next()
-                model.train()
-                loss, _ = model(obs.to(accelerator.device), act.to(accelerator.device))
-                accelerator.backward(loss)
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                guard.update(step + 1, loss, grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                ema.update(accelerator.unwrap_model(model), step)
-                step += 1
-                bar.update(1)
-                if main and step % cfg.log_every == 0:
-                    sps = (step - s0) / (time.perf_counter() - t0)
-                    writer.add_scalar("train/loss", loss.item(), step)
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                    writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
-                    writer.add_scalar("time/steps_per_s", sps, step)
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-                if main and val_w is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                    writer.add_scalar("val/loss", validation_loss(ema.shadow, val_w), step)
-                if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    saved = save_checkpoint()
-                elif step % cfg.log_every == 0 and (bad := guard.first_bad_step(accelerator)) is not None:
-                    raise diverged(cfg, run, bad, saved)
-        except RunInterrupted:
-            raise
-        except KeyboardInterrupt:  # a second Ctrl-C: stop where it stands
-            save_checkpoint()
-            raise RunInterrupted(f"interrupted at step {step}; continue with: {resume_hint}") from None
+            step = loop.run(step, cfg.steps)
         finally:
-            bar.close()
             if writer is not None:
                 writer.close()
-    save_checkpoint()
+    save_checkpoint(step)
     if main:
         ema.shadow.save(run.policy_dir)
     accelerator.wait_for_everyone()
@@ -347,8 +358,11 @@ def train_bc(cfg: TrainBCConfig) -> Path:
 
 def _checkpoint(accelerator, run: RunFolder, policy, ema, opt, sched, sampler, step: int) -> None:
     accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
+    if accelerator.is_main_process:
+        _write_checkpoint(run, policy, ema, opt, sched, sampler, step)
+
+
+def _write_checkpoint(run: RunFolder, policy, ema, opt, sched, sampler, step: int) -> None:
     state = {
         "step": step,
         "optimizer": opt.state_dict(),

@@ -17,8 +17,9 @@ from stable_baselines3 import PPO
 
 from dpft.base_policies import CheckpointError, load_policy
 from dpft.base_policies.composed import folder_hash
-from dpft.base_policies.infra.interrupt import RunInterrupted
+from dpft.base_policies.infra.interrupt import RunInterrupted, graceful_stop, request_stop
 from dpft.base_policies.infra.run_folder import RunFolder
+from dpft.base_policies.infra.step_loop import StepLoop
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.finetune.commands import cli
 from dpft.finetune.common.run import make_vec_env, run_sb3
@@ -311,3 +312,75 @@ def test_checkpoints_from_before_the_namespace_still_unpickle():
     assert b"dpft." not in old
     with pre_namespace_names():
         assert pickle.loads(old) is ChunkReplayBuffer
+
+
+# ----- the step loop shared by train-bc and DPO -----------------------------------------------
+
+
+class CountingRun:
+    """A 'training run' whose state is a counter and a random generator, so a resumed run can be
+    compared with an uninterrupted one by value."""
+
+    def __init__(self, interrupt_at: int | None = None, how: str = "") -> None:
+        self.done, self.gen, self.draws = 0, torch.Generator().manual_seed(0), []
+        self.saved: list[tuple] = []  # (steps, counter, draws, generator state) at each checkpoint
+        self.logged: list[int] = []
+        self.interrupt_at, self.how = interrupt_at, how
+
+    def step(self, n: int) -> dict:
+        draw = torch.rand(1, generator=self.gen).item()
+        if n == self.interrupt_at:
+            if self.how == "stop requested":
+                request_stop()  # what SIGTERM does: this step still completes
+            else:
+                raise KeyboardInterrupt  # a second Ctrl-C, after the step began using the generator
+        self.draws.append(draw)
+        self.done = n + 1
+        return {"loss": torch.tensor(float(n))}
+
+    def loop(self, rewind=None) -> StepLoop:
+        state_before = {}
+
+        def step(n):
+            state_before["gen"] = self.gen.get_state()
+            return self.step(n)
+
+        return StepLoop(
+            step=step,
+            checkpoint=lambda n: self.saved.append((n, self.done, list(self.draws), self.gen.get_state())),
+            rewind=lambda: self.gen.set_state(state_before["gen"]),
+            resume_hint="dpft toy --resume",
+            checkpoint_every=4,
+            log=lambda n, s: self.logged.append(n),
+            log_every=3,
+            progress=False,
+        )
+
+
+def test_the_step_loop_checkpoints_logs_and_stops_where_the_contract_says():
+    run = CountingRun()
+    with graceful_stop():
+        assert run.loop().run(0, 10) == 10
+    assert [s[0] for s in run.saved] == [4, 8]  # every 4 steps, not at the last (the caller saves after it)
+    assert run.logged == [3, 6, 9]
+
+
+@pytest.mark.parametrize("how", ["stop requested", "second ctrl-c"])
+def test_a_run_stopped_in_the_step_loop_resumes_to_the_same_state(how):
+    """A stop request ends the loop after the step it came in (checkpointed at the boundary); a
+    second Ctrl-C inside a step rewinds what the step began, so the resumed run redoes it exactly."""
+    straight = CountingRun()
+    with graceful_stop():
+        straight.loop().run(0, 10)
+    cut = CountingRun(interrupt_at=5, how=how)
+    where = 6 if how == "stop requested" else 5
+    with graceful_stop(), pytest.raises(RunInterrupted, match=f"interrupted at step {where}; .*dpft toy --resume"):
+        cut.loop().run(0, 10)
+    n, done, draws, gen_state = cut.saved[-1]
+    assert n == done == where
+    resumed = CountingRun()
+    resumed.draws, resumed.done = draws, done
+    resumed.gen.set_state(gen_state)
+    with graceful_stop():
+        resumed.loop().run(n, 10)
+    assert resumed.draws == straight.draws

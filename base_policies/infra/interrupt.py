@@ -3,7 +3,8 @@
 A ``kill`` (SIGTERM) or the first Ctrl-C only *requests* a stop; the run checkpoints at its
 next safe point and then raises :class:`RunInterrupted`. Every training loop has one: the
 fine-tuning methods on SB3 algorithms at the start of the next rollout (after the last gradient
-step finished), ``dpft train-bc`` and ``dpft finetune dpo`` between two gradient steps. A run
+step finished), ``dpft train-bc`` and ``dpft finetune dpo`` between two gradient steps (their
+shared :class:`~dpft.base_policies.infra.step_loop.StepLoop`). A run
 stopped this way and resumed ends with the same weights as a run that was never stopped. A
 second Ctrl-C stops at once (the last periodic checkpoint is kept; BC and DPO also write one
 where they stand). Several processes agree on the stop, so they all stop at the same step.

@@ -31,7 +31,6 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, load_weights
 from dpft.base_policies.infra.device import check_device_spec, resolve_device
@@ -41,6 +40,7 @@ from dpft.base_policies.infra.interrupt import RunInterrupted, graceful_stop, st
 from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.infra.run_folder import open_run
 from dpft.base_policies.infra.state_io import RESTART, atomic_dir, atomic_write_text, load_state, save_state
+from dpft.base_policies.infra.step_loop import StepLoop
 from dpft.base_policies.policy import DenoisingPolicy
 from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
@@ -265,8 +265,12 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
             _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
         shard.barrier()
 
-    at_step_start = None
+    def own_checkpoint() -> None:  # a second Ctrl-C: no collective, the other processes may be stopping too
+        if main:
+            _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+
     t_start, wall0 = time.perf_counter(), state.get("wall_s", 0.0)
+    resume_hint = f"dpft finetune dpo --out {cfg.out} --resume"
     with graceful_stop():
         try:
             if state["base_eval"] is None:
@@ -282,49 +286,23 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                 data = PairData(prefs, device, needs_chains, cfg.flip_labels, cfg.seed)
                 writer.add_scalar("data/pairs", data.pairs, state["total_steps"])
                 writer.add_scalar("data/env_steps", state["env_steps"], state["total_steps"])
-                lcfg = LossConfig(cfg.beta, cfg.bc_weight, cfg.clip, cfg.noise_level, loss_gen)
-                bar = tqdm(
-                    total=cfg.steps_per_round,
-                    initial=state["step"],
-                    disable=not (cfg.progress and main),
-                    desc=f"round {r}",
+                updates = Updates(
+                    cfg, loss_fn, model, ref, ema, opt, gen, loss_gen, shard, state, data, writer, run.checkpoint_dir
                 )
-                while state["step"] < cfg.steps_per_round:
-                    if shard.any(stop_requested()):  # SIGTERM or a first Ctrl-C: stop between two steps
-                        raise KeyboardInterrupt
-                    at_step_start = (gen.get_state(), loss_gen.get_state())  # an interrupted step is redone exactly
-                    batch = data.sample(cfg.batch_pairs, cfg.chunks_per_pair, gen, shared_index=needs_chains)
-                    batch = prepare_batch(cfg.loss, ref, batch, loss_gen)
-                    batch = draw_times_noise(model, batch, loss_gen).part(shard.rank, shard.world)
-                    model.train()
-                    loss, info = loss_fn(model, ref, batch, lcfg)
-                    if shard.any(not torch.isfinite(loss).item()):  # all processes stop, not only the one that saw it
-                        raise TrainingError(
-                            f"the {cfg.loss} loss became non-finite at step {state['total_steps']}; "
-                            "lower --lr or --beta "
-                            f"(the last checkpoint in {run.checkpoint_dir} is kept)"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    # the mean of the shares' gradients is the whole batch's gradient
-                    shard.mean_grads_([p for p in model.parameters() if p.requires_grad])
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    opt.step()
-                    if ema is not None:
-                        with torch.no_grad():
-                            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
-                    state["step"] += 1
-                    state["total_steps"] += 1
-                    at_step_start = None  # the step is done: an interrupt from here on keeps the generators as they are
-                    bar.update(1)
-                    if state["total_steps"] % 20 == 0:
-                        values = torch.tensor([float(v) for v in info.values()], dtype=torch.float64)
-                        shard.mean_([values])  # over every process's share of the batch
-                        for k, v in zip(info, values.tolist()):
-                            writer.add_scalar(f"train/{k}", v, state["total_steps"])
-                    if state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.steps_per_round:
-                        checkpoint()
-                bar.close()
+                StepLoop(
+                    step=updates.step,
+                    checkpoint=lambda n: checkpoint(),
+                    emergency_checkpoint=lambda n: own_checkpoint(),
+                    rewind=updates.rewind,
+                    resume_hint=resume_hint,
+                    where=lambda n, r=r: f"in round {r} at step {n}",
+                    checkpoint_every=cfg.checkpoint_every,
+                    stop_agreed=lambda n: shard.any(stop_requested()),
+                    log=updates.log,
+                    log_every=20,
+                    desc=f"round {r}",
+                    progress=cfg.progress and main,
+                ).run(state["step"], cfg.steps_per_round)
                 policy = ema if ema is not None else model
                 policy.eval()
                 outcomes = evaluate_episodes(policy, cfg, cfg.eval_episodes, eval_seed, shard)
@@ -359,15 +337,12 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                     say(f"round {r + 1}'s reference: {what}", flush=True)
                 state["round"], state["step"] = r + 1, 0
                 checkpoint()
-        except KeyboardInterrupt:
-            if at_step_start is not None:
-                gen.set_state(at_step_start[0])
-                loss_gen.set_state(at_step_start[1])
-            if main:  # no collective here: the other processes may be stopping too
-                _checkpoint(run.checkpoint_dir, model, ref, ema, opt, gen, loss_gen, state)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C while collecting or evaluating
+            own_checkpoint()
             raise RunInterrupted(
-                f"interrupted in round {state['round']} at step {state['step']}; continue with: "
-                f"dpft finetune dpo --out {cfg.out} --resume"
+                f"interrupted in round {state['round']} at step {state['step']}; continue with: {resume_hint}"
             ) from None
         finally:
             writer.close()
@@ -406,6 +381,71 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     kept = "the base (no round beat it on the validation episodes)" if final.get("deployed") == "base" else ""
     print(f"policy saved to {run.policy_dir}" + (f": {kept}" if kept else ""), flush=True)
     return policy
+
+
+@dataclass
+class Updates:
+    """One round's gradient steps on its pairs: the step function of the shared
+    :class:`~dpft.base_policies.infra.step_loop.StepLoop`, and what it needs to redo a step."""
+
+    cfg: DPOConfig
+    loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]]
+    model: DenoisingPolicy
+    ref: DenoisingPolicy
+    ema: DenoisingPolicy | None
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    """Draws the batches of pairs (the same on every process)."""
+    loss_gen: torch.Generator
+    """Draws the denoising times and noise, and SePPO's reference samples."""
+    shard: Shard
+    state: dict[str, Any]
+    """The run's counters (round, step, total_steps, ...), advanced here and checkpointed by the run."""
+    data: PairData
+    writer: Any
+    """TensorBoard (a writer that drops everything on the processes other than the main one)."""
+    checkpoint_dir: Path
+    before: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The generators' states at the start of the step being taken."""
+
+    def step(self, n: int) -> dict[str, float]:
+        cfg, model, shard = self.cfg, self.model, self.shard
+        self.before = (self.gen.get_state(), self.loss_gen.get_state())
+        needs_chains = cfg.loss in NEEDS_CHAINS
+        batch = self.data.sample(cfg.batch_pairs, cfg.chunks_per_pair, self.gen, shared_index=needs_chains)
+        batch = prepare_batch(cfg.loss, self.ref, batch, self.loss_gen)
+        batch = draw_times_noise(model, batch, self.loss_gen).part(shard.rank, shard.world)
+        model.train()
+        lcfg = LossConfig(cfg.beta, cfg.bc_weight, cfg.clip, cfg.noise_level, self.loss_gen)
+        loss, info = self.loss_fn(model, self.ref, batch, lcfg)
+        if shard.any(not torch.isfinite(loss).item()):  # all processes stop, not only the one that saw it
+            raise TrainingError(
+                f"the {cfg.loss} loss became non-finite at step {self.state['total_steps']}; lower --lr or --beta "
+                f"(the last checkpoint in {self.checkpoint_dir} is kept)"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # the mean of the shares' gradients is the whole batch's gradient
+        shard.mean_grads_([p for p in model.parameters() if p.requires_grad])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        self.opt.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
+        self.state["step"], self.state["total_steps"] = n + 1, self.state["total_steps"] + 1
+        return info
+
+    def rewind(self) -> None:
+        """A second Ctrl-C inside a step: put the generators back, so the resumed run redoes it exactly."""
+        if self.before is not None:
+            self.gen.set_state(self.before[0])
+            self.loss_gen.set_state(self.before[1])
+
+    def log(self, n: int, info: dict[str, float]) -> None:
+        values = torch.tensor([float(v) for v in info.values()], dtype=torch.float64)
+        self.shard.mean_([values])  # over every process's share of the batch
+        for k, v in zip(info, values.tolist()):
+            self.writer.add_scalar(f"train/{k}", v, self.state["total_steps"])
 
 
 def _final_choice(
