@@ -49,7 +49,7 @@ FLAGS = {
 FLAGS["diffusion-dpo-chunk-flip20"] = [*FLAGS["diffusion-dpo-chunk"], "--flip-labels", "0.2"]
 # SePPO on the same chunk-level pairs (their preferred members); it draws its own reference each round
 FLAGS["seppo-chunk"] = ["--loss", "seppo", *FLAGS["diffusion-dpo-chunk"][2:-1]]
-# the same with beta 1000 (a ten times stronger pull toward the reference): in the pilots it kept the bases that
+# the same with beta 1000 (a ten times stronger pull toward the reference): in the pilots (seed 0) it kept the bases that
 # beta 100 made worse (experiments/results/dpo_pilots/mh.md)
 FLAGS["diffusion-dpo-chunk-b1000"] = [*FLAGS["diffusion-dpo-chunk"], "--beta", "1000"]
 # the same with --final guarded (DPO's default): a round's policy is deployed only once it beats the base on
@@ -153,9 +153,12 @@ FOOTER = [
     "`diffusion-dpo-chunk-guarded` (the chunk recipe with `--final guarded`)",
     "on the two bases it made worse: the guard deployed no round and kept the base (button-press-mh 0.85;",
     "pick-place-mh 0.57 on the 100 episodes, one episode from the base row's 0.56, evaluated earlier).",
-    "`diffusion-dpo-chunk-b1000` (the chunk recipe with `--beta 1000`): no base collapsed, push-mh 0.67 and",
-    "drawer-open-mh 0.90 over three seeds (+0.14, +0.28), pick-place-mh +0.13, peg-insert-side-mh +0.07,",
-    "button-press-mh -0.09 (one seed); its seed 0 repeats the pilots in dpo_pilots/mh.md to the last digit.",
+    "`diffusion-dpo-chunk-b1000` (the chunk recipe with `--beta 1000`), three seeds on every mixed-data base:",
+    "push-mh 0.67 (+0.14), drawer-open-mh 0.90 (+0.28), button-press-mh 0.84 (-0.01; seeds 0.76, 0.97, 0.79),",
+    "pick-place-mh 0.50 (-0.06; 0.69, 0.39, 0.42), peg-insert-side-mh 0.59 (-0.06; 0.72, 0.56, 0.49). Seed 0",
+    "(which repeats the pilots in dpo_pilots/mh.md to the last digit) had made every base better or kept it;",
+    "seeds 1-2 (from a worktree of 3d79de1, three runs at a time) fell on pick-place-mh and peg-insert-side-mh:",
+    "beta 1000 softens the falls of beta 100 (-0.19, -0.28 there) but does not stop them.",
     "Medium locomotion (`dpo_hopper-medium.yaml`, `dpo_walker2d-medium.yaml`: pairs ranked by return, the",
     "chunk recipe, one seed): Hopper-medium 798 against the base's 821 (-3%; its branches ran to the end of",
     "each episode, 116k env steps of rollouts, over the 100k budget), Walker2d-medium 559 against 583 (-4%):",
