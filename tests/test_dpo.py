@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_policy
+from safetensors.torch import load_file
 from synthetic import bimodal_episodes, obstacle_x
 
 from dpft.base_policies import ArchConfig, ConfigError, load_policy
@@ -550,3 +551,19 @@ def test_seppo_draws_each_rounds_reference_from_the_base_and_earlier_rounds(tmp_
 def test_seppo_moves_the_mode(tmp_path, base_dir):
     policy = train_dpo(quick(tmp_path, base_dir, loss="seppo", rounds=3))
     assert right_share(policy) >= 0.75
+
+
+def test_ema_decay_saves_the_moving_average_of_the_weights(tmp_path, prefs_file, base_dir):
+    """--ema-decay: the saved policy is the average the checkpoint keeps, not the last weights, and
+    after one step it is the base moved by (1 - decay) of that step (no decay warm-up: the
+    fine-tuning starts from good weights)."""
+    write_prefs(tmp_path / "p.hdf5", prefs_file[1])
+    common = dict(prefs=(tmp_path / "p.hdf5",), rounds=1, eval_episodes=2, states=4, streams=2)
+    one = quick(tmp_path, base_dir, out=tmp_path / "one", steps_per_round=1, ema_decay=0.9, **common)
+    saved = train_dpo(one).state_dict()
+    last = load_file(str(one.out / "checkpoint" / "model.safetensors"))
+    base = load_policy(base_dir).state_dict()
+    for k, b in base.items():
+        if k in last and last[k].is_floating_point():
+            assert torch.allclose(saved[k], b + 0.1 * (last[k] - b), atol=1e-6), k
+    assert any(not torch.equal(saved[k], last[k]) for k in last)

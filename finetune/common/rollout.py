@@ -1,7 +1,10 @@
 """The one rollout loop: step a vector of chunked envs with a batched policy.
 
-Evaluation, demonstration collection, videos, benchmarks and (later) preference-pair
-collection all call :func:`run_episodes`. The policy is called once per vector step on the
+Evaluation (every method's periodic, validation and final episodes, DPO's rounds included),
+demonstration collection, videos and benchmarks all call :func:`run_episodes`. Preference-pair
+collection (:mod:`dpft.finetune.dpo.sampling`) drives its envs itself: each of its rollouts has
+its own noise stream and may start from a state replayed mid-episode, and its batches are padded
+to a fixed width so that a rollout's chunks do not depend on its neighbours. The policy is called once per vector step on the
 whole batch of observation histories. Each env runs a fixed quota of episodes, so which
 episodes are collected does not depend on which envs happen to finish first: results are a
 function of (policy, task, seed, number of envs).

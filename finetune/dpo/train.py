@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import save_file
 
 from dpft.base_policies.checkpoint import DEFAULT_BASE, load_policy, load_weights
+from dpft.base_policies.ema import EMA
 from dpft.base_policies.infra.device import check_device_spec, resolve_device
 from dpft.base_policies.infra.errors import CheckpointError, ConfigError, TrainingError
 from dpft.base_policies.infra.files import check_keys, interpreting, read_json
@@ -231,7 +232,8 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
         for path, prefs in given:
             check_chains(path, prefs, model, cfg.noise_level)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay else None
+    averager = EMA(model, cfg.ema_decay, warmup=False) if cfg.ema_decay else None
+    ema = averager.shadow if averager is not None else None  # the saved and evaluated weights
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     loss_gen = torch.Generator().manual_seed(cfg.seed + 1)  # on the CPU: a resume may change --device
@@ -286,9 +288,9 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                 data = PairData(prefs, device, needs_chains, cfg.flip_labels, cfg.seed)
                 writer.add_scalar("data/pairs", data.pairs, state["total_steps"])
                 writer.add_scalar("data/env_steps", state["env_steps"], state["total_steps"])
-                updates = Updates(
-                    cfg, loss_fn, model, ref, ema, opt, gen, loss_gen, shard, state, data, writer, run.checkpoint_dir
-                )
+                learner = dict(model=model, ref=ref, averager=averager, opt=opt, gen=gen, loss_gen=loss_gen)
+                updates = Updates(cfg, loss_fn, **learner, shard=shard, state=state, data=data, writer=writer,
+                                  checkpoint_dir=run.checkpoint_dir)  # fmt: skip
                 StepLoop(
                     step=updates.step,
                     checkpoint=lambda n: checkpoint(),
@@ -392,7 +394,8 @@ class Updates:
     loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]]
     model: DenoisingPolicy
     ref: DenoisingPolicy
-    ema: DenoisingPolicy | None
+    averager: EMA | None
+    """--ema-decay: the moving average of the weights, updated after every step."""
     opt: torch.optim.Optimizer
     gen: torch.Generator
     """Draws the batches of pairs (the same on every process)."""
@@ -429,9 +432,8 @@ class Updates:
         shard.mean_grads_([p for p in model.parameters() if p.requires_grad])
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         self.opt.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(list(self.ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
+        if self.averager is not None:
+            self.averager.update(model, n)
         self.state["step"], self.state["total_steps"] = n + 1, self.state["total_steps"] + 1
         return info
 
