@@ -1,6 +1,7 @@
 """Preference fine-tuning: the losses, the pair data, and a run that must move a mode."""
 
 import copy
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -34,6 +35,7 @@ from dpft.finetune.dpo.prefs import (
     read_prefs,
     write_prefs,
 )
+from dpft.finetune.dpo.sampling import Slot, group_noise
 from dpft.finetune.dpo.train import DPOConfig, train_dpo
 
 TASK = "toy_envs:Obstacle-v0"
@@ -197,6 +199,40 @@ def test_chunk_pairs_branch_from_a_replayed_state(tmp_path):
         t = a.start_decision
         assert t == b.start_decision and np.array_equal(a.chunks[:t], b.chunks[:t])
         assert not np.array_equal(a.chunks[t], b.chunks[t])
+
+
+def test_shared_branch_noise_is_the_branches_own_at_the_branch_point_and_the_states_after_it():
+    """--branch-noise shared: the branches of a state draw their own noise at the branch point and
+    the state's shared noise after it (common random numbers), so their outcomes differ by the
+    branch chunk and less by the luck of later draws; by default each keeps its own throughout."""
+    policy = tiny_policy("diffusion", obs_dim=2, action_dim=2, obs_horizon=1, pred_horizon=4, action_horizon=2)
+    t = 3
+
+    def draws(shared_after: bool) -> list[list[torch.Tensor]]:
+        out = []
+        for noise in group_noise(seed=0, group=5, streams=3):
+            slot = Slot(None, np.zeros(2), 5, 0, noise, start_decision=t, shared_after=shared_after)
+            slot.chunks = [None] * t  # the replayed prefix
+            row = []
+            for _ in range(3):  # the branch point and two decisions after it
+                row.append(slot.initial_noise(policy))
+                slot.chunks.append(None)
+            out.append(row)
+        return out
+
+    shared, own = draws(True), draws(False)
+    for a, b in itertools.combinations(range(3), 2):
+        assert not torch.equal(shared[a][0], shared[b][0])  # each branch's own chunk
+        assert all(torch.equal(shared[a][k], shared[b][k]) for k in (1, 2))  # then the same draws
+        assert all(not torch.equal(own[a][k], own[b][k]) for k in range(3))
+    assert all(torch.equal(shared[a][0], own[a][0]) for a in range(3))  # the branch chunk is unchanged
+    # end to end: a collection with shared noise runs and its branches still differ at the branch point
+    cfg = PairsConfig(states=2, streams=2, chunk_states=3, chunk_streams=3, rank="return", branch_noise="shared")
+    prefs = collect_prefs(policy, "tiny", EnvConfig(task="toy_envs:Reach-v0", envs=4), cfg, seed=0)
+    branches = [r for r in prefs.rollouts.values() if r.start_decision > 0]
+    assert len(branches) == 9
+    with pytest.raises(ConfigError, match="--branch-noise shared needs --sampler ddim"):
+        PairsConfig(branch_noise="shared", sampler="stochastic").check()
 
 
 def test_labels_from_a_person_are_read_back_and_override(prefs_file, tmp_path):

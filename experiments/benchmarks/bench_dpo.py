@@ -49,8 +49,8 @@ FLAGS = {
 FLAGS["diffusion-dpo-chunk-flip20"] = [*FLAGS["diffusion-dpo-chunk"], "--flip-labels", "0.2"]
 # SePPO on the same chunk-level pairs (their preferred members); it draws its own reference each round
 FLAGS["seppo-chunk"] = ["--loss", "seppo", *FLAGS["diffusion-dpo-chunk"][2:-1]]
-# the same with beta 1000 (a ten times stronger pull toward the reference): in the pilots (seed 0) it kept the bases that
-# beta 100 made worse (experiments/results/dpo_pilots/mh.md)
+# the same with beta 1000 (a ten times stronger pull toward the reference): in the pilots (seed 0) it kept the
+# bases that beta 100 made worse (experiments/results/dpo_pilots/mh.md); seeds 1-2 fell on two of them
 FLAGS["diffusion-dpo-chunk-b1000"] = [*FLAGS["diffusion-dpo-chunk"], "--beta", "1000"]
 # the same with --final guarded (DPO's default): a round's policy is deployed only once it beats the base on
 # validation episodes of its own; rows on the bases the chunk recipe made worse

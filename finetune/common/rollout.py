@@ -4,10 +4,11 @@ Evaluation (every method's periodic, validation and final episodes, DPO's rounds
 demonstration collection, videos and benchmarks all call :func:`run_episodes`. Preference-pair
 collection (:mod:`dpft.finetune.dpo.sampling`) drives its envs itself: each of its rollouts has
 its own noise stream and may start from a state replayed mid-episode, and its batches are padded
-to a fixed width so that a rollout's chunks do not depend on its neighbours. The policy is called once per vector step on the
-whole batch of observation histories. Each env runs a fixed quota of episodes, so which
-episodes are collected does not depend on which envs happen to finish first: results are a
-function of (policy, task, seed, number of envs).
+to a fixed width so that a rollout's chunks do not depend on its neighbours.
+
+The policy is called once per vector step on the whole batch of observation histories. Each
+env runs a fixed quota of episodes, so which episodes are collected does not depend on which
+envs happen to finish first: results are a function of (policy, task, seed, number of envs).
 
 A chunk function maps observation histories ``[N, To, D]`` to chunks ``[N, H, A]``, or to
 ``(chunks, extras)`` where ``extras`` is a dict of per-decision arrays with leading dim ``N``

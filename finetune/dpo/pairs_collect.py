@@ -17,7 +17,7 @@ from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
 from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.dpo.prefs import Prefs, labels_path, write_prefs
-from dpft.finetune.dpo.sampling import RANKS, SAMPLERS, branch_groups, make_pairs, rollout_groups
+from dpft.finetune.dpo.sampling import BRANCH_NOISE, RANKS, SAMPLERS, branch_groups, make_pairs, rollout_groups
 
 
 @dataclass
@@ -46,6 +46,10 @@ class PairsConfig:
     """Branches per chunk-level state."""
     horizon: int = 0
     """Decisions a branch runs after its own chunk before it is scored (0: to the end of the episode)."""
+    branch_noise: str = "own"
+    """own: each branch draws its own noise for every decision; shared: after its own chunk, the
+    branches of a state draw the same noise (common random numbers), so their outcomes differ by
+    the branch chunk and less by the luck of the later draws (ddim sampler)."""
     sampler: str = "ddim"
     """ddim (the policy as it is evaluated) or stochastic (the sampler's chain is kept; D3PO needs it)."""
     noise_level: float | None = None
@@ -66,6 +70,10 @@ class PairsConfig:
             raise ConfigError("--chunk-states and --horizon must be >= 0, --chunk-streams >= 2")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"--sampler {self.sampler!r}: choose one of {SAMPLERS}")
+        if self.branch_noise not in BRANCH_NOISE:
+            raise ConfigError(f"--branch-noise {self.branch_noise!r}: choose one of {BRANCH_NOISE}")
+        if self.branch_noise == "shared" and self.sampler != "ddim":
+            raise ConfigError("--branch-noise shared needs --sampler ddim (the stochastic sampler shares its own)")
         if self.rank not in RANKS:
             raise ConfigError(f"--rank {self.rank!r}: choose one of {RANKS}")
         if (
@@ -134,6 +142,7 @@ def collect_prefs(
             horizon,
             seed=seed,
             first_group=cfg.states,
+            shared_after=cfg.branch_noise == "shared",
             **common,
         )
         branch_ids = {f"{prefix}r{len(rollouts) + i:06d}": r for i, r in enumerate(branches)}

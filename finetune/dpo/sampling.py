@@ -30,11 +30,12 @@ from dpft.finetune.common.distributed import Shard
 from dpft.finetune.dpo.prefs import Pair, Rollout
 
 SAMPLERS = ("ddim", "stochastic")
+BRANCH_NOISE = ("own", "shared")
 RANKS = ("success-return", "success", "return")
 
 
 @dataclass
-class _Slot:
+class Slot:
     """One env being driven, and what it has recorded so far."""
 
     env: ChunkedEnv
@@ -44,6 +45,7 @@ class _Slot:
     noise: RolloutNoise
     start_decision: int = 0
     stop_after: int | None = None  # decisions after the start; None: to the episode's end
+    shared_after: bool = False  # after the first own decision, draw the group's shared noise
     obs_hist: list[np.ndarray] = field(default_factory=list)
     chunks: list[np.ndarray] = field(default_factory=list)
     chains: list[np.ndarray] = field(default_factory=list)
@@ -65,6 +67,12 @@ class _Slot:
         self.success |= bool(info["success"])
         self.ret += float(info["step_data"].rewards.sum())
         return bool(terminated or truncated)
+
+    def initial_noise(self, policy: Policy) -> torch.Tensor:
+        """The ddim sampler's initial noise for the next decision."""
+        d = len(self.chunks)
+        stream = self.noise.shared if self.shared_after and d > self.start_decision else self.noise
+        return stream.initial(policy, d)
 
 
 def check_sampler(policy: Policy, sampler: str) -> None:
@@ -107,7 +115,7 @@ def _padded(rows: list[torch.Tensor], width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _drive(policy: Policy, slots: list[_Slot], sampler: str, noise_level: float | None, width: int = 0) -> None:
+def _drive(policy: Policy, slots: list[Slot], sampler: str, noise_level: float | None, width: int = 0) -> None:
     """Step every slot to its end, one batched policy call per decision. Every call has
     ``width`` rows (the active slots, padded with copies): MKL picks its kernels by batch size,
     so a rollout's chunks then do not depend on which other rollouts share its batch, or on how
@@ -122,7 +130,7 @@ def _drive(policy: Policy, slots: list[_Slot], sampler: str, noise_level: float 
             chunks, chains, _ = policy.sample_chain(obs, noise, steps.to(policy.device), noise_level)
             chunks, chains = chunks[:n], chains[:n].cpu().numpy()
         else:
-            noise = _padded([s.noise.initial(policy, len(s.chunks)) for s in active], width)
+            noise = _padded([s.initial_noise(policy) for s in active], width)
             chunks, chains = policy.predict_chunk(obs, noise)[:n], None
         chunks = chunks.cpu().numpy()
         for i, s in enumerate(active):
@@ -131,7 +139,7 @@ def _drive(policy: Policy, slots: list[_Slot], sampler: str, noise_level: float 
             s.done = ended or (s.stop_after is not None and own >= s.stop_after)
 
 
-def _rollout(s: _Slot, round_: int) -> Rollout:
+def _rollout(s: Slot, round_: int) -> Rollout:
     return Rollout(
         obs=np.stack(s.obs_hist),
         chunks=np.stack(s.chunks),
@@ -181,7 +189,7 @@ def rollout_groups(
             slots = []
             for env, (group, reset_seed, noise) in zip(envs, batch):
                 obs, _ = env.reset(seed=reset_seed)
-                slots.append(_Slot(env, obs, group, reset_seed, noise))
+                slots.append(Slot(env, obs, group, reset_seed, noise))
             _drive(policy, slots, sampler, noise_level, batch_envs)
             out += [_rollout(s, round_) for s in slots]
     finally:
@@ -210,9 +218,11 @@ def branch_groups(
     batch_envs: int = 32,
     first_group: int = 0,
     shard: Shard | None = None,
+    shared_after: bool = False,
 ) -> list[Rollout]:
     """``states`` saved mid-episode states, picked at random from ``sources`` (a rollout and a
-    decision before its last), each continued ``streams`` times; group ids start at ``first_group``."""
+    decision before its last), each continued ``streams`` times; group ids start at ``first_group``.
+    ``shared_after``: after its own chunk, every branch of a state draws the state's shared noise."""
     check_sampler(policy, sampler)
     rng = np.random.default_rng(seed)
     usable = [r for r in sources if len(r.chunks) >= 2]
@@ -229,7 +239,7 @@ def branch_groups(
     envs = [_make_env(env_cfg, policy) for _ in range(min(batch_envs, len(work)))]
     try:
         for batch in _batches(work, len(envs)) if work else ():
-            slots = [_restore(env, g, r, t, horizon, noise) for env, (g, r, t, noise) in zip(envs, batch)]
+            slots = [_restore(env, g, r, t, horizon, noise, shared_after) for env, (g, r, t, noise) in zip(envs, batch)]
             _drive(policy, slots, sampler, noise_level, batch_envs)
             out += [_rollout(s, round_) for s in slots]
     finally:
@@ -238,10 +248,12 @@ def branch_groups(
     return _in_work_order(shard, out)
 
 
-def _restore(env: ChunkedEnv, group: int, r: Rollout, t: int, horizon: int | None, noise: RolloutNoise) -> _Slot:
+def _restore(
+    env: ChunkedEnv, group: int, r: Rollout, t: int, horizon: int | None, noise: RolloutNoise, shared_after: bool
+) -> Slot:
     """Replay rollout ``r`` to decision ``t`` and check that the observation matches."""
     obs, _ = env.reset(seed=r.reset_seed)
-    s = _Slot(env, obs, group, r.reset_seed, noise, start_decision=t, stop_after=horizon)
+    s = Slot(env, obs, group, r.reset_seed, noise, start_decision=t, stop_after=horizon, shared_after=shared_after)
     for k in range(t):
         s.step(r.chunks[k], None if r.chains is None else r.chains[k])
     if not np.allclose(s.obs, r.obs[t], atol=1e-5):
