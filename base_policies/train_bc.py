@@ -327,7 +327,10 @@ def train_bc(cfg: TrainBCConfig) -> Path:
                 raise diverged(cfg, run, bad, saved)
 
     def own_checkpoint(n: int) -> None:  # a second Ctrl-C: no collective, the other processes may be stopping too
-        if main and guard.first_bad_step() is None:
+        bad = guard.first_bad_step()  # this process's own record
+        if bad is not None:
+            raise diverged(cfg, run, bad, saved)
+        if main:
             _write_checkpoint(run, policy, ema, opt, sched, sampler, n)
 
     loop = StepLoop(

@@ -603,3 +603,5 @@ def test_ema_decay_saves_the_moving_average_of_the_weights(tmp_path, prefs_file,
         if k in last and last[k].is_floating_point():
             assert torch.allclose(saved[k], b + 0.1 * (last[k] - b), atol=1e-6), k
     assert any(not torch.equal(saved[k], last[k]) for k in last)
+    on_disk = load_policy(one.out).state_dict()
+    assert all(torch.equal(on_disk[k], v) for k, v in saved.items())

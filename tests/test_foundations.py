@@ -324,7 +324,9 @@ class CountingRun:
     def __init__(self, interrupt_at: int | None = None, how: str = "") -> None:
         self.done, self.gen, self.draws = 0, torch.Generator().manual_seed(0), []
         self.saved: list[tuple] = []  # (steps, counter, draws, generator state) at each checkpoint
+        self.own: list[tuple] = []  # the same, written by the emergency checkpoint
         self.logged: list[int] = []
+        self.rewinds = 0
         self.interrupt_at, self.how = interrupt_at, how
 
     def step(self, n: int) -> dict:
@@ -332,27 +334,40 @@ class CountingRun:
         if n == self.interrupt_at:
             if self.how == "stop requested":
                 request_stop()  # what SIGTERM does: this step still completes
-            else:
-                raise KeyboardInterrupt  # a second Ctrl-C, after the step began using the generator
+            elif self.how == "second ctrl-c":
+                raise KeyboardInterrupt  # after the step began using the generator
         self.draws.append(draw)
         self.done = n + 1
         return {"loss": torch.tensor(float(n))}
 
-    def loop(self, rewind=None) -> StepLoop:
+    def after_step(self, n: int) -> None:
+        if self.how == "second ctrl-c after a step" and n == self.interrupt_at:
+            raise KeyboardInterrupt  # between two steps: nothing to undo
+
+    def snapshot(self, n: int) -> tuple:
+        return (n, self.done, list(self.draws), self.gen.get_state())
+
+    def loop(self) -> StepLoop:
         state_before = {}
 
         def step(n):
             state_before["gen"] = self.gen.get_state()
             return self.step(n)
 
+        def rewind():
+            self.rewinds += 1
+            self.gen.set_state(state_before["gen"])
+
         return StepLoop(
             step=step,
-            checkpoint=lambda n: self.saved.append((n, self.done, list(self.draws), self.gen.get_state())),
-            rewind=lambda: self.gen.set_state(state_before["gen"]),
+            checkpoint=lambda n: self.saved.append(self.snapshot(n)),
+            emergency_checkpoint=lambda n: self.own.append(self.snapshot(n)),
+            rewind=rewind,
             resume_hint="dpft toy --resume",
             checkpoint_every=4,
             log=lambda n, s: self.logged.append(n),
             log_every=3,
+            after_step=self.after_step,
             progress=False,
         )
 
@@ -360,23 +375,27 @@ class CountingRun:
 def test_the_step_loop_checkpoints_logs_and_stops_where_the_contract_says():
     run = CountingRun()
     with graceful_stop():
-        assert run.loop().run(0, 10) == 10
-    assert [s[0] for s in run.saved] == [4, 8]  # every 4 steps, not at the last (the caller saves after it)
-    assert run.logged == [3, 6, 9]
+        assert run.loop().run(0, 8) == 8
+    assert [s[0] for s in run.saved] == [4]  # every 4 steps, not at the last (the caller saves after it)
+    assert run.logged == [3, 6] and not run.own and run.rewinds == 0
 
 
-@pytest.mark.parametrize("how", ["stop requested", "second ctrl-c"])
+@pytest.mark.parametrize("how", ["stop requested", "second ctrl-c", "second ctrl-c after a step"])
 def test_a_run_stopped_in_the_step_loop_resumes_to_the_same_state(how):
-    """A stop request ends the loop after the step it came in (checkpointed at the boundary); a
-    second Ctrl-C inside a step rewinds what the step began, so the resumed run redoes it exactly."""
+    """A stop request ends the loop after the step it came in, with the agreed checkpoint at the
+    boundary; a second Ctrl-C writes the emergency checkpoint, after rewinding what a cut step
+    began (and nothing when it came between steps), so the resumed run redoes it exactly."""
     straight = CountingRun()
     with graceful_stop():
         straight.loop().run(0, 10)
     cut = CountingRun(interrupt_at=5, how=how)
-    where = 6 if how == "stop requested" else 5
+    where = 6 if how == "stop requested" else 5  # the stop request comes inside step 5, which completes
     with graceful_stop(), pytest.raises(RunInterrupted, match=f"interrupted at step {where}; .*dpft toy --resume"):
         cut.loop().run(0, 10)
-    n, done, draws, gen_state = cut.saved[-1]
+    written = cut.saved if how == "stop requested" else cut.own
+    assert len(written) == 1 if how != "stop requested" else cut.own == []
+    assert cut.rewinds == (1 if how == "second ctrl-c" else 0)
+    n, done, draws, gen_state = written[-1]
     assert n == done == where
     resumed = CountingRun()
     resumed.draws, resumed.done = draws, done

@@ -5,9 +5,10 @@ What the loop owns, so that every such run gets it right the same way:
 
 - the stop protocol of :mod:`~dpft.base_policies.infra.interrupt`: a stop asked for (SIGTERM, a
   first Ctrl-C) is honoured between two steps, after a checkpoint of the state an unstopped run
-  would have had there; a second Ctrl-C inside a step undoes what the step had begun
-  (``rewind``), checkpoints on this process alone (the others may be stopping too, so no
-  collective), and stops. Either way :class:`RunInterrupted` says how to resume;
+  would have had there. A second Ctrl-C stops at once: if it cut a step, the method's ``rewind``
+  (where it gives one: DPO resets its generators) undoes what the step began; then this process
+  alone checkpoints (the others may be stopping too, so no collective). Either way
+  :class:`RunInterrupted` says how to resume;
 - periodic checkpoints every ``checkpoint_every`` steps (not at the last step: the caller
   checkpoints after what follows it, an evaluation or the final save);
 - logging every ``log_every`` steps of the scalars the step returned;
@@ -67,8 +68,8 @@ class StepLoop:
     progress: bool = True
 
     def run(self, start: int, total: int) -> int:
-        """Steps from ``start`` to ``total``; returns ``total``. Run it inside
-        :func:`~dpft.base_policies.infra.interrupt.graceful_stop`."""
+        """Steps from ``start`` to ``total``; returns the step count reached, ``max(start, total)``.
+        Run it inside :func:`~dpft.base_policies.infra.interrupt.graceful_stop`."""
         n, in_step = start, False
         bar = tqdm(total=total, initial=start, disable=not self.progress, desc=self.desc, unit="step")
         try:

@@ -301,7 +301,7 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                     checkpoint_every=cfg.checkpoint_every,
                     stop_agreed=lambda n: shard.any(stop_requested()),
                     log=updates.log,
-                    log_every=20,
+                    log_every=1,  # Updates.log keeps every 20th step of the run
                     desc=f"round {r}",
                     progress=cfg.progress and main,
                 ).run(state["step"], cfg.steps_per_round)
@@ -435,6 +435,7 @@ class Updates:
         if self.averager is not None:
             self.averager.update(model, n)
         self.state["step"], self.state["total_steps"] = n + 1, self.state["total_steps"] + 1
+        self.before = None  # the step is done: an interrupt from here on keeps the generators as they are
         return info
 
     def rewind(self) -> None:
@@ -444,6 +445,9 @@ class Updates:
             self.loss_gen.set_state(self.before[1])
 
     def log(self, n: int, info: dict[str, float]) -> None:
+        """Every 20th gradient step of the run (counted over rounds), the mean over the processes."""
+        if self.state["total_steps"] % 20:
+            return
         values = torch.tensor([float(v) for v in info.values()], dtype=torch.float64)
         self.shard.mean_([values])  # over every process's share of the batch
         for k, v in zip(info, values.tolist()):
