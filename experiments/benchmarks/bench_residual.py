@@ -141,7 +141,9 @@ RESIDUAL = Bench(
         "below DSRL-NA's 1631; Hopper-medium 1133 below DSRL-NA's 1205: the locomotion target (residual >= DSRL-NA's",
         "return) is missed on both. Pick-place-mh seed 1 (0.62) and `td3-utd2` (`--utd 2`, two gradient steps per",
         "transition) on pick-place-mh seed 0 from the worktree of d13b5fa: UTD 2 did worse (0.47 against 0.66 at UTD",
-        "1, the same seed); its push-mh row is planned, not run.",
+        "1, the same seed); its push-mh row is planned, not run. Pick-place-mh seed 2 (0.62) from a worktree of",
+        "d87e2f7 (the same residual code), beside preference pilots: 0.63 ± 0.02 over three seeds, below the 0.90",
+        "target.",
     ],
 )
 

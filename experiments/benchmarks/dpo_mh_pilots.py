@@ -59,16 +59,21 @@ def row(folder: Path) -> str:
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
     evals = [json.loads(x) for x in (folder / "evals.jsonl").read_text().splitlines() if x.strip()]
     final = json.loads((folder / "final_seed2000.json").read_text())
-    base = next(e for e in evals if e["round"] == -1)["success_rate"]
-    rounds = " ".join(f"{e['success_rate']:.2f}" for e in evals if e["round"] >= 0)
+    key = "success_rate" if final.get("success_rate") is not None else "return_mean"  # locomotion: return
+    fmt = (lambda v: f"{v:.2f}") if key == "success_rate" else (lambda v: f"{v:.0f}")  # noqa: E731
+    base = next(e for e in evals if e["round"] == -1)[key]
+    rounds = " ".join(fmt(e[key]) for e in evals if e["round"] >= 0)
     settings = ", ".join(f"{k} {cfg[k]}" for k in SHOWN)
-    lo, hi = final["success_ci95"]
+    if key == "success_rate":
+        lo, hi = final["success_ci95"]
+        last = f"{fmt(final[key])} [{lo:.2f}, {hi:.2f}]"
+    else:
+        last = f"{fmt(final[key])} ± {final['return_ci95']:.0f}"
     task = cfg["base"].removeprefix("shipped:metaworld-").removesuffix("-v3-mh") + "-mh"
+    if cfg["base"].startswith("shipped:gym-"):
+        task = cfg["base"].removeprefix("shipped:gym-").replace("-v5-", "-")
     steps = evals[-1]["env_steps"]
-    return (
-        f"| `{folder.name}` | {task} | {settings}, seed {cfg['seed']} | {base:.2f} | {rounds} | {steps} "
-        f"| {final['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] |"
-    )
+    return f"| `{folder.name}` | {task} | {settings}, seed {cfg['seed']} | {fmt(base)} | {rounds} | {steps} | {last} |"
 
 
 READING = """
