@@ -147,6 +147,13 @@ NOTES = [
     "(`residual-dense`: with a base that never succeeds the sparse reward has nothing to learn from); DSRL-NA",
     "0.00. Target (residual >= 0.90 where DSRL-NA stays below 0.50): missed. Both residual runs' learning",
     "policies stayed at 0.00-0.17 on the evaluation episodes throughout the 100k env steps.",
+    "Reading (2026-12-05, later; git worktree of d87e2f7, the same DSRL and residual code, two runs at a time):",
+    "Hopper-medium with every action scaled by 0.7 (the noise has no room there either: 392 with N(0, I) noise,",
+    "396 zero, 425 best of 8): DSRL-NA 530 (+35% over the shifted base), residual-TD3 563 (+44%, at the",
+    "measured scale 0.18): the residual did better, one seed each, both far below the unshifted base's 821.",
+    "Peg-insert-side-mh at half the actuator gain is not a case where the noise has no room: best of 8 streams",
+    "0.24 against 0.04 with N(0, I) noise, and DSRL-NA found it, 0.93 on the 100 episodes, so the shifted",
+    "target (residual >= 0.90 where DSRL-NA stays below 0.50) does not apply there.",
 ]
 
 
