@@ -73,8 +73,18 @@ PLAN = [
     *(Row(f"metaworld:{t}", base_of(t), "residual-scale0.1", 0) for t in NEW_TASKS),
     *(Row(f"metaworld:{t}", base_of(t), "dpo", 0) for t in NEW_TASKS),
     Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dpo", 0),
+    *(Row(f"metaworld:{t}", base_of(t), "dpo-rounds5", 0) for t in NEW_TASKS),
+    Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dpo-rounds5", 0),
 ]
-"""``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun)."""
+"""``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun).
+``dpo-rounds5``: a candidate default, the defaults plus one flag (``CANDIDATES``)."""
+
+METHODS = ("dsrl", "residual", "residual-scale0.1", "dpo", "dpo-rounds5")
+"""Every row kind, in the order of the tables."""
+CANDIDATES = {"dpo-rounds5": ("dpo", ["--rounds", "5"])}
+"""Rows that try a candidate default: the method, and the one change from its defaults they make. Five
+rounds of rollout pairs against the base gained on both locomotion bases in the preference pilots
+(experiments/results/dpo_pilots/mh.md)."""
 
 
 def dpft(*args: str) -> list[str]:
@@ -127,10 +137,11 @@ def run_row(row: Row) -> str:
     if (row.out / "final_eval.json").exists() or (RAW / row.rel / "final_eval.json").exists():
         return f"{row.rel}: done already"
     resume = (row.out / "checkpoint").exists() or (row.out / ".checkpoint.old").exists()
-    if row.method not in ("dsrl", "residual", "dpo"):
+    method, flags = CANDIDATES.get(row.method, (row.method, []))
+    if method not in ("dsrl", "residual", "dpo"):
         return f"{row.rel}: kept from an earlier default, not rerun"
-    cmd = ["finetune", row.method, "--out", str(row.out), "--no-progress"]
-    cmd += ["--resume"] if resume else ["--base", row.base, "--task", row.task, "--seed", str(row.seed)]
+    cmd = ["finetune", method, "--out", str(row.out), "--no-progress"]
+    cmd += ["--resume"] if resume else ["--base", row.base, "--task", row.task, "--seed", str(row.seed), *flags]
     code = call(dpft(*cmd), row.out.parent / f"seed{row.seed}.log")
     if code == 0:
         evaluate(str(row.out), row.task, row.out / "final_seed2000.json", 100, 2000, [])
@@ -266,7 +277,7 @@ def summary_lines() -> list[str]:
     """Per task and method: the mean final score over the seeds that finished, with a 95% interval."""
     out = []
     for task in sorted({r.task for r in PLAN}):
-        for method in ("dsrl", "residual", "residual-scale0.1", "dpo"):
+        for method in METHODS:
             rows = [r for r in PLAN if r.task == task and r.method == method]
             finals = [load(RAW / r.rel / "final_seed2000.json") for r in rows]
             scores = [point(f) for f in finals if f]
