@@ -144,6 +144,9 @@ RESIDUAL = Bench(
         "1, the same seed); its push-mh row is planned, not run. Pick-place-mh seed 2 (0.62) from a worktree of",
         "d87e2f7 (the same residual code), beside preference pilots: 0.63 ± 0.02 over three seeds, below the 0.90",
         "target.",
+        "Residual-PPO on the five mixed-data bases (one seed, from a worktree of d87e2f7, beside preference",
+        "pilots; about 4 minutes each): push-mh 0.69, drawer-open-mh 0.82, button-press-mh 0.91, pick-place-mh",
+        "0.69, peg-insert-side-mh 0.50: below residual-TD3 except on pick-place-mh (0.69 against 0.63).",
     ],
 )
 
