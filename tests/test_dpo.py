@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import tiny_policy
 from safetensors.torch import load_file
 from synthetic import bimodal_episodes, obstacle_x
@@ -594,9 +595,11 @@ def test_ema_decay_saves_the_moving_average_of_the_weights(tmp_path, prefs_file,
     after one step it is the base moved by (1 - decay) of that step (no decay warm-up: the
     fine-tuning starts from good weights)."""
     write_prefs(tmp_path / "p.hdf5", prefs_file[1])
-    common = dict(prefs=(tmp_path / "p.hdf5",), rounds=1, eval_episodes=2, states=4, streams=2)
+    common = dict(prefs=(tmp_path / "p.hdf5",), rounds=None, eval_episodes=2, states=4, streams=2)
     one = quick(tmp_path, base_dir, out=tmp_path / "one", steps_per_round=1, ema_decay=0.9, **common)
     saved = train_dpo(one).state_dict()
+    recorded = yaml.safe_load((one.out / "config.yaml").read_text())  # no --rounds: the preset's, recorded
+    assert (recorded["rounds"], recorded["preset"]) == (1, "success")
     last = load_file(str(one.out / "checkpoint" / "model.safetensors"))
     base = load_policy(base_dir).state_dict()
     for k, b in base.items():

@@ -7,6 +7,7 @@ import yaml
 
 from dpft.finetune.commands import cli
 from dpft.finetune.common.presets import apply_preset, preset_for
+from dpft.finetune.dpo.train import DPOConfig
 from dpft.finetune.dsrl.train import DSRLConfig
 from dpft.finetune.residual.train import ResidualConfig
 
@@ -35,6 +36,17 @@ def test_a_preset_fills_only_what_was_left_unset_and_says_so():
     assert (cfg.residual_scale, cfg.eval_episodes, cfg.final) == (None, 10, "last")
     cfg, _ = apply_preset(DSRLConfig(task="metaworld:push-v3"), "dsrl", uses_base=False)
     assert cfg.final == "last", "training from scratch has no base to guard against"
+
+
+def test_preference_rounds_come_from_the_preset_and_nothing_else_does():
+    """Five rounds against the base on locomotion, one where the task reports success (the defaults
+    benchmark's dpo and dpo-rounds5 rows); DPO's reward, evaluation and final choice are its own."""
+    cfg, line = apply_preset(DPOConfig(task="gym:Hopper-v5"), "dpo")
+    assert (cfg.rounds, cfg.preset, cfg.reward, cfg.eval_episodes, cfg.final) == (5, "return", None, 50, "guarded")
+    assert line == "settings: rounds 5 (preset 'return' for gym:Hopper-v5); override with --rounds"
+    assert apply_preset(DPOConfig(task="metaworld:push-v3"), "dpo")[0].rounds == 1
+    cfg, line = apply_preset(DPOConfig(task="gym:Hopper-v5", rounds=2), "dpo")
+    assert (cfg.rounds, line) == (2, None)
 
 
 @pytest.mark.parametrize(

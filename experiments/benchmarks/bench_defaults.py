@@ -77,7 +77,8 @@ PLAN = [
     Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dpo-rounds5", 0),
 ]
 """``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun).
-``dpo-rounds5``: a candidate default, the defaults plus one flag (``CANDIDATES``)."""
+``dpo-rounds5``: the defaults plus ``--rounds 5`` (``CANDIDATES``), tried as a candidate; on Hopper it is
+what a bare run does since DPO's rounds come from the task's preset."""
 
 METHODS = ("dsrl", "residual", "residual-scale0.1", "dpo", "dpo-rounds5")
 """Every row kind, in the order of the tables."""
@@ -268,7 +269,9 @@ NOTES = [
     "895 (+9%, against 871 with one round), plate-slide 0.97 (0.93 with one round); sweep-into and window-open",
     "kept the base, and on window-open the rounds' policies fell to 0.04-0.16 on the evaluation episodes (0.94",
     "for the base), which only the guard kept from the user. So five rounds help on locomotion and are a",
-    "risk on Meta-World; the default stays one round (one seed each; the bases rebuilt with the documented",
+    "risk on Meta-World: DPO's `--rounds` now comes from the preset, 5 on a task without a success flag and 1",
+    "on one with it, so the Hopper `dpo-rounds5` row is what a bare run does today and the Hopper `dpo` row",
+    "was made when one round was the default there (one seed each; the bases rebuilt with the documented",
     "commands scored what they did before on the evaluation episodes). From a worktree of 1d5f05e (the",
     "preference code of d13b5fa on the shared step loop, the same weights to the bit), two runs at a time.",
     "Provenance: seed 0 of the three Meta-World DSRL rows came from a git worktree of commit 4ac8946 (the",

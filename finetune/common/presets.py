@@ -12,6 +12,11 @@ preset picked by whether the task reports success:
 * ``return`` (locomotion, no success flag): the task's own reward, 10 evaluation episodes of up
   to 1000 steps each.
 
+Preference updates (``dpft finetune dpo``) take one setting from the preset, the number of
+rounds: one on a task that reports success, five otherwise (five rounds against the base gained
+on both locomotion bases over three seeds, and let Meta-World policies fall where only the guard
+kept them from the user; experiments/results/defaults.md, dpo_pilots/mh.md).
+
 Both deploy with ``--final guarded``: OUT/policy is the base until a fine-tuned policy beats it
 with 95% confidence on validation episodes of its own, so a dip in learning is never what a user
 is handed. A setting the user gives (flag or config file) always wins; a preset fills only what
@@ -38,6 +43,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
     "dsrl": {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)},
     # the residual's scale is not a preset: it is measured on the base (finetune/common/action_spread.py)
     "residual": {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)},
+    "dpo": {"success": Preset("success", {"rounds": 1}), "return": Preset("return", {"rounds": 5})},
 }
 NO_BASE = {"final": "last"}
 """Training from scratch has no base to guard against."""

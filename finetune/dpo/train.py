@@ -50,6 +50,7 @@ from dpft.finetune.common.best import BestPolicy
 from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.common.final import choose_final
 from dpft.finetune.common.guard import VALIDATION_SEED_OFFSET, Guard
+from dpft.finetune.common.presets import apply_preset, with_settings
 from dpft.finetune.dpo import reference
 from dpft.finetune.dpo.evaluation import append_round, evaluate_episodes, log_eval, summary, win_rate
 from dpft.finetune.dpo.losses import NEEDS_CHAINS, LossConfig, draw_times_noise, get_loss, prepare_batch
@@ -109,8 +110,10 @@ class DPOConfig(EnvConfig, PairsConfig):
     """Chunks compared per pair and step (random decisions of a trajectory pair)."""
     steps_per_round: int = 500
     """Gradient steps per round."""
-    rounds: int = 1
-    """Rounds of collect -> update -> evaluate."""
+    rounds: int | None = None
+    """Rounds of collect -> update -> evaluate (default: from the task's preset: 1 on a task that
+    reports success, 5 otherwise; five rounds against the base gained on both locomotion bases and
+    let Meta-World policies fall, experiments/results/defaults.md)."""
     flip_labels: float = 0.0
     """Robustness check: train on labels flipped for this share of the pairs (random, fixed per pair)."""
     resync_reference: bool = False
@@ -137,6 +140,9 @@ class DPOConfig(EnvConfig, PairsConfig):
     """Replace the run in --out."""
     progress: bool = True
     """Show a progress bar."""
+    preset: str | None = None
+    """The preset the unset settings above were taken from (recorded by the run; see
+    dpft.finetune.common.presets)."""
 
     def __post_init__(self) -> None:
         EnvConfig.__post_init__(self)
@@ -146,7 +152,7 @@ class DPOConfig(EnvConfig, PairsConfig):
         positive = {"beta": self.beta, "lr": self.lr, "batch_pairs": self.batch_pairs}
         positive |= {
             "chunks_per_pair": self.chunks_per_pair,
-            "rounds": self.rounds,
+            "rounds": 1 if self.rounds is None else self.rounds,
             "eval_episodes": self.eval_episodes,
         }
         bad = [k for k, v in positive.items() if not v > 0]
@@ -209,7 +215,11 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     task = cfg.task or model.config.task
     if not task:
         raise ConfigError(f"{cfg.base} does not record its task; pass --task")
-    cfg = replace(cfg, task=task)
+    cfg = with_settings(cfg, task=task)
+    if not cfg.resume or cfg.rounds is None:  # a resumed run keeps the settings it recorded
+        cfg, chosen = apply_preset(cfg, "dpo")
+        if chosen and shard.is_main:
+            print(chosen, flush=True)
     probe = cfg.make_env()
     try:
         check_policy_fits(model, probe, task)
