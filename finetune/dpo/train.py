@@ -298,9 +298,10 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
                 data = PairData(prefs, device, needs_chains, cfg.flip_labels, cfg.seed)
                 writer.add_scalar("data/pairs", data.pairs, state["total_steps"])
                 writer.add_scalar("data/env_steps", state["env_steps"], state["total_steps"])
-                learner = dict(model=model, ref=ref, averager=averager, opt=opt, gen=gen, loss_gen=loss_gen)
-                updates = Updates(cfg, loss_fn, **learner, shard=shard, state=state, data=data, writer=writer,
-                                  checkpoint_dir=run.checkpoint_dir)  # fmt: skip
+                updates = Updates(
+                    cfg, loss_fn, model, ref, averager, opt, gen, loss_gen, shard, state, data, writer,
+                    checkpoint_dir=run.checkpoint_dir,
+                )  # fmt: skip
                 StepLoop(
                     step=updates.step,
                     checkpoint=lambda n: checkpoint(),
