@@ -101,7 +101,7 @@ RESIDUAL = Bench(
         "ppo": (0,),
         "sac": (0,),
         "sac-chunk": (0,),
-        "td3-demos": (0,),
+        "td3-demos": (0, 1, 2),
         "td3-scale0.1": (0,),
         "td3-demos-scale0.1": (0,),
         "td3-utd2": (0,),
