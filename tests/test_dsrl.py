@@ -536,3 +536,39 @@ def test_final_guarded_deploys_the_validated_policy_or_keeps_the_base(tmp_path, 
         assert final["policy_env_steps"] == steps and final["validation"]["success_rate"] > 0.5
         kept = (run / "guarded" / str(steps) / "model.safetensors").read_bytes()
         assert (out / "model.safetensors").read_bytes() == kept
+
+
+@pytest.mark.parametrize("variant", ["na", "sac"])
+def test_actor_ema_is_the_policy_and_actor_lr_paces_the_actor_alone(tmp_path, base_dir, variant):
+    """--actor-ema D: after each gradient step the average moves (1 - D) of the way to the actor;
+    the saved and evaluated policy is the average, not the actor; it survives a checkpoint round
+    trip. --actor-lr: the actor's optimiser runs at its own rate, the critics at --lr."""
+    cfg = quick(tmp_path, base_dir, variant=variant, task=TASK, actor_ema=0.9, actor_lr=1e-4, steps=800)
+    base = load_policy(base_dir)
+    venv = make_vec_env(cfg, lambda: DSRL().make_env(cfg, base))
+    model = DSRL().new_model(cfg, base, venv)
+    model.learn(model.learning_starts)  # the warm-up: no gradient step yet
+    assert model._n_updates == 0
+    params = lambda net: [p.detach().clone() for p in net.parameters()]  # noqa: E731
+    shadow0, actor0 = params(model.policy.actor_ema), params(model.actor)
+    assert all(torch.equal(s, a) for s, a in zip(shadow0, actor0)), "the average starts at the actor"
+    model.learn(1, reset_num_timesteps=False)  # one transition, one gradient step
+    assert model._n_updates == 1
+    shadow1, actor1 = params(model.policy.actor_ema), params(model.actor)
+    assert any(not torch.equal(a, b) for a, b in zip(actor0, actor1))
+    for s0, s1, a1 in zip(shadow0, shadow1, actor1):
+        torch.testing.assert_close(s1, 0.9 * s0 + 0.1 * a1)
+    assert model.actor.optimizer.param_groups[0]["lr"] == 1e-4
+    assert model.critic.optimizer.param_groups[0]["lr"] == cfg.lr
+
+    obs = torch.as_tensor(venv.reset(), dtype=torch.float32)
+    policy = DSRL().artifact(model, base, cfg)
+    with torch.no_grad():
+        expected = model.policy.actor_ema(obs, deterministic=True)
+        assert not torch.allclose(expected, model.actor(obs, deterministic=True))
+        torch.testing.assert_close(policy.actor(obs), expected)
+
+    save_sb3_checkpoint(model, tmp_path / "ck", {})
+    loaded = load_sb3_checkpoint(DSRL().algorithm(cfg), tmp_path / "ck", venv, **DSRL().load_kwargs(cfg, base))[0]
+    assert all(torch.equal(a, b) for a, b in zip(params(loaded.policy.actor_ema), shadow1))
+    assert loaded.actor_lr == 1e-4 and loaded.actor_ema == 0.9

@@ -153,6 +153,7 @@ class DSRLNA(DSRLSAC):
             for key, value in (("critic", critic_loss), ("noise_critic", noise_loss), ("actor", actor_loss)):
                 logs[key].append(value.item())
         self._n_updates += gradient_steps
+        self.update_actor_ema(gradient_steps)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/ent_coef", float(np.mean(logs["ent_coef"])))
         self.logger.record("train/q_scale", self.q_scale)

@@ -74,6 +74,8 @@ class DSRLConfig(FinetuneConfig):
         "gamma": "[0, 1]",
         "batch_size": ">= 1",
         "lr": "(0, 1]",
+        "actor_lr": "(0, 1]",
+        "actor_ema": "[0, 1)",
     }
     """Declared range of each numeric setting (dpft.base_policies.infra.ranges)."""
     MOVED: ClassVar[dict[str, str]] = {
@@ -131,6 +133,13 @@ class DSRLConfig(FinetuneConfig):
     """SAC batch size (128: every DSRL benchmark row)."""
     lr: float = 3e-4
     """Learning rate of actor, critic and temperature."""
+    actor_lr: float | None = None
+    """The actor's own learning rate (default: --lr): an actor slower than its critics climbs
+    values the critics have had time to correct."""
+    actor_ema: float = 0.0
+    """Decay (per gradient step) of an exponential moving average of the actor's weights; when
+    > 0 the average is the policy that is evaluated, guarded and saved, while the actor itself
+    explores (0: off, the actor is the policy)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -252,7 +261,8 @@ def _noise_norm(cb: BaseCallback) -> dict[str, float]:
 
 
 def steered_from(model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy:
-    actor = SquashedMeanActor.from_sb3(model.policy.actor).to(base.device)
+    """The run's policy: the noise actor, or with ``--actor-ema`` its weight average."""
+    actor = SquashedMeanActor.from_sb3(getattr(model.policy, "actor_ema", model.policy.actor)).to(base.device)
     meta = {
         "variant": cfg.variant,
         "task": cfg.task,
@@ -264,11 +274,14 @@ def steered_from(model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy
     return SteeredPolicy(base, actor, meta)
 
 
-def schedule_kwargs(cfg: DSRLConfig, k: int) -> dict[str, int]:
-    """The critic warm-up in gradient steps, and the transitions until the actor's noise is used."""
+def schedule_kwargs(cfg: DSRLConfig, k: int) -> dict[str, Any]:
+    """The critic warm-up in gradient steps, the transitions until the actor's noise is used, and
+    the actor's own pace (learning rate, weight average)."""
     return {
         "critic_warmup": gradient_steps_for(cfg.critic_warmup_steps // k, cfg.utd),
         "explore_after": (cfg.warmup_steps + cfg.critic_warmup_steps) // k,
+        "actor_lr": cfg.actor_lr,
+        "actor_ema": cfg.actor_ema,
     }
 
 
