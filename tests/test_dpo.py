@@ -236,6 +236,30 @@ def test_shared_branch_noise_is_the_branches_own_at_the_branch_point_and_the_sta
         PairsConfig(branch_noise="shared", sampler="stochastic").check()
 
 
+def test_noise_scales_put_the_zero_noise_mode_against_samples(tmp_path, base_dir):
+    """--noise-scales 0 1: every other stream (and branch) runs the policy's zero-noise mode, the
+    others keep exactly the N(0, I) draws they have without the flag; the file says how it was made."""
+    policy = load_policy(base_dir)
+    env = EnvConfig(task=TASK, envs=4)
+    plain = collect_prefs(policy, "b", env, PairsConfig(states=3, streams=4), seed=0)
+    mixed_cfg = PairsConfig(states=3, streams=4, noise_scales=[0.0, 1.0])
+    mixed = collect_prefs(policy, "b", env, mixed_cfg, seed=0)
+    for rid, r in mixed.rollouts.items():
+        stream = int(rid.removeprefix("r")) % 4
+        if stream % 2:  # an N(0, I) stream: the rollout it has without the flag
+            assert np.array_equal(r.chunks, plain.rollouts[rid].chunks)
+        else:
+            first = policy.predict_chunk(torch.as_tensor(r.obs[:1]), noise=torch.zeros(1, *policy.noise_shape))
+            np.testing.assert_allclose(r.chunks[0], first[0].numpy(), atol=1e-6)
+    assert "noise scales 0 1" in mixed.meta["collection"] and "noise scales 1," in plain.meta["collection"]
+    write_prefs(tmp_path / "m.hdf5", mixed)
+    assert read_prefs(tmp_path / "m.hdf5").stats()["collection"] == mixed_cfg.describe()
+    with pytest.raises(ConfigError, match="--noise-scales needs --sampler ddim"):
+        PairsConfig(noise_scales=[0.0, 1.0], sampler="stochastic").check()
+    with pytest.raises(ConfigError, match="scales >= 0"):
+        PairsConfig(noise_scales=[-1.0]).check()
+
+
 def test_labels_from_a_person_are_read_back_and_override(prefs_file, tmp_path):
     path, prefs = prefs_file
     copy = tmp_path / "p.hdf5"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,6 +50,10 @@ class PairsConfig:
     """own: each branch draws its own noise for every decision; shared: after its own chunk, the
     branches of a state draw the same noise (common random numbers), so their outcomes differ by
     the branch chunk and less by the luck of the later draws (ddim sampler)."""
+    noise_scales: list[float] = field(default_factory=lambda: [1.0])
+    """Scale of each stream's initial noise, cycled over a start state's streams and over a chunk
+    state's branches (ddim sampler): `0 1` makes every other rollout (and branch) run the policy's
+    zero-noise mode, so pairs set the mode against N(0, I) samples."""
     sampler: str = "ddim"
     """ddim (the policy as it is evaluated) or stochastic (the sampler's chain is kept; D3PO needs it)."""
     noise_level: float | None = None
@@ -63,6 +67,16 @@ class PairsConfig:
     unlabelled: bool = False
     """Write disjoint pairs without a label, for a person to label with `dpft prefs label`."""
 
+    def describe(self) -> str:
+        """How the pairs were made, in a line a prefs file keeps (its meta ``collection``)."""
+        scales = " ".join(f"{x:g}" for x in self.noise_scales)
+        return (
+            f"states {self.states} x streams {self.streams}, chunk states {self.chunk_states} x branches "
+            f"{self.chunk_streams}, horizon {self.horizon}, branch noise {self.branch_noise}, "
+            f"noise scales {scales}, rank {self.rank}, min margin {self.min_margin:g}, "
+            f"max pairs per state {self.max_pairs_per_state}"
+        )
+
     def check(self) -> None:
         if self.states < 1 or self.streams < 2:
             raise ConfigError(f"--states ({self.states}) must be >= 1 and --streams ({self.streams}) >= 2")
@@ -74,6 +88,10 @@ class PairsConfig:
             raise ConfigError(f"--branch-noise {self.branch_noise!r}: choose one of {BRANCH_NOISE}")
         if self.branch_noise == "shared" and self.sampler != "ddim":
             raise ConfigError("--branch-noise shared needs --sampler ddim (the stochastic sampler shares its own)")
+        if any(x < 0 for x in self.noise_scales) or not self.noise_scales:
+            raise ConfigError(f"--noise-scales {self.noise_scales}: give one or more scales >= 0")
+        if self.noise_scales != [1.0] and self.sampler != "ddim":
+            raise ConfigError("--noise-scales needs --sampler ddim (the stochastic sampler draws its own noise)")
         if self.rank not in RANKS:
             raise ConfigError(f"--rank {self.rank!r}: choose one of {RANKS}")
         if (
@@ -124,6 +142,7 @@ def collect_prefs(
     ``shard`` the rollouts are split across the processes and every process gets all pairs."""
     seeds = [seed + j for j in range(cfg.states)]
     common = dict(sampler=cfg.sampler, noise_level=cfg.noise_level, round_=round_, batch_envs=env_cfg.envs, shard=shard)
+    common |= dict(noise_scales=tuple(cfg.noise_scales))
     traj = rollout_groups(policy, env_cfg, seeds, cfg.streams, seed=seed, **common)
     rollouts = {f"{prefix}r{i:06d}": r for i, r in enumerate(traj)}
     labelled = not cfg.unlabelled
@@ -171,6 +190,7 @@ def collect_prefs(
             else float(policy.default_noise_level if cfg.noise_level is None else cfg.noise_level)
         ),
         "policy": source,
+        "collection": cfg.describe(),
         "reward": env_cfg.reward or "",
         "max_episode_steps": env_cfg.max_episode_steps or 0,
     }
@@ -212,5 +232,6 @@ def format_stats(path: Path, s: dict) -> str:
     return (
         f"{path}: {s['pairs']} pairs {s['kinds']} labels {s['labels']} sources {s['sources']}\n"
         f"  {s['rollouts']} rollouts from {s['start_states']} start states, {s['env_steps']} env steps, "
-        f"rollout success {succ}, sampler {s['sampler']}, policy {s['policy']}"
+        f"rollout success {succ}, sampler {s['sampler']}, policy {s['policy']}\n"
+        f"  made with {s['collection']}"
     )

@@ -118,6 +118,7 @@ class Prefs:
             "rounds": sorted({p.round for p in self.pairs}),
             "sampler": self.meta.get("sampler"),
             "policy": self.meta.get("policy"),
+            "collection": self.meta.get("collection") or "not recorded",
         }
 
 
@@ -368,6 +369,7 @@ def merge(prefs: list[tuple[Path, Prefs]]) -> Prefs:
         meta["policy"] = ";".join(sorted({str(p.meta.get("policy", "")) for _, p in prefs}))
         samplers = {p.meta.get("sampler") for _, p in prefs}
         meta["sampler"] = samplers.pop() if len(samplers) == 1 else "mixed"
+        meta["collection"] = "; ".join(dict.fromkeys(str(p.meta.get("collection", "")) for _, p in prefs))
     rollouts: dict[str, Rollout] = {}
     pairs: list[Pair] = []
     offset = 0

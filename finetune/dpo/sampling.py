@@ -16,7 +16,7 @@ finish the episode (or ``horizon`` more decisions).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,24 +89,30 @@ class RolloutNoise:
     """The noise of one rollout, from (seed, group, stream) alone, so a collection gives the same
     rollouts with any number of envs. ``shared`` is the group's: with the stochastic sampler
     the members draw each decision's initial noise from it (the same tensor at the same decision
-    index) and their per-step noise from their own generator."""
+    index) and their per-step noise from their own generator. ``scale`` multiplies this stream's
+    own draws (0: the policy's zero-noise mode), never the group's shared ones; the draws are made
+    whatever the scale, so the other streams' noise does not depend on it."""
 
-    def __init__(self, seed: int, group: int, stream: int, shared: RolloutNoise | None = None) -> None:
+    def __init__(
+        self, seed: int, group: int, stream: int, shared: RolloutNoise | None = None, scale: float = 1.0
+    ) -> None:
         key = int(np.random.SeedSequence([seed, group, stream]).generate_state(1)[0])
         self.gen = torch.Generator().manual_seed(key)
-        self.shared = shared
+        self.shared, self.scale = shared, scale
         self.draws: list[torch.Tensor] = []
 
     def initial(self, policy: Policy, decision: int) -> torch.Tensor:
         """Initial noise number ``decision`` of this stream (drawn on demand, then cached)."""
         while len(self.draws) <= decision:
-            self.draws.append(policy.initial_noise(1, self.gen)[0])
+            self.draws.append(self.scale * policy.initial_noise(1, self.gen)[0])
         return self.draws[decision]
 
 
-def group_noise(seed: int, group: int, streams: int) -> list[RolloutNoise]:
+def group_noise(seed: int, group: int, streams: int, scales: Sequence[float] = (1.0,)) -> list[RolloutNoise]:
+    """The noise of a group's ``streams`` members; member k's own draws are scaled by
+    ``scales[k % len(scales)]``."""
     shared = RolloutNoise(seed, group, 1_000_003)
-    return [RolloutNoise(seed, group, k, shared) for k in range(streams)]
+    return [RolloutNoise(seed, group, k, shared, scales[k % len(scales)]) for k in range(streams)]
 
 
 def _padded(rows: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -175,11 +181,12 @@ def rollout_groups(
     round_: int = 0,
     batch_envs: int = 32,
     shard: Shard | None = None,
+    noise_scales: Sequence[float] = (1.0,),
 ) -> list[Rollout]:
     """``streams`` rollouts from each reset seed (group ``j`` = ``reset_seeds[j]``). With a
     ``shard`` of several processes each runs every W-th rollout and all get all of them."""
     check_sampler(policy, sampler)
-    work = [(j, s, noise) for j, s in enumerate(reset_seeds) for noise in group_noise(seed, j, streams)]
+    work = [(j, s, w) for j, s in enumerate(reset_seeds) for w in group_noise(seed, j, streams, noise_scales)]
     shard = shard or Shard()
     work = work[shard.rank :: shard.world]
     out: list[Rollout] = []
@@ -219,6 +226,7 @@ def branch_groups(
     first_group: int = 0,
     shard: Shard | None = None,
     shared_after: bool = False,
+    noise_scales: Sequence[float] = (1.0,),
 ) -> list[Rollout]:
     """``states`` saved mid-episode states, picked at random from ``sources`` (a rollout and a
     decision before its last), each continued ``streams`` times; group ids start at ``first_group``.
@@ -232,7 +240,7 @@ def branch_groups(
     for g in range(states):
         r = usable[rng.integers(len(usable))]
         picks.append((first_group + g, r, int(rng.integers(1, len(r.chunks)))))
-    work = [(g, r, t, noise) for g, r, t in picks for noise in group_noise(seed, g, streams)]
+    work = [(g, r, t, w) for g, r, t in picks for w in group_noise(seed, g, streams, noise_scales)]
     shard = shard or Shard()
     work = work[shard.rank :: shard.world]
     out: list[Rollout] = []
