@@ -55,6 +55,12 @@ FLAGS["diffusion-dpo-chunk-b1000"] = [*FLAGS["diffusion-dpo-chunk"], "--beta", "
 # the same with --final guarded (DPO's default): a round's policy is deployed only once it beats the base on
 # validation episodes of its own; rows on the bases the chunk recipe made worse
 FLAGS["diffusion-dpo-chunk-guarded"] = [*FLAGS["diffusion-dpo-chunk"], "--final", "guarded"]
+# filtered BC on pairs that set the base's zero-noise mode against its N(0, I) samples: one stream of each
+# start state and one branch of each chunk state run with the noise scaled to 0 (--noise-scales 0 1 1 1),
+# two rounds of 32 x 4 rollouts and 30 x 4 branches (99,200 env steps); in the pilots it took pick-place-mh
+# from 0.56 to 0.91 (experiments/results/dpo_pilots/mh.md)
+FLAGS["filtered-bc-mode"] = ["--loss", "filtered-bc", "--rounds", "2", "--chunk-states", "30", "--chunk-streams", "4"]
+FLAGS["filtered-bc-mode"] += ["--noise-scales", "0", "1", "1", "1"]
 NOISY = {"diffusion-dpo": "diffusion-dpo-flip20", "diffusion-dpo-chunk": "diffusion-dpo-chunk-flip20"}
 """Each label-noise row beside the clean row it is read against."""
 
@@ -106,6 +112,7 @@ DPO = Bench(
         "seppo-chunk": (0, 1, 2),
         "diffusion-dpo-chunk-guarded": (0,),
         "diffusion-dpo-chunk-b1000": (0, 1, 2),
+        "filtered-bc-mode": (0, 1, 2),
     },
     command=command,
     header=HEADER,
@@ -122,10 +129,12 @@ DPO = Bench(
         "seppo-chunk": MIXED,
         "diffusion-dpo-chunk-guarded": ("pick-place-mh", "button-press-mh"),
         "diffusion-dpo-chunk-b1000": MIXED,
+        "filtered-bc-mode": MIXED,
     },
     task_seeds={
         **{t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
         **{f"{t}/diffusion-dpo-chunk-b1000": (0, 1, 2) for t in MIXED},  # the beta 1000 recipe on every base
+        **{f"{t}/filtered-bc-mode": (0, 1, 2) for t in MIXED},
     },
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
 )

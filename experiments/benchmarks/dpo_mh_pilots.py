@@ -38,6 +38,7 @@ SHOWN = (
     "rank",
     "reward",
     "branch_noise",
+    "noise_scales",
     "final",
 )
 
