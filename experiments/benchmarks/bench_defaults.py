@@ -76,25 +76,34 @@ PLAN = [
     *(Row(f"metaworld:{t}", base_of(t), "dpo-rounds5", 0) for t in NEW_TASKS),
     Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dpo-rounds5", 0),
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), m, 1) for m in ("dsrl-alr1e-4", "dsrl-alr1e-4-ema")),
+    *(Row(f"metaworld:{t}", base_of(t), "dpo-fbc-mode", 0) for t in NEW_TASKS),
 ]
 """``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun).
 ``dpo-rounds5``: the defaults plus ``--rounds 5`` (``CANDIDATES``), tried as a candidate; on Hopper it is
 what a bare run does since DPO's rounds come from the task's preset. ``dsrl-alr1e-4(-ema)``: candidates
 against the learning policy's dips, on the sweep-into seed whose default run dipped most (6 of 15)."""
 
-METHODS = ("dsrl", "dsrl-alr1e-4", "dsrl-alr1e-4-ema", "residual", "residual-scale0.1", "dpo", "dpo-rounds5")
+METHODS = (
+    "dsrl", "dsrl-alr1e-4", "dsrl-alr1e-4-ema", "residual", "residual-scale0.1", "dpo", "dpo-rounds5", "dpo-fbc-mode"
+)  # fmt: skip
 """Every row kind, in the order of the tables."""
 CANDIDATES = {
     "dpo-rounds5": ("dpo", ["--rounds", "5"]),
     "dsrl-alr1e-4": ("dsrl", ["--actor-lr", "1e-4"]),
     "dsrl-alr1e-4-ema": ("dsrl", ["--actor-lr", "1e-4", "--actor-ema", "0.999"]),
+    "dpo-fbc-mode": (
+        "dpo",
+        ["--loss", "filtered-bc", "--rounds", "2", "--chunk-states", "30", "--chunk-streams", "4"]
+        + ["--noise-scales", "0", "1", "1", "1"],
+    ),
 }
 """Rows that try a candidate default: the method, and the change from its defaults they make. Five
 rounds of rollout pairs against the base gained on both locomotion bases in the preference pilots
 (experiments/results/dpo_pilots/mh.md). DSRL's learning policy falls below the base between 10k and
 50k env steps while its actor chases the critics' errors: an actor three times slower than the critics
 (``--actor-lr``), and the same with the evaluated policy an average of the actor's weights over about
-1000 gradient steps, 4k env steps (``--actor-ema``)."""
+1000 gradient steps, 4k env steps (``--actor-ema``). ``dpo-fbc-mode``: the preference benchmark's
+``filtered-bc-mode`` flags (filtered BC on pairs that set the zero-noise mode against N(0, I) samples)."""
 
 
 def dpft(*args: str) -> list[str]:
