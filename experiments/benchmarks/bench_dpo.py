@@ -232,21 +232,23 @@ def report() -> None:
             cells = []
             for k in range(3):
                 cells.append(fmt([score(x) for r in runs.values() for x in r if x["round"] == k], success))
-            steps = [x["env_steps"] for r in runs.values() for x in r if x["round"] == 2]
             finals = [load_json(DPO.raw / task / method / f"seed{s}" / "final_seed2000.json") for s in runs]
             finals = [score(f) for f in finals if f]
             finals_by_method[method] = finals
             finished = [s for s in runs if (DPO.raw / task / method / f"seed{s}" / "final_eval.json").exists()]
+            steps = [runs[s][-1]["env_steps"] for s in finished]  # every round's rollouts (2 or 3 rounds)
             walls = [runs[s][-1]["wall_s"] / 60 for s in finished]
             row = [task, f"{method} (n={len(runs)})", base, *cells, f"{int(np.mean(steps))}" if steps else "–",
                    f"{fmt(finals, success)} ({ref})", fmt(walls, False)]  # fmt: skip
             lines.append("| " + " | ".join(row) + " |")
         if success and base100[0]:
             b = score(base100[0])
-            for method in ("diffusion-dpo", "d3po", "diffusion-dpo-chunk", "diffusion-dpo-chunk-b1000", "seppo-chunk"):
+            shown = ("diffusion-dpo", "d3po", "diffusion-dpo-chunk", "diffusion-dpo-chunk-b1000", "seppo-chunk")
+            for method in (*shown, "filtered-bc-mode"):
                 if finals_by_method.get(method):
                     gain = float(np.mean(finals_by_method[method])) - b
-                    fbc = finals_by_method.get("filtered-bc") if "-chunk" not in method else None
+                    rollout_pairs = "-chunk" not in method and method != "filtered-bc-mode"
+                    fbc = finals_by_method.get("filtered-bc") if rollout_pairs else None
                     vs = f", filtered BC {np.mean(fbc) - b:+.2f}" if fbc else ""
                     if task in MIXED and base100[1]:  # the base's own mode, what a gain should also beat
                         vs += f"; final {np.mean(finals_by_method[method]):.2f} vs zero noise {score(base100[1]):.2f}"
