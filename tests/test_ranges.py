@@ -70,6 +70,7 @@ def test_ranges_read_as_written_and_never_hold_nan_or_infinity(spec, inside, out
         ["finetune", "dpo", "--flip-labels", "2"],
         ["train-bc", "--arch.hidden-dim", "0"],
         ["eval", "--episodes", "-3"],
+        ["prefs", "collect", "--noise-scales", "-1"],  # a list: each of its numbers
     ],
 )
 def test_a_flag_outside_its_range_is_one_line_naming_the_flag(argv, capsys):

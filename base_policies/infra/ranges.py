@@ -61,7 +61,7 @@ def declared_ranges(cls: type) -> dict[str, str]:
 
 
 def numeric_fields(cls: type) -> list[str]:
-    """The fields of dataclass ``cls`` whose type is int or float (optionally ``| None``)."""
+    """The fields of dataclass ``cls`` whose type is int or float (optionally ``| None``), or a list of them."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
@@ -86,11 +86,12 @@ def check_ranges(cfg: Any, prefix: str = "") -> None:
             continue
         if f.name not in ranges or value is None or isinstance(value, bool):
             continue
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{flag(f.name, prefix)} must be a number, got {value!r}")
         r = parse_range(ranges[f.name])
-        if value not in r:
-            raise ConfigError(f"{flag(f.name, prefix)} must be {describe(r)}, got {value!r}")
+        for item in value if isinstance(value, (list, tuple)) else [value]:  # a list: each of its numbers
+            if not isinstance(item, (int, float)) or isinstance(item, bool):
+                raise ConfigError(f"{flag(f.name, prefix)} must be a number, got {item!r}")
+            if item not in r:
+                raise ConfigError(f"{flag(f.name, prefix)} must be {describe(r)}, got {item!r}")
 
 
 def describe(r: Range) -> str:

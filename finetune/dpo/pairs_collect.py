@@ -31,6 +31,7 @@ class PairsConfig:
         "chunk_streams": ">= 2",
         "horizon": ">= 0",
         "noise_level": ">= 0",
+        "noise_scales": ">= 0",
         "min_margin": ">= 0",
         "max_pairs_per_state": ">= 0",
     }
@@ -88,7 +89,7 @@ class PairsConfig:
             raise ConfigError(f"--branch-noise {self.branch_noise!r}: choose one of {BRANCH_NOISE}")
         if self.branch_noise == "shared" and self.sampler != "ddim":
             raise ConfigError("--branch-noise shared needs --sampler ddim (the stochastic sampler shares its own)")
-        if any(x < 0 for x in self.noise_scales) or not self.noise_scales:
+        if not self.noise_scales or any(x < 0 for x in self.noise_scales):
             raise ConfigError(f"--noise-scales {self.noise_scales}: give one or more scales >= 0")
         if self.noise_scales != [1.0] and self.sampler != "ddim":
             raise ConfigError("--noise-scales needs --sampler ddim (the stochastic sampler draws its own noise)")
