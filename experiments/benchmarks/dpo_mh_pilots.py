@@ -117,6 +117,20 @@ preference rows that beat both locomotion bases on three seeds. With the referen
 after round 1, 368 after round 4; 320 on the 100 episodes); two such rounds ended at 738, 320 and 493 over
 three seeds (mean 517): seed 0 alone had looked like +27%. `--final guarded` on the five-round resynced
 run deployed round 0 (Hopper-medium 871, Walker2d-medium 710 on the 100 episodes), never a fallen round.
+
+Reading (2026-12-05, third): mode pairs. `--noise-scales 0 1 1 1` (new) scales each stream's initial noise,
+cycling over a start state's streams and a chunk state's branches, so one rollout per start state and one
+branch per chunk state run the base's zero-noise mode, which scores 1.00 on push-mh and pick-place-mh. On the
+benchmark config (32 x 4 rollouts, 32 x 4 chunk branches, reference fixed to the base, 3 rounds, 153,600 env
+steps), filtered BC on such pairs (`fbc_mode`) took pick-place-mh to 0.91 and push-mh to 0.77; the same
+without the mode streams (`fbc_s32`) reached pick-place-mh 0.74 and push-mh 0.45, and Diffusion-DPO
+beta 1000 on the mode pairs (`b1000_mode`) 0.67 and 0.54: the mode streams added +0.17 and +0.32 (one seed), and
+only BC on the preferred members turns it into a sharper sampler. Fitted to the 100k budget (2 rounds,
+30 chunk states: 99,200 env steps) it is the benchmark's `filtered-bc-mode` row (dpo_bench.md: pick-place-mh
+0.90 over three seeds, push-mh 0.66). On push-mh nothing tried held above 0.70 over seeds: lr 3e-5 (`r2_lr3e-5`)
+0.55 (pick-place-mh 0.94), 1500 steps a round (`r2_s1500`) 0.52, two mode streams of four (`mode2`,
+`--noise-scales 0 0 1 1`) 0.80, 0.46 and 0.70 over three seeds (mean 0.65, as with one). From git worktrees
+of b58ad16 and later commits with the same preference code, three to five runs at a time on the 2 cores.
 """
 
 
