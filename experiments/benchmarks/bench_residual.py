@@ -148,6 +148,12 @@ RESIDUAL = Bench(
         "Residual-PPO on the five mixed-data bases (one seed, from a worktree of d87e2f7, beside preference",
         "pilots; about 4 minutes each): push-mh 0.69, drawer-open-mh 0.82, button-press-mh 0.91, pick-place-mh",
         "0.69, peg-insert-side-mh 0.50: below residual-TD3 except on pick-place-mh (0.69 against 0.63).",
+        "`td3-demos` seeds 1-2 on push-mh and pick-place-mh (the two rows below 0.90 without demonstrations; from a",
+        "git worktree at c3fcd88-59a92b6, the same residual code, beside three to five other runs on the 2 cores):",
+        "pick-place-mh 0.85, 0.85, 0.90 over seeds 0-2, mean 0.87 against 0.63 without demonstrations (target",
+        "0.90: missed, narrowly); push-mh 0.96, 0.94, 0.91, mean 0.94 against 0.89 without (target 0.90: met",
+        "with demonstrations). Every seed's learning policy still fell to 0.00-0.03 at 15k env steps (5k after",
+        "the actor starts) before it rose.",
     ],
 )
 
