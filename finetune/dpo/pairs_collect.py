@@ -91,7 +91,7 @@ class PairsConfig:
             raise ConfigError("--branch-noise shared needs --sampler ddim (the stochastic sampler shares its own)")
         if not self.noise_scales or any(x < 0 for x in self.noise_scales):
             raise ConfigError(f"--noise-scales {self.noise_scales}: give one or more scales >= 0")
-        if self.noise_scales != [1.0] and self.sampler != "ddim":
+        if any(x != 1 for x in self.noise_scales) and self.sampler != "ddim":
             raise ConfigError("--noise-scales needs --sampler ddim (the stochastic sampler draws its own noise)")
         if self.rank not in RANKS:
             raise ConfigError(f"--rank {self.rank!r}: choose one of {RANKS}")
