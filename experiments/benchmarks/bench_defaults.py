@@ -77,20 +77,26 @@ PLAN = [
     Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dpo-rounds5", 0),
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), m, 1) for m in ("dsrl-alr1e-4", "dsrl-alr1e-4-ema")),
     *(Row(f"metaworld:{t}", base_of(t), "dpo-fbc-mode", 0) for t in NEW_TASKS),
+    *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), "dsrl-kl8", s) for s in (1, 2)),
 ]
 """``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun).
 ``dpo-rounds5``: the defaults plus ``--rounds 5`` (``CANDIDATES``), tried as a candidate; on Hopper it is
 what a bare run does since DPO's rounds come from the task's preset. ``dsrl-alr1e-4(-ema)``: candidates
-against the learning policy's dips, on the sweep-into seed whose default run dipped most (6 of 15)."""
+against the learning policy's dips, on the sweep-into seed whose default run dipped most (6 of 15);
+``dsrl-kl8`` (``--target-kl 8``) on the two seeds that dipped most (6 and 4 of 15)."""
 
 METHODS = (
-    "dsrl", "dsrl-alr1e-4", "dsrl-alr1e-4-ema", "residual", "residual-scale0.1", "dpo", "dpo-rounds5", "dpo-fbc-mode"
+    "dsrl", "dsrl-alr1e-4", "dsrl-alr1e-4-ema", "dsrl-kl8", "residual", "residual-scale0.1", "dpo", "dpo-rounds5",
+    "dpo-fbc-mode",
 )  # fmt: skip
 """Every row kind, in the order of the tables."""
 CANDIDATES = {
     "dpo-rounds5": ("dpo", ["--rounds", "5"]),
     "dsrl-alr1e-4": ("dsrl", ["--actor-lr", "1e-4"]),
     "dsrl-alr1e-4-ema": ("dsrl", ["--actor-lr", "1e-4", "--actor-ema", "0.999"]),
+    # a KL budget of 8 nats per decision instead of 12: the drift that the training rollouts showed
+    # before each dip (experiments/results/dsrl_mh_probe.md, section 2) is capped sooner
+    "dsrl-kl8": ("dsrl", ["--target-kl", "8"]),
     "dpo-fbc-mode": (
         "dpo",
         ["--loss", "filtered-bc", "--rounds", "2", "--chunk-states", "30", "--chunk-streams", "4"]
@@ -347,6 +353,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--methods", nargs="*", default=["dsrl", "residual"])
+    r.add_argument("--seeds", nargs="*", type=int, help="only these seeds (default: each row's)")
     sub.add_parser("report")
     args = ap.parse_args()
     if args.cmd == "bases":
@@ -355,7 +362,8 @@ def main() -> None:
         for task, base in sorted({(r.task, r.base) for r in PLAN}):
             base_evals(task, base)
     elif args.cmd == "run":
-        rows = sorted((r for r in PLAN if r.method in args.methods), key=lambda r: (r.method != "dsrl", r.seed))
+        rows = [r for r in PLAN if r.method in args.methods and (args.seeds is None or r.seed in args.seeds)]
+        rows.sort(key=lambda r: (r.method != "dsrl", r.seed))
         with ThreadPoolExecutor(args.workers) as pool:
             for msg in pool.map(run_row, rows):
                 print(msg, flush=True)

@@ -61,7 +61,12 @@ FLAGS["diffusion-dpo-chunk-guarded"] = [*FLAGS["diffusion-dpo-chunk"], "--final"
 # from 0.56 to 0.91 (experiments/results/dpo_pilots/mh.md)
 FLAGS["filtered-bc-mode"] = ["--loss", "filtered-bc", "--rounds", "2", "--chunk-states", "30", "--chunk-streams", "4"]
 FLAGS["filtered-bc-mode"] += ["--noise-scales", "0", "1", "1", "1"]
-NOISY = {"diffusion-dpo": "diffusion-dpo-flip20", "diffusion-dpo-chunk": "diffusion-dpo-chunk-flip20"}
+FLAGS["filtered-bc-mode-flip20"] = [*FLAGS["filtered-bc-mode"], "--flip-labels", "0.2"]
+NOISY = {
+    "diffusion-dpo": "diffusion-dpo-flip20",
+    "diffusion-dpo-chunk": "diffusion-dpo-chunk-flip20",
+    "filtered-bc-mode": "filtered-bc-mode-flip20",
+}
 """Each label-noise row beside the clean row it is read against."""
 
 
@@ -113,6 +118,7 @@ DPO = Bench(
         "diffusion-dpo-chunk-guarded": (0,),
         "diffusion-dpo-chunk-b1000": (0, 1, 2),
         "filtered-bc-mode": (0, 1, 2),
+        "filtered-bc-mode-flip20": (0, 1, 2),
     },
     command=command,
     header=HEADER,
@@ -130,11 +136,14 @@ DPO = Bench(
         "diffusion-dpo-chunk-guarded": ("pick-place-mh", "button-press-mh"),
         "diffusion-dpo-chunk-b1000": MIXED,
         "filtered-bc-mode": MIXED,
+        # label noise where filtered BC on mode pairs gains most (pick-place-mh, +0.34 over three seeds)
+        "filtered-bc-mode-flip20": ("pick-place-mh",),
     },
     task_seeds={
         **{t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
         **{f"{t}/diffusion-dpo-chunk-b1000": (0, 1, 2) for t in MIXED},  # the beta 1000 recipe on every base
         **{f"{t}/filtered-bc-mode": (0, 1, 2) for t in MIXED},
+        "pick-place-mh/filtered-bc-mode-flip20": (0, 1, 2),
     },
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
 )
