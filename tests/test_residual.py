@@ -30,7 +30,7 @@ from dpft.finetune.common.run import run_sb3
 from dpft.finetune.dsrl.steered import SteeredPolicy
 from dpft.finetune.residual.env import ResidualVecEnv, noise_rng
 from dpft.finetune.residual.policy import Features, ResidualNet, ResidualPolicy
-from dpft.finetune.residual.train import PPOOptions, Residual, ResidualConfig, train_residual
+from dpft.finetune.residual.train import PPOOptions, Residual, ResidualConfig, TD3Options, train_residual
 
 TASK = "toy_envs:Reach-v0"
 
@@ -461,3 +461,40 @@ def test_a_group_given_as_a_plain_value_beside_a_flat_name_is_one_clear_error():
 
     with pytest.raises(ConfigError, match="'ppo' must be"):
         from_dict(ResidualConfig, {"epochs": 3, "ppo": 5})
+
+
+def test_td3_bc_keeps_the_actor_near_the_replayed_corrections():
+    """The claim behind --td3.bc-alpha: on a replay of r = 0 only (what the critic warm-up leaves),
+    TD3's actor climbs the critic's extrapolation to a large correction, TD3+BC's stays near 0."""
+    from stable_baselines3.common.logger import configure
+
+    from dpft.finetune.residual.algos import ResidualTD3
+
+    def actor_magnitude(bc_alpha: float) -> float:
+        torch.manual_seed(0)
+        env = gym.make("Pendulum-v1")
+        model = ResidualTD3("MlpPolicy", env, learning_starts=0, seed=0, device="cpu", policy_kwargs={"net_arch": [32]})
+        model.bc_alpha = bc_alpha
+        model.set_logger(configure(None, []))
+        obs, _ = env.reset(seed=0)
+        for _ in range(300):
+            nxt, r, term, trunc, _ = env.step(np.zeros(1, np.float32))
+            model.replay_buffer.add(obs[None], nxt[None], np.zeros((1, 1)), np.array([r]), np.array([term]), [{}])
+            obs = nxt if not (term or trunc) else env.reset()[0]
+        model.train(300, 64)
+        states = torch.as_tensor(model.replay_buffer.observations[:300, 0])
+        return model.actor(states).abs().mean().item()
+
+    plain, bc = actor_magnitude(0.0), actor_magnitude(2.5)
+    assert plain > 0.3 and bc < plain / 4, (plain, bc)
+
+
+def test_td3_bc_alpha_reaches_the_algorithm(base_dir, tmp_path):
+    cfg = cli.parse("finetune residual", ["--base", str(base_dir), "--task", TASK, "--td3.bc-alpha", "2.5"])
+    assert cfg.td3.bc_alpha == 2.5
+    base = load_policy(base_dir)
+    assert Residual().schedules(cfg, base)["bc_alpha"] == 2.5
+    assert "bc_alpha" not in Residual().schedules(quick(tmp_path, base_dir, algo="sac"), base)
+    out = train_residual(quick(tmp_path, base_dir, algo="td3", steps=600, td3=TD3Options(bc_alpha=2.5)))
+    assert isinstance(load_policy(out), ResidualPolicy)
+    assert yaml.safe_load((tmp_path / "res" / "config.yaml").read_text())["td3"]["bc_alpha"] == 2.5

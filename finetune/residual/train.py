@@ -53,9 +53,13 @@ ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": ResidualSAC, "td3": ResidualTD3,
 class TD3Options:
     """Residual-TD3's own settings."""
 
-    RANGES: ClassVar[dict[str, str]] = {"action_noise": ">= 0"}
+    RANGES: ClassVar[dict[str, str]] = {"action_noise": ">= 0", "bc_alpha": ">= 0"}
     action_noise: float = 0.1
     """Std of the Gaussian exploration noise on r."""
+    bc_alpha: float = 0.0
+    """TD3+BC: when > 0 the actor minimises -bc_alpha * Q / mean|Q| + (r - r_replay)^2, staying near
+    the corrections that were run or demonstrated instead of the critic's untested extremes (2.5 in
+    TD3+BC; 0: TD3's own actor loss)."""
 
 
 @dataclass
@@ -336,8 +340,9 @@ class Residual(SB3Method):
                     "lets it follow them"
                 )
 
-    def schedules(self, cfg: ResidualConfig, base: Policy) -> dict[str, int]:
-        """The off-policy warm-up schedules in the algorithm's units (updates, transitions)."""
+    def schedules(self, cfg: ResidualConfig, base: Policy) -> dict[str, float]:
+        """The off-policy warm-up schedules in the algorithm's units (updates, transitions), and
+        TD3's BC weight."""
         if cfg.algo == "ppo":
             return {}
         k = self.env_steps_per_transition(cfg, base)
@@ -345,6 +350,7 @@ class Residual(SB3Method):
             "critic_warmup": gradient_steps_for(cfg.critic_warmup_steps // k, cfg.utd),
             "explore_after": (cfg.warmup_steps + cfg.critic_warmup_steps) // k,
             "explore_ramp": cfg.explore_ramp_steps // k,
+            **({"bc_alpha": cfg.td3.bc_alpha} if cfg.algo == "td3" else {}),
         }
 
     def load_kwargs(self, cfg: ResidualConfig, base: Policy) -> dict[str, Any]:
