@@ -86,8 +86,8 @@ against the learning policy's dips, on the sweep-into seed whose default run dip
 ``dsrl-kl8`` (``--target-kl 8``) and ``dsrl-ln`` (``--layer-norm``) on the same seed."""
 
 METHODS = (
-    "dsrl", "dsrl-alr1e-4", "dsrl-alr1e-4-ema", "dsrl-kl8", "dsrl-ln", "residual", "residual-scale0.1", "dpo", "dpo-rounds5",
-    "dpo-fbc-mode",
+    "dsrl", "dsrl-alr1e-4", "dsrl-alr1e-4-ema", "dsrl-kl8", "dsrl-ln", "residual", "residual-scale0.1", "dpo",
+    "dpo-rounds5", "dpo-fbc-mode",
 )  # fmt: skip
 """Every row kind, in the order of the tables."""
 CANDIDATES = {
