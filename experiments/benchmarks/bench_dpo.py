@@ -188,6 +188,11 @@ FOOTER = [
     "(mean 0.90, +0.34; the >= 0.90 target there met, at the line), push-mh 0.73, 0.62, 0.63 (mean 0.66, +0.13),",
     "drawer-open-mh 0.78 (+0.16), button-press-mh 0.96 (+0.11), peg-insert-side-mh 0.51 (-0.14; its zero-noise",
     "mode scores 0.00, so the mode streams only lose there), three seeds each.",
+    "`filtered-bc-mode-flip20` (the same with 20% of the labels flipped, `--flip-labels 0.2`: a flipped pair's",
+    "failing member is the one trained on) on pick-place-mh, from a git worktree of 68c756d (the same preference",
+    "code), two runs at a time: 0.91, 0.90, 0.89 over seeds 0-2, mean 0.90, +0.34 over the base, all of the clean",
+    "rows' +0.34 (target >= 70% of the clean gain: met on this row; the chunk-pair Diffusion-DPO row on",
+    "drawer-open-mh kept 27%).",
 ]
 
 
