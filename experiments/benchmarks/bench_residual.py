@@ -108,6 +108,7 @@ RESIDUAL = Bench(
         "td3-demos-scale0.1": (0,),
         "td3-utd2": (0,),
         "td3-demos-bc2.5": (0, 1, 2),
+        "td3-bc2.5": (0,),
     },
     command=command,
     header=HEADER,
@@ -122,6 +123,7 @@ RESIDUAL = Bench(
         "td3-demos-scale0.1": ("push-mh", "pick-place-mh"),
         "td3-utd2": ("pick-place-mh", "push-mh"),  # the two rows below 0.90 at the default UTD 1
         "td3-demos-bc2.5": ("pick-place-mh",),  # the row td3-demos left below 0.90 (0.87)
+        "td3-bc2.5": ("pick-place-mh",),  # the same without demonstrations: what the BC term does alone
     },
     footer=[
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
