@@ -132,7 +132,7 @@ only BC on the preferred members turns it into a sharper sampler. Fitted to the 
 `--noise-scales 0 0 1 1`) 0.80, 0.46 and 0.70 over three seeds (mean 0.65, as with one). From git worktrees
 of b58ad16 and later commits with the same preference code, three to five runs at a time on the 2 cores.
 Ranking by success alone (`fbc_mode_rs`: the benchmark's filtered-bc-mode flags plus `--rank success`, so
-only pairs whose members differ in success count and BC sees successful chunks only) kept a sixth of the
+only pairs whose members differ in success count and BC sees successful chunks only) kept a third of the
 pairs (219 against 630) and scored push-mh 0.60 (seed 0; 0.73 with success then return): not a remedy.
 From a worktree of 68c756d (the same preference code), beside one other run.
 """
