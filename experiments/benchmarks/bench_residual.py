@@ -108,7 +108,7 @@ RESIDUAL = Bench(
         "td3-demos-scale0.1": (0,),
         "td3-utd2": (0,),
         "td3-demos-bc2.5": (0, 1, 2),
-        "td3-bc2.5": (0, 1, 2),
+        "td3-bc2.5": (0,),
     },
     command=command,
     header=HEADER,
