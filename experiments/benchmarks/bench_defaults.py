@@ -84,7 +84,8 @@ PLAN = [
 ``dpo-rounds5``: the defaults plus ``--rounds 5`` (``CANDIDATES``), tried as a candidate; on Hopper it is
 what a bare run does since DPO's rounds come from the task's preset. ``dsrl-alr1e-4(-ema)``: candidates
 against the learning policy's dips, on the sweep-into seed whose default run dipped most (6 of 15);
-``dsrl-kl8`` (``--target-kl 8``) on that seed, then the other two; ``dsrl-ln`` (``--layer-norm``) and both together (``dsrl-kl8-ln``) on that seed."""
+``dsrl-kl8`` (``--target-kl 8``) on that seed, then the other two; ``dsrl-ln`` (``--layer-norm``)
+and both together (``dsrl-kl8-ln``) on that seed."""
 
 METHODS = (
     "dsrl", "dsrl-alr1e-4", "dsrl-alr1e-4-ema", "dsrl-kl8", "dsrl-ln", "dsrl-kl8-ln", "residual",
