@@ -14,9 +14,10 @@ Residual-TD3 can also keep its actor near the actions in the replay (``bc_alpha`
 Fujimoto & Gu 2021). After the critic warm-up the critic has only seen ``r = 0`` and the
 demonstrations' corrections; plain TD3's actor climbs the critic's extrapolation to the edge of
 the residual's range: 5k env steps after the actor started, every benchmark seed on push-mh,
-pick-place-mh and peg-insert-side-mh was at 0.00-0.07 success (bases 0.40-0.73). The BC term pulls the actor toward what was actually run (the
-base's ``r = 0`` early on, the demonstrated corrections, later its own exploring actions), and
-the critic's term is normalised by the batch's mean |Q| so one ``bc_alpha`` fits any reward scale.
+pick-place-mh and peg-insert-side-mh was at 0.00-0.07 success (bases 0.40-0.73). The BC term
+pulls the actor toward what was actually run (the base's ``r = 0`` early on, the demonstrated
+corrections, later its own exploring actions), and the critic's term is normalised by the batch's
+mean |Q| so one ``bc_alpha`` fits any reward scale.
 
 The ramp's coin flips draw from NumPy's global generator, which the checkpoint saves, so a
 resumed run makes the same choices.
