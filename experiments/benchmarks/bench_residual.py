@@ -167,7 +167,7 @@ RESIDUAL = Bench(
         "and 0.90 where plain TD3 had 0.00, 0.00 and 0.03; lowest periodic evaluation after 15k 0.77-0.80 (0.00-0.03",
         "without); mean of the periodic evaluations from 30k on 0.90-0.92 (0.63-0.77 without).",
         "`td3-bc2.5` (the BC term without demonstrations, seed 0, the same worktree): it did not fall to 0.00 at",
-        "15k (0.37) but stayed below the base's 0.53 on the evaluation episodes until 60k and ended at 0.58 on the",
+        "15k (0.37) but was below the base's 0.53 at every evaluation from 15k to 55k and ended at 0.58 on the",
         "100 episodes (plain TD3 0.66 on that seed, base 0.59): the term helps with demonstrations to follow,",
         "not alone; seeds 1-2 were not run.",
     ],
