@@ -227,7 +227,8 @@ def report() -> None:
     ]
     for row in PLAN:
         folder = RAW / row.rel
-        evals = [json.loads(x) for x in (folder / "evals.jsonl").read_text().splitlines()] if folder.exists() else []
+        log = folder / "evals.jsonl"  # absent until a started run's first evaluation
+        evals = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
         evals = [e for e in evals if e.get("round", 0) >= 0]  # dpo: round -1 is the base's own evaluation
         record = load(folder / RECORD)
         if not evals or record is None:
