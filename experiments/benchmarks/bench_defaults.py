@@ -78,13 +78,14 @@ PLAN = [
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), m, 1) for m in ("dsrl-alr1e-4", "dsrl-alr1e-4-ema")),
     *(Row(f"metaworld:{t}", base_of(t), "dpo-fbc-mode", 0) for t in NEW_TASKS),
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), "dsrl-kl8", s) for s in (1, 0, 2)),
+    *(Row(f"metaworld:{t}", base_of(t), "dsrl-kl8", 0) for t in NEW_TASKS[1:]),
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), m, 1) for m in ("dsrl-ln", "dsrl-kl8-ln")),
 ]
 """``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun).
 ``dpo-rounds5``: the defaults plus ``--rounds 5`` (``CANDIDATES``), tried as a candidate; on Hopper it is
 what a bare run does since DPO's rounds come from the task's preset. ``dsrl-alr1e-4(-ema)``: candidates
 against the learning policy's dips, on the sweep-into seed whose default run dipped most (6 of 15);
-``dsrl-kl8`` (``--target-kl 8``) on that seed, then the other two; ``dsrl-ln`` (``--layer-norm``)
+``dsrl-kl8`` (``--target-kl 8``) on that seed, then the other two and the other tasks; ``dsrl-ln`` (``--layer-norm``)
 and both together (``dsrl-kl8-ln``) on that seed."""
 
 METHODS = (
