@@ -362,6 +362,7 @@ def main() -> None:
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--methods", nargs="*", default=["dsrl", "residual"])
     r.add_argument("--seeds", nargs="*", type=int, help="only these seeds (default: each row's)")
+    r.add_argument("--tasks", nargs="*", help="only these tasks (e.g. metaworld:window-open-v3)")
     sub.add_parser("report")
     args = ap.parse_args()
     if args.cmd == "bases":
@@ -371,6 +372,7 @@ def main() -> None:
             base_evals(task, base)
     elif args.cmd == "run":
         rows = [r for r in PLAN if r.method in args.methods and (args.seeds is None or r.seed in args.seeds)]
+        rows = [r for r in rows if args.tasks is None or r.task in args.tasks]
         rows.sort(key=lambda r: (r.method != "dsrl", r.seed))
         with ThreadPoolExecutor(args.workers) as pool:
             for msg in pool.map(run_row, rows):
