@@ -171,6 +171,9 @@ RESIDUAL = Bench(
         "15k (0.37) but was below the base's 0.53 at every evaluation from 15k to 55k and ended at 0.58 on the",
         "100 episodes (plain TD3 0.66 on that seed, base 0.59): the term helps with demonstrations to follow,",
         "not alone; seeds 1-2 were not run.",
+        "`td3-demos-bc2.5` on push-mh (seed 0, the same worktree), where demonstrations alone had met the target:",
+        "0.95 on the 100 episodes (0.96 without the BC term on that seed); 0.87 at 15k (0.03 without), lowest",
+        "periodic evaluation after 15k 0.87, mean from 30k on 0.95 (0.78 without).",
     ],
 )
 
