@@ -26,7 +26,8 @@ def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
     """Methods are ``ALGO`` (per-step residual) with optional parts: ``-chunk`` (per-chunk),
     ``-demos`` (demonstrations in half of each batch), ``-scaleS`` (``--residual-scale S``
     instead of the scale measured on the base), ``-utdN`` (``--utd N`` gradient steps per transition),
-    ``-bcA`` (``--td3.bc-alpha A``: TD3+BC's actor loss)."""
+    ``-bcA`` (``--td3.bc-alpha A``: TD3+BC's actor loss), ``-guarded`` (``--final guarded``: the
+    deployed policy, not the last one)."""
     algo, *variants = job.method.split("-")
     form = "chunk" if "chunk" in variants else "step"
     flags = ["--algo", algo, "--form", form] + (["--envs", "8"] if algo == "ppo" else [])
@@ -35,6 +36,7 @@ def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
     flags += [x for v in variants if v.startswith("scale") for x in ("--residual-scale", v.removeprefix("scale"))]
     flags += [x for v in variants if v.startswith("utd") for x in ("--utd", v.removeprefix("utd"))]
     flags += [x for v in variants if v.startswith("bc") for x in ("--td3.bc-alpha", v.removeprefix("bc"))]
+    flags += ["--final", "guarded"] if "guarded" in variants else []
     return dpft_command(["finetune", "residual"], job, cfg_path, resume, flags)
 
 
@@ -109,6 +111,7 @@ RESIDUAL = Bench(
         "td3-utd2": (0,),
         "td3-demos-bc2.5": (0, 1, 2),
         "td3-bc2.5": (0,),
+        "td3-demos-bc2.5-guarded": (0, 1, 2),
     },
     command=command,
     header=HEADER,
@@ -122,8 +125,10 @@ RESIDUAL = Bench(
         "td3-scale0.1": MIXED,
         "td3-demos-scale0.1": ("push-mh", "pick-place-mh"),
         "td3-utd2": ("pick-place-mh", "push-mh"),  # the two rows below 0.90 at the default UTD 1
-        "td3-demos-bc2.5": ("pick-place-mh", "push-mh"),  # the row td3-demos left below 0.90 (0.87), and one it met
+        # the row td3-demos left below 0.90 (0.87), one it met, and the one below DSRL-NA (0.90 against 0.95)
+        "td3-demos-bc2.5": ("pick-place-mh", "push-mh", "peg-insert-side-mh"),
         "td3-bc2.5": ("pick-place-mh",),  # the same without demonstrations: what the BC term does alone
+        "td3-demos-bc2.5-guarded": ("pick-place-mh",),  # the guarded row beside the plain one
     },
     task_seeds={"push-mh/td3-demos-bc2.5": (0,)},
     footer=[
