@@ -36,6 +36,8 @@ def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
     flags += [x for v in variants if v.startswith("scale") for x in ("--residual-scale", v.removeprefix("scale"))]
     flags += [x for v in variants if v.startswith("utd") for x in ("--utd", v.removeprefix("utd"))]
     flags += [x for v in variants if v.startswith("bc") for x in ("--td3.bc-alpha", v.removeprefix("bc"))]
+    if "demos" in variants and not any(v.startswith("bc") for v in variants):
+        flags += ["--td3.bc-alpha", "0"]  # the rows made before 2.5 became the default with --demos
     flags += ["--final", "guarded"] if "guarded" in variants else []
     return dpft_command(["finetune", "residual"], job, cfg_path, resume, flags)
 

@@ -47,6 +47,8 @@ from dpft.finetune.residual.env import ResidualVecEnv
 from dpft.finetune.residual.policy import FORMS, Features, ResidualNet, ResidualPolicy
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": ResidualSAC, "td3": ResidualTD3, "ppo": PPO}
+DEMOS_BC_ALPHA = 2.5
+"""TD3's BC weight when --demos is given and --td3.bc-alpha is not (TD3+BC's own value)."""
 
 
 @dataclass
@@ -56,10 +58,12 @@ class TD3Options:
     RANGES: ClassVar[dict[str, str]] = {"action_noise": ">= 0", "bc_alpha": ">= 0"}
     action_noise: float = 0.1
     """Std of the Gaussian exploration noise on r."""
-    bc_alpha: float = 0.0
+    bc_alpha: float | None = None
     """TD3+BC: when > 0 the actor minimises -bc_alpha * Q / mean|Q| + (r - r_replay)^2, staying near
-    the corrections that were run or demonstrated instead of the critic's untested extremes (2.5 in
-    TD3+BC; 0: TD3's own actor loss)."""
+    the corrections that were run or demonstrated instead of the critic's untested extremes (0: TD3's
+    own actor loss). Default: 2.5 (TD3+BC's) with --demos, 0 without; with demonstrations the learning
+    curve no longer collapsed after the actor started, without them the term did worse than plain TD3
+    (experiments/results/residual_bench.md)."""
 
 
 @dataclass
@@ -193,6 +197,8 @@ class ResidualConfig(FinetuneConfig):
         check_utd(self.utd)
         if self.demos is not None and (self.algo == "ppo" or self.form != "step"):
             raise ConfigError("--demos needs an off-policy per-step residual (--algo td3 or sac, --form step)")
+        if self.td3.bc_alpha is None:
+            self.td3 = replace(self.td3, bc_alpha=DEMOS_BC_ALPHA if self.demos is not None else 0.0)
 
 
 class Residual(SB3Method):
