@@ -108,7 +108,7 @@ CANDIDATES = {
     "dsrl-kl8-ln": ("dsrl", ["--target-kl", "8", "--layer-norm"]),
     # a budget closer to the least a policy inside the noise box can have (about 5.3 nats for this base's
     # 32-d noise at --action-magnitude 1.5, finetune/dsrl/na.py): the drift capped sooner still
-    "dsrl-kl6": ("dsrl", ["--target-kl", "4"]),
+    "dsrl-kl6": ("dsrl", ["--target-kl", "6"]),
     # the budget of 8 with the minimum over five critics instead of two (REDQ-style pessimism against the
     # over-estimation above)
     "dsrl-kl8-c5": ("dsrl", ["--target-kl", "8", "--critics", "5"]),
