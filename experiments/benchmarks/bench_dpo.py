@@ -26,6 +26,7 @@ from benchlib import (
     dpft_eval,
     final_evals,
     fmt,
+    guarded_summary,
     has_success,
     load_json,
     read_bench_config,
@@ -33,8 +34,6 @@ from benchlib import (
     score,
     sync,
 )
-
-from dpft.finetune.common.guard import lower_bound, point
 
 FLAGS = {
     "diffusion-dpo": ["--loss", "diffusion-dpo"],
@@ -284,15 +283,9 @@ def report() -> None:
                                     f"{g_noisy:+.2f} ({share}{met})")  # fmt: skip
         for method in (m for m in DPO.methods if m.endswith("-guarded")):
             for seed in DPO.methods[method]:
-                folder = DPO.raw / task / method / f"seed{seed}"
-                record, rows = load_json(folder / "guarded.json"), folder / "evals.jsonl"
-                if record is None or not rows.exists():
-                    continue
-                low = lower_bound(record["base"]["eval"])
-                deployed = [json.loads(x)["deployed"] for x in rows.read_text().splitlines()[1:] if x.strip()]
-                below = sum(point(d) < low for d in deployed)
-                verdicts.append(f"{task} {method} seed {seed}: {below} of {len(deployed)} deployed evaluations below "
-                                f"the base's lower 95% bound ({low:.2f}; target: none)")  # fmt: skip
+                summary = guarded_summary(DPO.raw / task / method / f"seed{seed}")
+                if summary:
+                    verdicts.append(f"{task} {method} seed {seed}: {summary[:-1]}; target: none)")
         if not success and base100[0] and finals_by_method.get("diffusion-dpo-chunk"):
             gain = float(np.mean(finals_by_method["diffusion-dpo-chunk"])) / score(base100[0]) - 1
             verdicts.append(f"{task} diffusion-dpo-chunk: return {gain:+.0%} ({'met' if gain >= 0.15 else 'not met'}"

@@ -296,6 +296,22 @@ def dip_summary(folder: Path, found: list[tuple[int, list[dict]]]) -> str:
     return f"{below} of {total} (lowest {worst[0]:.{digits}f} at {worst[2] // 1000}k vs {worst[1]:.{digits}f})"
 
 
+def guarded_summary(folder: Path) -> str | None:
+    """For a ``--final guarded`` run: how many of its deployed evaluations fell below the base's
+    lower 95% bound on the guard's own base evaluation (the guard's promise: none), or None when
+    the run has not recorded one yet."""
+    from dpft.finetune.common.guard import lower_bound, point
+
+    record, rows = load_json(folder / "guarded.json"), folder / "evals.jsonl"
+    if record is None or not rows.exists():
+        return None
+    low = lower_bound(record["base"]["eval"])
+    evals = [json.loads(x) for x in rows.read_text().splitlines() if x.strip()]
+    deployed = [e["deployed"] for e in evals if isinstance(e.get("deployed"), dict)]
+    below = sum(point(d) < low for d in deployed)
+    return f"{below} of {len(deployed)} deployed evaluations below the base's lower 95% bound ({low:.2f})"
+
+
 def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
     from dpft.finetune.common.eval_log import read_evals
 
@@ -371,6 +387,13 @@ def cmd_report(bench: Bench, args, benches: dict[str, Bench]) -> None:
                 + ", ".join(f"{t} {d}" for t, d in dips.items())
                 + "."
             )
+    guarded = [
+        f"{j.task} {j.method} seed {j.seed}: {g}"
+        for j in plan
+        if j.method.endswith("-guarded") and (g := guarded_summary(bench.raw / j.rel))
+    ]
+    if guarded:
+        lines.append("Guarded rows (`--final guarded`; target: none below): " + "; ".join(guarded) + ".")
     lines += bench.footer
     if pending:
         lines.append(f"Not finished (partial curves above where started): {', '.join(pending)}.")
