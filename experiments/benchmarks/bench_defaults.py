@@ -362,6 +362,21 @@ NOTES = [
     "the same collection reports (`defaults_bench/bases/<task>/build.log`: 150 episodes, 233 attempted on",
     "sweep-into, return 845.5 ± 482.0); a rebuilt base scores what the first one did on the runs' 30",
     "evaluation episodes (sweep-into 0.63, window-open 0.93, plate-slide 0.97, the 'base on eval ep.' column).",
+    "Reading (2026-12-05, fifth): two more candidates on the sweep-into seed that dipped most (seed 1), each",
+    "stopped once it had more evaluations after 25k below the base than one in ten allows over a whole run.",
+    "`dsrl-kl6` (`--target-kl 6`, close to the least KL a policy inside the noise box can have, about 5.3",
+    "nats for this base's 32-d noise): 0.57, 0.47, 0.53 at 30k-40k against the base's 0.83, all three below",
+    "its lower 95% bound; stopped at 43k. Its KL held at 6.0-6.7 nats with the temperature rising to 0.03,",
+    "and the exploring policy's own success (TensorBoard `rollout/success_rate`) stayed at 0.70-0.84, about",
+    "the base's, while the deterministic policy that is evaluated (the actor's mean noise) fell: the dips",
+    "are in the mean noise, not in the noise distribution the actor samples. `dsrl-kl8-c5` (`--target-kl 8",
+    "--critics 5`: the minimum over five critics) fell to 0.20-0.33 at 15k-25k and was at 0.57 and 0.60 at",
+    "30k and 35k (2 of 3 below the base); stopped at 40k; it ran about twice as slowly. Neither is kept as",
+    "a candidate; the dips target stays missed. Both ran on the sweep-into base rebuilt on 2026-12-05 with",
+    "the `bases` commands (the machine that held the earlier one was replaced): the same collection",
+    "(`bases/sweep-into-v3/rebuild-2026-12-05.log`), 0.83 on seed 1's evaluation episodes as before, 0.68",
+    "on the 100 episodes against 0.67 (`rebuild-2026-12-05_base_normal.json`): the BC weights are not",
+    "bit-identical. From a git worktree of d1d7f7d, beside one or two residual benchmark runs.",
 ]
 
 
