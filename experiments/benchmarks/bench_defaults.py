@@ -371,7 +371,7 @@ NOTES = [
     "the base's, while the deterministic policy that is evaluated (the actor's mean noise) fell: the dips",
     "are in the mean noise, not in the noise distribution the actor samples. `dsrl-kl8-c5` (`--target-kl 8",
     "--critics 5`: the minimum over five critics) fell to 0.20-0.33 at 15k-25k and was at 0.57 and 0.60 at",
-    "30k and 35k (2 of 3 below the base); stopped at 40k; it ran about twice as slowly. Neither is kept as",
+    "30k and 35k (2 of 3 below the base); stopped at 40k. Neither is kept as",
     "a candidate; the dips target stays missed. Both ran on the sweep-into base rebuilt on 2026-12-05 with",
     "the `bases` commands (the machine that held the earlier one was replaced): the same collection",
     "(`bases/sweep-into-v3/rebuild-2026-12-05.log`), 0.83 on seed 1's evaluation episodes as before, 0.68",
