@@ -126,6 +126,12 @@ NOTES = [
     "50k policy scored 1.00 and 0.99, and the residual half kept drawer-open-mh at 1.00 and moved",
     "peg-insert-side-mh from 0.99 to 0.97 (DSRL-NA's seed-0 100k runs scored 1.00 and 0.90). So on these bases",
     "a residual on top of DSRL does no harm, and shows no gain one seed can see.",
+    "Reading (2026-12-05, later): seed 1 of both rows (from a git worktree of 512a36c, the same DSRL and",
+    "residual code, two runs at a time). Drawer-open-mh: DSRL-NA's 50k policy was in a dip (0.16 on the 100",
+    "episodes) and the residual on top of it reached 1.00, as on seed 0: the residual half repaired what the",
+    "DSRL half left. Peg-insert-side-mh: DSRL-NA's 50k policy 0.98, the residual on top 0.92: the residual",
+    "half lost 0.06. Over two seeds the stacked rows are 1.00 (drawer-open-mh, met) and 0.945 against",
+    "DSRL-NA's 0.953 (peg-insert-side-mh, missed by 0.01); seed 2 not run yet.",
 ]
 
 
