@@ -285,7 +285,7 @@ def report() -> None:
             for seed in DPO.methods[method]:
                 summary = guarded_summary(DPO.raw / task / method / f"seed{seed}")
                 if summary:
-                    verdicts.append(f"{task} {method} seed {seed}: {summary[:-1]}; target: none)")
+                    verdicts.append(f"{task} {method} seed {seed}: {summary}, target: none")
         if not success and base100[0] and finals_by_method.get("diffusion-dpo-chunk"):
             gain = float(np.mean(finals_by_method["diffusion-dpo-chunk"])) / score(base100[0]) - 1
             verdicts.append(f"{task} diffusion-dpo-chunk: return {gain:+.0%} ({'met' if gain >= 0.15 else 'not met'}"
