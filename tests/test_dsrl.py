@@ -572,3 +572,38 @@ def test_actor_ema_is_the_policy_and_actor_lr_paces_the_actor_alone(tmp_path, ba
     loaded = load_sb3_checkpoint(DSRL().algorithm(cfg), tmp_path / "ck", venv, **DSRL().load_kwargs(cfg, base))[0]
     assert all(torch.equal(a, b) for a, b in zip(params(loaded.policy.actor_ema), shadow1))
     assert loaded.actor_lr == 1e-4 and loaded.actor_ema == 0.9
+
+
+@pytest.mark.parametrize("mode", ["sampled", "mean"])
+def test_noise_mode_decides_what_the_saved_policy_draws(tmp_path, base_dir, mode):
+    """sampled: each call without noise is a seeded draw of the actor's distribution, the same
+    as passing that N(0, I) draw as noise; mean: the actor's mean noise, whatever the generator.
+    The mode survives save/load, and an artifact from before the key loads as mean."""
+    from dpft.base_policies.sb3_actor import SquashedMeanActor
+    from dpft.finetune.dsrl.steered import SteeredPolicy
+
+    base = load_policy(base_dir)
+    torch.manual_seed(0)
+    actor = SquashedMeanActor(base.obs_horizon * base.obs_dim, [16], math.prod(base.noise_shape))
+    meta = {"action_magnitude": 1.5, "hidden": [16], "noise_mode": mode}
+    policy = SteeredPolicy(base, actor, meta)
+    obs = torch.randn(5, base.obs_horizon, base.obs_dim)
+    draw = lambda seed: policy.predict_chunk(obs, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    mean = base.predict_chunk(obs, policy.noise_for(obs))
+    assert policy.chooses_noise == (mode == "mean")
+    if mode == "sampled":
+        eps = base.initial_noise(5, torch.Generator().manual_seed(1))
+        assert torch.equal(draw(1), policy.predict_chunk(obs, eps)) and torch.equal(draw(1), draw(1))
+        assert not torch.allclose(draw(1), draw(2)) and not torch.allclose(draw(1), mean)
+    else:
+        assert torch.equal(draw(1), mean) and torch.equal(draw(2), mean)
+
+    policy.save(tmp_path / "p")
+    assert load_policy(tmp_path / "p").noise_mode == mode
+    old = json.loads((tmp_path / "p" / "config.json").read_text())
+    del old["noise_mode"]
+    (tmp_path / "p" / "config.json").write_text(json.dumps(old))
+    assert load_policy(tmp_path / "p").noise_mode == "mean"
+    assert DSRLConfig(noise_mode=mode).noise_mode == mode
+    with pytest.raises(ConfigError, match="--noise-mode"):
+        DSRLConfig(noise_mode="median")

@@ -4,10 +4,21 @@ A :class:`~dpft.base_policies.composed.ComposedPolicy` of ``type: "dsrl"``; its 
 the noise actor, and config.json adds ``action_magnitude``, the actor's ``hidden`` sizes,
 ``variant`` and ``task``.
 
-It is a :class:`Policy`: ``predict_chunk(obs)`` runs the noise actor's mean and denoises that
-noise with the base; given ``noise``, the actor's reparameterised sample
-``tanh(mu + std * noise)`` is used instead, so the output is still a deterministic function
-of (obs, noise) and a steered policy can itself be steered again.
+It is a :class:`Policy`. Given ``noise``, ``predict_chunk(obs, noise)`` denoises the actor's
+reparameterised sample ``tanh(mu + std * noise)``, so the output is a deterministic function of
+(obs, noise) and a steered policy can itself be steered again. Without ``noise`` it depends on
+``noise_mode`` in config.json:
+
+* ``sampled``: a fresh N(0, I) draw (from ``generator``) becomes such a sample, i.e. the policy
+  acts with the noise distribution it was trained and explored with;
+* ``mean`` (artifacts from before the key): the actor's mean noise, ``tanh(mu)``.
+
+Why the two differ more than an action-space actor's mean and samples do: the actor is held
+near N(0, I) (a KL budget of several nats over 32 coordinates), so its samples lie on a shell of
+norm about 4-5 while its mean lies near the origin, where the base's zero-noise mode is, a
+different behaviour (window-open's base: 0.95 with N(0, I) noise, 0.00 with zero noise). Early in
+training the mean is that mode, not the behaviour the samples show:
+experiments/results/defaults.md measures both.
 """
 
 from __future__ import annotations
@@ -25,18 +36,29 @@ from dpft.base_policies.sb3_actor import SquashedMeanActor
 
 @register_policy("dsrl")
 class SteeredPolicy(ComposedPolicy):
-    chooses_noise = True  # predict_chunk(obs) uses the actor's mean noise, not a fresh N(0, I) draw
+    NOISE_MODES = ("sampled", "mean")
 
     def __init__(self, base: Policy, actor: SquashedMeanActor, meta: dict[str, Any]) -> None:
         super().__init__(base, actor, meta)
         self.action_magnitude = float(meta["action_magnitude"])
+        self.noise_mode = str(meta.get("noise_mode", "mean"))
+        if self.noise_mode not in self.NOISE_MODES:
+            raise CheckpointError(
+                f"a dsrl policy's 'noise_mode' must be one of {list(self.NOISE_MODES)}, not {self.noise_mode!r}"
+            )
+
+    @property
+    def chooses_noise(self) -> bool:
+        """With ``mean`` the policy picks its own noise; with ``sampled`` a rollout feeds it N(0, I)
+        draws, which it turns into samples of its noise distribution (seeded like a base's)."""
+        return self.noise_mode == "mean"
 
     @property
     def actor(self) -> SquashedMeanActor:
         return self.learned
 
     def fields(self) -> dict[str, Any]:
-        return {"action_magnitude": self.action_magnitude, "hidden": self.actor.hidden}
+        return {"action_magnitude": self.action_magnitude, "hidden": self.actor.hidden, "noise_mode": self.noise_mode}
 
     @classmethod
     def build_learned(cls, base: Policy, meta: dict[str, Any]) -> SquashedMeanActor:
@@ -58,4 +80,6 @@ class SteeredPolicy(ComposedPolicy):
         obs = self.obs_history(obs)  # [B, obs_horizon, obs_dim] on the policy's device
         if noise is not None:
             noise = self.check_noise(torch.as_tensor(noise), obs.shape[0])
+        elif self.noise_mode == "sampled":
+            noise = self.initial_noise(obs.shape[0], generator)
         return self.base.predict_chunk(obs, self.noise_for(obs, noise))

@@ -140,9 +140,18 @@ class DSRLConfig(FinetuneConfig):
     """Decay (per gradient step) of an exponential moving average of the actor's weights; when
     > 0 the average is the policy that is evaluated, guarded and saved, while the actor itself
     explores (0: off, the actor is the policy)."""
+    noise_mode: str = "mean"
+    """How the fine-tuned policy picks its noise, in evaluations, the guard and the saved policy:
+    sampled (a draw from the noise actor's distribution, as in training) or mean (the actor's mean
+    noise, near the base's zero-noise mode early in training; see dpft.finetune.dsrl.steered)."""
+    compare_noise_modes: bool = False
+    """Also evaluate the other --noise-mode at every evaluation (evals.jsonl: ``noise_mode_<other>``),
+    to choose a mode from evidence; doubles the evaluation time. The other mode is never deployed."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.noise_mode not in SteeredPolicy.NOISE_MODES:
+            raise ConfigError(f"unknown --noise-mode {self.noise_mode!r}; available: {list(SteeredPolicy.NOISE_MODES)}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown --variant {self.variant!r}; available: {list(VARIANTS)}")
         if self.init_alpha is None:
@@ -179,6 +188,7 @@ class DSRL(SB3Method):
         "distill_within_weight": 0.0,
         "q_scaled_temperature": False,
         "critic_warmup_steps": 0,
+        "noise_mode": "mean",
     }
 
     def check(self, cfg: DSRLConfig, base: Policy) -> None:
@@ -238,6 +248,12 @@ class DSRL(SB3Method):
     def artifact(self, model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy:
         return steered_from(model, base, cfg)
 
+    def also_evaluate(self, cfg: DSRLConfig, policy: SteeredPolicy) -> dict[str, Policy]:
+        if not cfg.compare_noise_modes:
+            return {}
+        other = next(m for m in SteeredPolicy.NOISE_MODES if m != cfg.noise_mode)
+        return {f"noise_mode_{other}": SteeredPolicy(policy.base, policy.actor, {**policy.meta, "noise_mode": other})}
+
     def callbacks(self, cfg: DSRLConfig, model: DSRLSAC, base: Policy, k: int) -> list[BaseCallback]:
         critics = {"noise_critic": lambda d: _min_q(model.critic, d.observations, d.actions)}
         if isinstance(model, DSRLNA):
@@ -269,6 +285,7 @@ def steered_from(model: DSRLSAC, base: Policy, cfg: DSRLConfig) -> SteeredPolicy
         "reward": cfg.reward,
         "action_magnitude": cfg.action_magnitude,
         "hidden": [cfg.hidden] * cfg.layers,
+        "noise_mode": cfg.noise_mode,
         "provenance": {"method": "finetune dsrl", "base_source": str(cfg.base), "run": str(cfg.out)},
     }
     return SteeredPolicy(base, actor, meta)
