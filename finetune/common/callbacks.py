@@ -167,7 +167,8 @@ class PeriodicEval(EnvStepCallback):
             return True
         summary = self.evaluate()
         row = {k: summary[k] for k in ("success_rate", "return_mean", "episodes")}
-        for extra in ("validation", "deployed"):  # --final guarded
+        also = [k for k in summary if k.startswith("also_")]  # SB3Method.also_evaluate
+        for extra in ("validation", "deployed", *also):  # --final guarded, then the other forms
             if extra in summary:
                 row[extra] = summary[extra]
                 self.record(f"eval/{extra}", summary[extra])

@@ -116,7 +116,7 @@ class SB3Method(abc.ABC):
 
     def also_evaluate(self, cfg: Any, policy: Policy) -> dict[str, Policy]:
         """Other forms of the policy to evaluate beside it at every evaluation, by name (recorded
-        in evals.jsonl under that name; they are never deployed). Default: none."""
+        in evals.jsonl and TensorBoard as ``also_<name>``; never deployed). Default: none."""
         return {}
 
     def callbacks(self, cfg: Any, model: BaseAlgorithm, base: Policy, k: int) -> list[BaseCallback]:
@@ -310,7 +310,7 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
         policy = method.artifact(model, base, cfg)
         summary = evaluate_on_fixed_episodes(policy, cfg, shard)
         for name, other in method.also_evaluate(cfg, policy).items():
-            summary[name] = row(evaluate_on_fixed_episodes(other, cfg, shard))
+            summary[f"also_{name}"] = row(evaluate_on_fixed_episodes(other, cfg, shard))
         if best is not None:
             best.offer(policy, summary, model.num_timesteps * k)
         if guard is not None:

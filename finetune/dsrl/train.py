@@ -145,7 +145,7 @@ class DSRLConfig(FinetuneConfig):
     sampled (a draw from the noise actor's distribution, as in training) or mean (the actor's mean
     noise, near the base's zero-noise mode early in training; see dpft.finetune.dsrl.steered)."""
     compare_noise_modes: bool = False
-    """Also evaluate the other --noise-mode at every evaluation (evals.jsonl: ``noise_mode_<other>``),
+    """Also evaluate the other --noise-mode at every evaluation (evals.jsonl: ``also_noise_mode_<other>``),
     to choose a mode from evidence; doubles the evaluation time. The other mode is never deployed."""
 
     def __post_init__(self) -> None:
