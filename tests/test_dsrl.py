@@ -607,3 +607,17 @@ def test_noise_mode_decides_what_the_saved_policy_draws(tmp_path, base_dir, mode
     assert DSRLConfig(noise_mode=mode).noise_mode == mode
     with pytest.raises(ConfigError, match="--noise-mode"):
         DSRLConfig(noise_mode="median")
+
+
+def test_compare_noise_modes_records_the_other_mode_beside_each_evaluation(tmp_path, base_dir):
+    """--compare-noise-modes: each evals.jsonl row also holds the other mode's scores on the same
+    episodes; the saved policy keeps the chosen mode."""
+    from dpft.finetune.common.eval_log import read_evals
+
+    cfg = quick(tmp_path, base_dir, task=TASK, steps=1200, eval_every=1200, eval_episodes=10)
+    cfg = DSRLConfig(**{**vars(cfg), "noise_mode": "sampled", "compare_noise_modes": True})
+    out = train_dsrl(cfg)
+    rows = read_evals(cfg.out / "evals.jsonl")
+    assert rows and all(set(r["also_noise_mode_mean"]) == {"success_rate", "return_mean", "episodes"} for r in rows)
+    assert all(r["also_noise_mode_mean"]["episodes"] == 10 for r in rows)
+    assert load_policy(out).noise_mode == "sampled"
