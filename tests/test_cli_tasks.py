@@ -139,6 +139,7 @@ def test_eval_video(reach_policy, tmp_path):
         (["--task", "gym:Hopper-v5"], "expects observations of size 39 and actions of size 4"),
         (["--task", "metaworld:reach-v3", "--reward", "nope_module:fn"], "cannot import module 'nope_module'"),
         (["--task", "metaworld:nope-v3"], "unknown Meta-World task 'nope-v3'"),
+        (["--noise-mode", "sampled"], "is not a DSRL policy; drop the flag"),
     ],
 )
 def test_eval_bad_input_is_one_line(reach_policy, capsys, args, message):

@@ -621,3 +621,26 @@ def test_compare_noise_modes_records_the_other_mode_beside_each_evaluation(tmp_p
     assert rows and all(set(r["also_noise_mode_mean"]) == {"success_rate", "return_mean", "episodes"} for r in rows)
     assert all(r["also_noise_mode_mean"]["episodes"] == 10 for r in rows)
     assert load_policy(out).noise_mode == "sampled"
+
+
+def test_eval_noise_mode_overrides_the_saved_mode(tmp_path, base_dir, capsys):
+    """`dpft eval --noise-mode`: a mean-mode policy evaluated with sampled noise scores what the
+    same policy saved as sampled does, and the JSON says which mode ran."""
+    from dpft.base_policies.sb3_actor import SquashedMeanActor
+    from dpft.finetune.dsrl.steered import SteeredPolicy
+
+    base = load_policy(base_dir)
+    torch.manual_seed(0)
+    actor = SquashedMeanActor(base.obs_horizon * base.obs_dim, [16], math.prod(base.noise_shape))
+    for mode in ("mean", "sampled"):
+        SteeredPolicy(base, actor, {"action_magnitude": 1.5, "hidden": [16], "noise_mode": mode}).save(tmp_path / mode)
+    runs = {}
+    for folder, flags in (("mean", []), ("mean", ["--noise-mode", "sampled"]), ("sampled", [])):
+        args = ["eval", "--policy", str(tmp_path / folder), "--task", TASK, "--episodes", "4", "--json", *flags]
+        assert cli.main([*args, "--no-progress"]) == 0
+        runs[(folder, *flags)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert runs[("mean",)]["noise_mode"] == "mean"
+    overridden, saved = runs[("mean", "--noise-mode", "sampled")], runs[("sampled",)]
+    assert overridden["noise_mode"] == "sampled" and overridden["return_mean"] == saved["return_mean"]
+    assert cli.main(["eval", "--policy", str(tmp_path / "mean"), "--task", TASK, "--noise-mode", "median"]) == 2
+    assert "choose one of ['sampled', 'mean']" in capsys.readouterr().err

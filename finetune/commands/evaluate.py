@@ -45,6 +45,9 @@ class EvalConfig(EnvConfig):
     """Show a progress bar."""
     zero_noise: bool = False
     """Feed the policy all-zero initial noise (its deterministic mode) instead of N(0, I) samples."""
+    noise_mode: str | None = None
+    """A DSRL (steered) policy only: act with a draw of its noise distribution (sampled) or its mean
+    noise (mean) instead of the mode it was saved with."""
     device: str = "auto"
     """auto (a CUDA GPU if there is one), cpu, cuda or cuda:N: where the policy runs. The noise is
     drawn on the CPU from the seed, so the same seed gives the same noise on every device."""
@@ -82,6 +85,14 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     shard = current_shard()
     shard.check_slots(cfg.envs, cfg.episodes)  # before loading anything
     policy = load_policy(cfg.policy, resolve_device(local_device_spec(cfg.device)))
+    if cfg.noise_mode is not None:
+        modes = getattr(policy, "NOISE_MODES", ())
+        if cfg.noise_mode not in modes:
+            raise ConfigError(
+                f"--noise-mode {cfg.noise_mode!r}: "
+                + (f"choose one of {list(modes)}" if modes else f"{cfg.policy} is not a DSRL policy; drop the flag")
+            )
+        policy.noise_mode = cfg.noise_mode
     task = cfg.task or getattr(getattr(policy, "config", None), "task", None)
     if not task:
         raise ConfigError(f"{cfg.policy} does not record its task; pass --task")
@@ -90,6 +101,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     summary = evaluate(policy, cfg, cfg.episodes, progress=progress, zero_noise=cfg.zero_noise, shard=shard)
     summary["noise"] = "zero" if cfg.zero_noise else "gaussian"
     summary["reward"] = cfg.reward or "dense"
+    if hasattr(policy, "noise_mode"):
+        summary["noise_mode"] = policy.noise_mode
     summary["processes"] = shard.world
     if not shard.is_main:
         return summary  # the main process reports, writes TensorBoard and the video
