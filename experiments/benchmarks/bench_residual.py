@@ -130,7 +130,7 @@ RESIDUAL = Bench(
         # the row td3-demos left below 0.90 (0.87), one it met, and the one below DSRL-NA (0.90 against 0.95)
         "td3-demos-bc2.5": ("pick-place-mh", "push-mh", "peg-insert-side-mh"),
         "td3-bc2.5": ("pick-place-mh",),  # the same without demonstrations: what the BC term does alone
-        "td3-demos-bc2.5-guarded": ("pick-place-mh",),  # the guarded row beside the plain one
+        "td3-demos-bc2.5-guarded": ("pick-place-mh", "peg-insert-side-mh"),  # the guarded rows beside the plain
     },
     task_seeds={"push-mh/td3-demos-bc2.5": (0,)},
     footer=[
