@@ -132,6 +132,11 @@ NOTES = [
     "DSRL half left. Peg-insert-side-mh: DSRL-NA's 50k policy 0.98, the residual on top 0.92: the residual",
     "half lost 0.06. Over two seeds the stacked rows are 1.00 (drawer-open-mh, met) and 0.945 against",
     "DSRL-NA's 0.953 (peg-insert-side-mh, missed by 0.01); seed 2 not run yet.",
+    "Reading (2026-12-05, third): seed 2 of peg-insert-side-mh (from a git worktree of 349f0a5, the same DSRL",
+    "and residual code, beside one other run): DSRL-NA's 50k policy 0.99, the residual on top 1.00. Over",
+    "three seeds the stacked row is 0.96 against DSRL-NA's 0.95 alone (met, by 0.01: one seed's 0.92 and",
+    "two seeds' 0.97-1.00); the DSRL half alone scored 0.98-0.99 at 50k on every seed, so on this base the",
+    "residual half neither adds nor takes much.",
 ]
 
 
