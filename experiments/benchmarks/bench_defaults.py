@@ -279,6 +279,7 @@ def report() -> None:
             + " | ".join(cells)
             + f" | {done} | {dips} | {below} |"
         )
+    lines += both_noise_modes()
     lines += ["", "Bases on 100 episodes (seed 2000), N(0, I) / zero noise:"]
     for task in sorted({r.task for r in PLAN}):
         bases = [load(RAW / task.split(":")[1] / f"{n}.json") for n in ("base_normal", "base_zero")]
@@ -288,6 +289,38 @@ def report() -> None:
     lines += ["", "Final scores:", *summary_lines(), "", *NOTES]
     (ROOT / "experiments" / "results" / "defaults.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def both_noise_modes() -> list[str]:
+    """Runs made with ``--compare-noise-modes``: the policy's evaluations with each noise mode, on
+    the same episodes at the same points of one training run."""
+    out = []
+    for row in PLAN:
+        folder = RAW / row.rel
+        log, record = folder / "evals.jsonl", load(folder / RECORD)
+        evals = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        other = next((k for e in evals for k in e if k.startswith("also_noise_mode_")), None)
+        if other is None or record is None:
+            continue
+        ref = point(record["base"]["eval"])
+        chosen = "mean" if other.endswith("sampled") else "sampled"
+        modes = {
+            chosen: [point(e) for e in evals],
+            other.removeprefix("also_noise_mode_"): [point(e[other]) for e in evals],
+        }
+        out.append(
+            f"- {row.task} {row.method}, seed {row.seed} (base {fmt(ref, True)}; "
+            f"every {evals[0]['env_steps'] // 1000}k):"
+        )
+        for mode, scores in modes.items():
+            late = [x for e, x in zip(evals, scores) if e["env_steps"] > 25_000]
+            curve = " ".join(fmt(x, True) for x in scores)
+            out.append(
+                f"  - {mode} noise: {curve}; below the base after 25k: {sum(x < ref for x in late)} of {len(late)}"
+            )
+    if out:
+        out = ["", "Both noise modes in one run (`--compare-noise-modes`; the learning policy, success rate):", *out]
+    return out
 
 
 NOTES = [
