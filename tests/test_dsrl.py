@@ -609,6 +609,7 @@ def test_noise_mode_decides_what_the_saved_policy_draws(tmp_path, base_dir, mode
         DSRLConfig(noise_mode="median")
 
 
+@pytest.mark.slow
 def test_compare_noise_modes_records_the_other_mode_beside_each_evaluation(tmp_path, base_dir):
     """--compare-noise-modes: each evals.jsonl row also holds the other mode's scores on the same
     episodes; the saved policy keeps the chosen mode."""
