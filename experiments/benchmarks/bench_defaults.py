@@ -444,6 +444,17 @@ NOTES = [
     "beside one or two other runs. The window-open base was rebuilt for its row with the `bases` commands",
     "(the same collection: `bases/window-open-v3/rebuild-2026-12-05.log`; 0.93 on the run's evaluation",
     "episodes, as the earlier one).",
+    "Reading (2026-12-05, sixth, later): two candidates closer to the DSRL authors' reference settings",
+    "(LayerNorm critics and many gradient steps per transition: 20 there, 2 here), on the same sweep-into",
+    "seed 1, both evaluating both noise modes. `dsrl-ln-utd2` (`--layer-norm --utd 2`): it fell early as",
+    "the default did (0.40, 0.17, 0.37, 0.40 at 5k-20k), was at the base at 25k (0.77) and then above it",
+    "at every evaluation from 30k to 100k (0.90-1.00): 0 of 15 below the base after 25k with either noise",
+    "mode, final 0.98 on the 100 episodes (the default's three seeds: 0.94-0.98; their dips 2, 6 and 4 of",
+    "15). One seed, the one whose default run dipped most: the leading candidate, not yet a default (it",
+    "needs the other seeds and tasks, and the DSRL benchmark rows, at twice the gradient steps per run).",
+    "`dsrl-kl8-ln-utd2` (the same with `--target-kl 8`): 0.60 at 30k, below the base; stopped at 40k (the",
+    "partial row). LayerNorm alone at one step per transition (`dsrl-ln` above) had 4 of 15. From a git",
+    "worktree of 59b1bc9 (the same DSRL code), the two runs side by side, then the first alone.",
 ]
 
 
