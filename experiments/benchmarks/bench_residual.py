@@ -198,7 +198,7 @@ RESIDUAL = Bench(
         "one seed (seed 0's last policy scored 0.87 in the plain row and 0.89 here: the validation episodes",
         "change the run's random stream). No deployed evaluation fell below the base's lower 95% bound (the",
         "line above the notes).",
-        "On peg-insert-side-mh (seeds 0-2 from a git worktree of 73efb0c, the same residual code, beside one",
+        "On peg-insert-side-mh (seeds 0-2 from a git worktree of 59b1bc9, the same residual code, beside one",
         "other run): 0.93, 0.90, 0.94 on the 100 episodes, mean 0.92 (deployed from 70k, 65k and 100k) against",
         "0.93 for the last policy and DSRL-NA's 0.95: the guard chose earlier policies that validated as well",
         "as the last ones and scored less, so 'residual >= DSRL-NA' stays missed on peg-insert-side-mh, by 0.03",

@@ -132,7 +132,7 @@ NOTES = [
     "DSRL half left. Peg-insert-side-mh: DSRL-NA's 50k policy 0.98, the residual on top 0.92: the residual",
     "half lost 0.06. Over two seeds the stacked rows are 1.00 (drawer-open-mh, met) and 0.945 against",
     "DSRL-NA's 0.953 (peg-insert-side-mh, missed by 0.01); seed 2 not run yet.",
-    "Reading (2026-12-05, third): seed 2 of both rows (from git worktrees of 349f0a5 and 73efb0c, the same",
+    "Reading (2026-12-05, third): seed 2 of both rows (from git worktrees of 349f0a5 and 59b1bc9, the same",
     "DSRL and residual code, beside one other run). Drawer-open-mh: DSRL-NA's 50k policy was in a dip again",
     "(0.15) and the residual on top reached 1.00: three seeds of 1.00 (met). Peg-insert-side-mh: DSRL-NA's",
     "50k policy 0.99, the residual on top 1.00. Over",
