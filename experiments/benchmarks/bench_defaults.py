@@ -84,6 +84,8 @@ PLAN = [
     Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), "dsrl-sampled", 1),
     Row(f"metaworld:{NEW_TASKS[1]}", base_of(NEW_TASKS[1]), "dsrl-sampled", 0),
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), m, 1) for m in ("dsrl-ln-utd2", "dsrl-kl8-ln-utd2")),
+    *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), "dsrl-ln-utd2", s) for s in (0, 2)),
+    *(Row(f"metaworld:{t}", base_of(t), "dsrl-ln-utd2", 0) for t in NEW_TASKS[1:]),
 ]
 """``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun).
 ``dpo-rounds5``: the defaults plus ``--rounds 5`` (``CANDIDATES``), tried as a candidate; on Hopper it is
@@ -94,7 +96,8 @@ and both together (``dsrl-kl8-ln``) on that seed; then a budget of 6 (``dsrl-kl6
 with the budget of 8 (``dsrl-kl8-c5``) on that seed; then the policy acting with sampled noise
 (``dsrl-sampled``) on that seed and on window-open (whose base's zero-noise mode scores 0.00), each
 run evaluating the mean noise beside it; then LayerNorm critics with two
-gradient steps per transition, with the default budget and with 8 nats (``dsrl-(kl8-)ln-utd2``)."""
+gradient steps per transition, with the default budget and with 8 nats (``dsrl-(kl8-)ln-utd2``); the
+first on the other seeds and tasks too."""
 
 METHODS = (
     "dsrl", "dsrl-alr1e-4", "dsrl-alr1e-4-ema", "dsrl-kl8", "dsrl-ln", "dsrl-kl8-ln", "dsrl-kl6", "dsrl-kl8-c5",
