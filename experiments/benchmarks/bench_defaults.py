@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpft.finetune.common.eval_log import read_evals
 from dpft.finetune.common.guard import RECORD, lower_bound, point
 from dpft.finetune.common.presets import preset_for
 from dpft.finetune.common.stats import mean_ci
@@ -255,8 +256,7 @@ def report() -> None:
     ]
     for row in PLAN:
         folder = RAW / row.rel
-        log = folder / "evals.jsonl"  # absent until a started run's first evaluation
-        evals = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        evals = read_evals(folder / "evals.jsonl")  # none until a started run's first evaluation
         evals = [e for e in evals if e.get("round", 0) >= 0]  # dpo: round -1 is the base's own evaluation
         record = load(folder / RECORD)
         if not evals or record is None:
@@ -306,8 +306,7 @@ def both_noise_modes() -> list[str]:
     out = []
     for row in PLAN:
         folder = RAW / row.rel
-        log, record = folder / "evals.jsonl", load(folder / RECORD)
-        evals = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        evals, record = read_evals(folder / "evals.jsonl"), load(folder / RECORD)
         other = next((k for e in evals for k in e if k.startswith("also_noise_mode_")), None)
         if other is None or record is None:
             continue
@@ -437,8 +436,8 @@ NOTES = [
     "training run; the section above): on window-open the mean noise's 0.00 at 10k was the zero-noise",
     "mode (the samples scored 1.00 there and 0.93-1.00 throughout); on sweep-into seed 1 the samples",
     "fell with the mean (0.57, 0.23, 0.10 at 10k-20k against the mean's 0.40, 0.20, 0.07), both were",
-    "below the base in 6 of 15 evaluations after 25k, and after 55k the mean scored more (0.73 against",
-    "0.93 at 100k; the deployed sampled policy 0.86 on the 100 episodes, below the >= 0.90 target",
+    "below the base in 6 of 15 evaluations after 25k, and after 55k the mean scored more (0.93 against",
+    "the samples' 0.73 at 100k; the deployed sampled policy 0.86 on the 100 episodes, below the >= 0.90 target",
     "that the mean-noise default met). So with the default budget of 12 nats the dips are the",
     "actor's whole distribution, not only its mean; sampled noise is kept as an option",
     "(`--noise-mode`), not made the default (noise_modes.md: at the end of the DSRL benchmark's runs",
