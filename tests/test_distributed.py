@@ -373,3 +373,18 @@ def test_dpo_batches_that_do_not_split_across_the_processes_are_refused(tmp_path
         "error: --batch-pairs 5 does not split evenly across 2 processes; use a multiple of 2 "
         "(each process takes an equal share of every batch)"
     )
+
+
+def test_after_a_command_a_sigterm_is_no_longer_an_interrupt(tmp_path):
+    """The launcher SIGTERMs the surviving processes of a failed launch, maybe while one is already
+    shutting down: raised as KeyboardInterrupt there it printed a traceback (a slow-tier failure)."""
+    import signal
+
+    from dpft.finetune.commands import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main(["eval", "--policy", str(tmp_path / "missing"), "--task", "metaworld:reach-v3"]) == 2
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)

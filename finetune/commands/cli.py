@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PEER_LOST} ({' '.join(str(e).split())[:160]}); what it saved is kept", file=sys.stderr)
         return 2
     finally:
+        # From here a SIGTERM (the launcher stopping the survivors of a failed process) ends the process
+        # quietly: raised as KeyboardInterrupt during interpreter shutdown it printed a traceback.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         close_shard()
     return 0
 
