@@ -87,6 +87,7 @@ PLAN = [
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), m, 1) for m in ("dsrl-ln-utd2", "dsrl-kl8-ln-utd2")),
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), "dsrl-ln-utd2", s) for s in (0, 2)),
     *(Row(f"metaworld:{t}", base_of(t), "dsrl-ln-utd2", 0) for t in NEW_TASKS[1:]),
+    Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dsrl-ln-utd2", 0),
 ]
 """``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun).
 ``dpo-rounds5``: the defaults plus ``--rounds 5`` (``CANDIDATES``), tried as a candidate; on Hopper it is
