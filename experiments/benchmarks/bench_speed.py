@@ -44,8 +44,9 @@ RUNS = {  # the benchmark rows' settings (their config files), evaluations overr
     "na-utd0.5": ["finetune", "dsrl", "--config", f"{BENCH}/dsrl_push-mh.yaml", "--utd", "0.5"],
     "sac": ["finetune", "dsrl", "--config", f"{BENCH}/dsrl_push-mh.yaml", "--variant", "sac"],
     "td3": ["finetune", "residual", "--config", f"{BENCH}/residual_push.yaml", "--algo", "td3"],
-    "find": ["finetune", "find", "--config", f"{BENCH}/dsrl_push-mh.yaml"],  # on-policy: its own defaults
-    "dppo": ["finetune", "dppo", "--config", f"{BENCH}/dsrl_push-mh.yaml"],
+    # on-policy: their own defaults, the row's base and schedule (the DSRL config names DSRL-only settings)
+    "find": ["finetune", "find", "--config", f"{BENCH}/shared/rows.yaml", "--base", "shipped:metaworld-push-v3-mh"],
+    "dppo": ["finetune", "dppo", "--config", f"{BENCH}/shared/rows.yaml", "--base", "shipped:metaworld-push-v3-mh"],
 }
 
 
