@@ -105,7 +105,9 @@ def gradient_steps(steps: int, device: str) -> dict[str, float]:
     from dpft.finetune.common.run import make_vec_env, resolve_base
     from dpft.finetune.dsrl.train import DSRL, DSRLConfig
 
-    cfg = DSRLConfig(base=BASE, batch_size=128, init_alpha=0.01, warmup_steps=2000, steps=100_000)
+    cfg = DSRLConfig(
+        base=BASE, batch_size=128, init_alpha=0.01, warmup_steps=2000, steps=100_000, layer_norm=False, utd=1
+    )
     method = DSRL()
     cfg, base = resolve_base(cfg, resolve_device(device))
     venv = method.wrap_vec_env(cfg, base, make_vec_env(cfg, lambda: method.make_env(cfg, base)))
