@@ -8,9 +8,12 @@ preset picked by whether the task reports success:
   sparse success reward that ends the episode at success, 30 evaluation episodes. With the task's
   dense shaped reward DSRL walked away from the base on tasks in no benchmark, where the sparse
   recipe of the benchmark rows improved it (docs/concepts/defaults.md; experiments/results/defaults.md
-  for the bare runs);
+  for the bare runs). DSRL's critics there have LayerNorm and take two gradient steps per
+  transition: with plain critics and one step the learning policy fell below the base in up to 6
+  of 15 evaluations after 25k env steps on a task in no benchmark (the ``dsrl`` against the
+  ``dsrl-ln-utd2`` rows of defaults.md);
 * ``return`` (locomotion, no success flag): the task's own reward, 10 evaluation episodes of up
-  to 1000 steps each.
+  to 1000 steps each; DSRL's critics plain, one step per transition (no dips to remove there).
 
 Preference updates (``dpft finetune dpo``) take one setting from the preset, the number of
 rounds: one on a task that reports success, five otherwise (five rounds against the base gained
