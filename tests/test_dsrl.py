@@ -38,8 +38,9 @@ def base_dir(obstacle_base):
 
 def quick(tmp_path, base_dir, **kw):
     """A short run with the settings these tests were built on: the toy task's own reward, the last
-    policy as the result, batch 256 (the defaults' presets are tested in test_presets.py)."""
-    kw = {"reward": "dense", "final": "last", "batch_size": 256, **kw}
+    policy as the result, batch 256, plain critics and one update per transition (the defaults'
+    presets are tested in test_presets.py)."""
+    kw = {"reward": "dense", "final": "last", "batch_size": 256, "layer_norm": False, "utd": 1.0, **kw}
     return DSRLConfig(
         base=str(base_dir),
         out=tmp_path / "dsrl",

@@ -8,7 +8,7 @@ import yaml
 from dpft.finetune.commands import cli
 from dpft.finetune.common.presets import apply_preset, preset_for
 from dpft.finetune.dpo.train import DPOConfig
-from dpft.finetune.dsrl.train import DSRLConfig
+from dpft.finetune.dsrl.train import DSRL, DSRLConfig
 from dpft.finetune.residual.train import ResidualConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "bench"
@@ -30,12 +30,29 @@ def test_a_preset_fills_only_what_was_left_unset_and_says_so():
         7,
         "success",
     )
-    assert line.startswith("settings: reward sparse_success(terminate=True), final guarded (preset 'success'")
-    assert "override with --reward, --final" in line
+    assert line.startswith(
+        "settings: reward sparse_success(terminate=True), final guarded, layer-norm, utd 2 (preset 'success'"
+    )
+    assert "override with --reward, --final, --layer-norm, --utd" in line
+    assert (cfg.layer_norm, cfg.utd) == (True, 2.0)
     cfg, line = apply_preset(ResidualConfig(task="gym:Walker2d-v5", reward="dense", final="last"), "residual")
     assert (cfg.residual_scale, cfg.eval_episodes, cfg.final) == (None, 10, "last")
     cfg, _ = apply_preset(DSRLConfig(task="metaworld:push-v3"), "dsrl", uses_base=False)
     assert cfg.final == "last", "training from scratch has no base to guard against"
+
+
+def test_dsrl_critics_come_from_the_preset():
+    """LayerNorm critics and two gradient steps per transition where the task reports success (the
+    defaults benchmark's dsrl-ln-utd2 rows); locomotion keeps plain critics and one step; a user's
+    choice and an old run's config.yaml (which predates the settings) keep theirs."""
+    cfg, _ = apply_preset(DSRLConfig(task="metaworld:push-v3"), "dsrl")
+    assert (cfg.layer_norm, cfg.utd) == (True, 2.0)
+    cfg, line = apply_preset(DSRLConfig(task="gym:Hopper-v5"), "dsrl")
+    assert (cfg.layer_norm, cfg.utd) == (False, 1.0) and "no-layer-norm, utd 1 (preset 'return'" in line
+    cfg, _ = apply_preset(DSRLConfig(task="metaworld:push-v3", layer_norm=False, utd=0.5), "dsrl")
+    assert (cfg.layer_norm, cfg.utd) == (False, 0.5)
+    assert DSRL.before_key_existed["layer_norm"] is False and DSRL.before_key_existed["utd"] == 1.0
+    assert "utd" not in preset_for("residual", "metaworld:push-v3").settings, "the residual's are its own"
 
 
 def test_preference_rounds_come_from_the_preset_and_nothing_else_does():
@@ -70,8 +87,8 @@ def test_a_bare_run_prints_and_records_its_preset(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert (
-        "settings: reward sparse_success(terminate=True), final guarded (preset 'success' for metaworld:push-v3)"
-        in printed
+        "settings: reward sparse_success(terminate=True), final guarded, layer-norm, utd 2 (preset 'success' for "
+        "metaworld:push-v3)" in printed
     )
     recorded = yaml.safe_load((out / "config.yaml").read_text())
     assert (recorded["reward"], recorded["final"], recorded["preset"], recorded["batch_size"]) == (

@@ -15,12 +15,17 @@ from pathlib import Path
 
 from benchlib import Bench, Job, dpft_command, main, scratch_command
 
+from dpft.finetune.commands.cli import read_config_file
+
+SHARED_ROWS = Path(__file__).resolve().parents[1] / "configs" / "bench" / "shared" / "rows.yaml"
+
 
 def command(job: Job, cfg_path: Path, resume: bool) -> list[str]:
     if job.method == "scratch":
         return scratch_command(job, cfg_path, resume)
-    if job.method in ("find", "dppo"):  # on-policy methods, their own defaults, the same config: base, budget
-        return dpft_command(["finetune", job.method], job, cfg_path, resume, [])
+    if job.method in ("find", "dppo"):  # on-policy methods, their own defaults; the row's base and schedule
+        base = read_config_file(cfg_path)["base"]  # (not the DSRL config: it names DSRL-only settings)
+        return dpft_command(["finetune", job.method], job, SHARED_ROWS, resume, ["--base", base])
     variant, _, utd = job.method.partition("-utd")  # na-utd0.5: DSRL-NA with one update every 2 transitions
     flags = ["--variant", variant, *(["--utd", utd] if utd else [])]
     return dpft_command(["finetune", "dsrl"], job, cfg_path, resume, flags)
@@ -32,7 +37,9 @@ HEADER = [
     "Runs: `python experiments/benchmarks/bench_dsrl.py run --workers 2` (settings in",
     "`experiments/configs/bench/dsrl_<task>.yaml`: 100k env steps, DSRL-NA seeds 0-2, DSRL-SAC and SAC",
     "from scratch seed 0; Meta-World with a sparse success reward that ends the episode, Hopper and",
-    "Walker2d with their own dense reward), then `... evals` for the 100-episode evaluations.",
+    "Walker2d with their own dense reward; plain critics and one gradient step per transition, DSRL's",
+    "defaults when these rows ran, stated for Meta-World in `shared/dsrl_metaworld.yaml`), then `... evals`",
+    "for the 100-episode evaluations.",
     "",
     "Score: evaluation success rate (Meta-World) or return (locomotion) of the steered policy's mean noise,",
     "30 episodes (locomotion: 10) per periodic evaluation, evaluation seed 1,000,000 + run seed. Mean ± standard",
@@ -86,8 +93,10 @@ DSRL = Bench(
     header=HEADER,
     target_method="na",
     footer=[
-        "`find` rows: `dpft finetune find --config <the row's config> --seed S --out R` (FIND's own defaults:",
-        "8 envs, 64 decisions per env per update, the task's preset; `final: last` from the config), seeds 0-2,",
+        "`find` rows: `dpft finetune find --config experiments/configs/bench/shared/rows.yaml --base B --seed S",
+        "--out R` with the row's base (FIND's own defaults: 8 envs, 64 decisions per env per update, the",
+        "task's preset; `final: last` from the config; run as `--config <the row's config>` when that held no",
+        "more), seeds 0-2,",
         "from a git worktree of commit c07c193, three runs sharing the machine with other jobs; an on-policy",
         "run evaluates at the end of the rollout that crosses a milestone (10,016 env steps for 10k). `dppo`",
         "rows: `dpft finetune dppo` likewise (DPPO's own defaults: 8 envs, 64 decisions per env per update, clip",

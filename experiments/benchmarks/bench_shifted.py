@@ -48,9 +48,11 @@ ROWS = (
     Row("hopper-medium-gain0.7", "shipped:gym-Hopper-v5-medium", "gym:Hopper-v5", "action_gain=0.7"),
 )  # fmt: skip
 METHODS = ("dsrl", "residual", "residual-dense")
-FLAGS = {"residual-dense": ["--reward", "dense"]}
+FLAGS = {"residual-dense": ["--reward", "dense"], "dsrl": ["--no-layer-norm", "--utd", "1"]}
 """A variant's flags beyond the defaults: ``residual-dense`` trains on the task's own shaped reward
-(on a shift where the base never succeeds, the sparse success reward gives nothing to learn from)."""
+(on a shift where the base never succeeds, the sparse success reward gives nothing to learn from);
+``dsrl``: the DSRL rows ran with the defaults before LayerNorm critics and two gradient steps per
+transition became the success preset's, so a rerun states them."""
 
 
 def dpft(*args: str) -> list[str]:
@@ -109,8 +111,9 @@ def report() -> None:
         "A shipped base on its own task with the actuators changed by a task-id suffix (`+action_gain=G`:",
         "every action scaled; `+action_offset=B`: added). Probe: `dpft steerability --policy B --task T --json`",
         "(50 start states, 8 N(0, I) noise streams and zero noise; seed 2000). Runs: `dpft finetune dsrl|residual",
-        "--base B --task T+SHIFT --out R --seed 0` with the defaults (guarded), then `dpft eval` of the deployed",
-        "policy on 100 episodes (seed 2000). Success rate on Meta-World, return on Hopper.",
+        "--base B --task T+SHIFT --out R --seed 0` with the defaults (guarded; DSRL's as they were when these rows",
+        "ran, now `--no-layer-norm --utd 1`), then `dpft eval` of the deployed policy on 100 episodes (seed 2000).",
+        "Success rate on Meta-World, return on Hopper.",
         "",
         "| row | base, plain task: N(0, I) / zero / best-of-8 | shifted: the same | DSRL-NA | residual-TD3 "
         "| residual-TD3, dense reward |",

@@ -44,8 +44,9 @@ RUNS = {  # the benchmark rows' settings (their config files), evaluations overr
     "na-utd0.5": ["finetune", "dsrl", "--config", f"{BENCH}/dsrl_push-mh.yaml", "--utd", "0.5"],
     "sac": ["finetune", "dsrl", "--config", f"{BENCH}/dsrl_push-mh.yaml", "--variant", "sac"],
     "td3": ["finetune", "residual", "--config", f"{BENCH}/residual_push.yaml", "--algo", "td3"],
-    "find": ["finetune", "find", "--config", f"{BENCH}/dsrl_push-mh.yaml"],  # on-policy: its own defaults
-    "dppo": ["finetune", "dppo", "--config", f"{BENCH}/dsrl_push-mh.yaml"],
+    # on-policy: their own defaults, the row's base and schedule (the DSRL config names DSRL-only settings)
+    "find": ["finetune", "find", "--config", f"{BENCH}/shared/rows.yaml", "--base", "shipped:metaworld-push-v3-mh"],
+    "dppo": ["finetune", "dppo", "--config", f"{BENCH}/shared/rows.yaml", "--base", "shipped:metaworld-push-v3-mh"],
 }
 
 
@@ -104,7 +105,9 @@ def gradient_steps(steps: int, device: str) -> dict[str, float]:
     from dpft.finetune.common.run import make_vec_env, resolve_base
     from dpft.finetune.dsrl.train import DSRL, DSRLConfig
 
-    cfg = DSRLConfig(base=BASE, batch_size=128, init_alpha=0.01, warmup_steps=2000, steps=100_000)
+    cfg = DSRLConfig(
+        base=BASE, batch_size=128, init_alpha=0.01, warmup_steps=2000, steps=100_000, layer_norm=False, utd=1
+    )
     method = DSRL()
     cfg, base = resolve_base(cfg, resolve_device(device))
     venv = method.wrap_vec_env(cfg, base, make_vec_env(cfg, lambda: method.make_env(cfg, base)))

@@ -1,8 +1,8 @@
 """DPPO at three times the benchmark's budget, on the two mixed-data bases it lifted least at 100k.
 
     # the runs (from a git worktree; ~10 min each on one core of the 2-core VM)
-    dpft finetune dppo --config experiments/configs/bench/dsrl_<task>.yaml --steps 300000 --seed 0 \\
-        --out runs/dppo_long/<task>/seed0 --no-progress
+    dpft finetune dppo --config experiments/configs/bench/shared/rows.yaml --base shipped:metaworld-<task>-v3-mh \\
+        --steps 300000 --seed 0 --out runs/dppo_long/<task>/seed0 --no-progress
     dpft eval --policy runs/dppo_long/<task>/seed0/policy --json --no-progress --episodes 100 --seed 2000 --envs 8
     # the table
     python experiments/benchmarks/dppo_budget.py report [--runs runs/dppo_long]

@@ -26,7 +26,7 @@ from dpft.finetune.dsrl import train as dsrl
 @torch.no_grad()
 def probe(run_dir: Path, states: int = 64, noises: int = 32, seed: int = 0) -> dict[str, float]:
     run = RunFolder(run_dir)
-    cfg = replace(run.read_config(dsrl.DSRLConfig, dsrl.BEFORE_KEY_EXISTED), resume=True)
+    cfg = replace(run.read_config(dsrl.DSRLConfig, dsrl.DSRL.before_key_existed), resume=True)
     base = load_policy(cfg.base)
     model, _ = dsrl.load_model(cfg, base, DummyVecEnv([dsrl.make_env_fn(cfg, base)]), run)
     torch.manual_seed(seed)

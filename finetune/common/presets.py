@@ -8,9 +8,12 @@ preset picked by whether the task reports success:
   sparse success reward that ends the episode at success, 30 evaluation episodes. With the task's
   dense shaped reward DSRL walked away from the base on tasks in no benchmark, where the sparse
   recipe of the benchmark rows improved it (docs/concepts/defaults.md; experiments/results/defaults.md
-  for the bare runs);
+  for the bare runs). DSRL's critics there have LayerNorm and take two gradient steps per
+  transition: with plain critics and one step the learning policy fell below the base in up to 6
+  of 15 evaluations after 25k env steps on a task in no benchmark (the ``dsrl`` against the
+  ``dsrl-ln-utd2`` rows of defaults.md);
 * ``return`` (locomotion, no success flag): the task's own reward, 10 evaluation episodes of up
-  to 1000 steps each.
+  to 1000 steps each; DSRL's critics plain, one step per transition (no dips to remove there).
 
 Preference updates (``dpft finetune dpo``) take one setting from the preset, the number of
 rounds: one on a task that reports success, five otherwise (five rounds against the base gained
@@ -39,12 +42,16 @@ class Preset:
 
 SUCCESS = {"reward": "sparse_success(terminate=True)", "eval_episodes": 30, "final": "guarded"}
 RETURN = {"reward": "dense", "eval_episodes": 10, "final": "guarded"}
+DSRL_SUCCESS = {**SUCCESS, "layer_norm": True, "utd": 2.0}
+DSRL_RETURN = {**RETURN, "layer_norm": False, "utd": 1.0}
 PRESETS: dict[str, dict[str, Preset]] = {
-    "dsrl": {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)},
+    "dsrl": {"success": Preset("success", DSRL_SUCCESS), "return": Preset("return", DSRL_RETURN)},
     # the residual's scale is not a preset: it is measured on the base (finetune/common/action_spread.py)
     "residual": {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)},
     "dpo": {"success": Preset("success", {"rounds": 1}), "return": Preset("return", {"rounds": 5})},
 }
+GENERIC = {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)}
+"""Methods without presets of their own (SAC from scratch, DPPO, FIND)."""
 NO_BASE = {"final": "last"}
 """Training from scratch has no base to guard against."""
 
@@ -52,7 +59,7 @@ NO_BASE = {"final": "last"}
 def preset_for(method: str, task: str) -> Preset:
     """The preset of ``method`` for ``task`` (methods without presets get the generic ones)."""
     kind = "success" if task_defines_success(task) else "return"
-    return PRESETS.get(method, PRESETS["dsrl"])[kind]
+    return PRESETS.get(method, GENERIC)[kind]
 
 
 def apply_preset(cfg: Any, method: str, uses_base: bool = True) -> tuple[Any, str | None]:
@@ -65,9 +72,20 @@ def apply_preset(cfg: Any, method: str, uses_base: bool = True) -> tuple[Any, st
     cfg = with_settings(cfg, preset=preset.name, **filled)
     if not filled:
         return cfg, None
-    chosen = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in filled.items())
+    chosen = ", ".join(_setting(k, v) for k, v in filled.items())
     flags = ", ".join(f"--{k.replace('_', '-')}" for k in filled)
     return cfg, f"settings: {chosen} (preset '{preset.name}' for {cfg.task}); override with {flags}"
+
+
+def _setting(name: str, value: Any) -> str:
+    """How the settings line shows one setting: as its flag would set it (``layer-norm``,
+    ``no-layer-norm``, ``utd 2``)."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"no-{flag}"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{flag} {value}"
 
 
 def with_settings(cfg: Any, **settings: Any) -> Any:

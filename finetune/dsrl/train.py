@@ -97,16 +97,18 @@ class DSRLConfig(FinetuneConfig):
     """Width of actor and critic layers."""
     layers: int = 2
     """Number of hidden layers of actor and critic."""
-    layer_norm: bool = False
-    """LayerNorm after every hidden layer of the critics."""
+    layer_norm: bool | None = None
+    """LayerNorm after every hidden layer of the critics (default: from the task's preset, on where
+    the task reports success; see dpft.finetune.common.presets)."""
     critics: int = 2
     """Size of the critic ensemble (the TD target and the actor use the minimum over it)."""
     na: NAOptions = field(default_factory=NAOptions)
     """--variant na only (--na.*): how the noise critic is distilled."""
-    utd: float = 1.0
+    utd: float | None = None
     """Gradient steps per collected transition (update-to-data ratio): 1, 2, ... or 0.5 (one
     update every 2 transitions: 8.3 instead of 13.1 min per 100k env steps on push, and what it
-    costs in success, in experiments/results/speed.md)."""
+    costs in success, in experiments/results/speed.md). Default: from the task's preset (2 where
+    the task reports success, 1 otherwise)."""
     target_entropy: float = 0.0
     """SAC target entropy (per noise vector); not used by na with --noise-prior."""
     noise_prior: bool = True
@@ -156,7 +158,8 @@ class DSRLConfig(FinetuneConfig):
             raise ConfigError(f"unknown --variant {self.variant!r}; available: {list(VARIANTS)}")
         if self.init_alpha is None:
             self.init_alpha = 0.01 if self.uses_noise_prior else 1.0
-        check_utd(self.utd)
+        if self.utd is not None:
+            check_utd(self.utd)
 
     @property
     def uses_noise_prior(self) -> bool:
@@ -189,6 +192,8 @@ class DSRL(SB3Method):
         "q_scaled_temperature": False,
         "critic_warmup_steps": 0,
         "noise_mode": "mean",
+        "layer_norm": False,
+        "utd": 1.0,
     }
 
     def check(self, cfg: DSRLConfig, base: Policy) -> None:
