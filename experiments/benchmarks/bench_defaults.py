@@ -466,6 +466,22 @@ NOTES = [
     "`dsrl-kl8-ln-utd2` (the same with `--target-kl 8`): 0.60 at 30k, below the base; stopped at 40k (the",
     "partial row). LayerNorm alone at one step per transition (`dsrl-ln` above) had 4 of 15. From a git",
     "worktree of 59b1bc9 (the same DSRL code), the two runs side by side, then the first alone.",
+    "Reading (2026-12-05, seventh): `dsrl-ln-utd2` on sweep-into seeds 0 and 2, window-open and plate-slide.",
+    "Sweep-into: below the base after 25k in 0 and 1 of 15 evaluations (seed 2: 0.67 at 30k against 0.73),",
+    "finals 0.99 and 1.00 on the 100 episodes; with seed 1, 1 of 45 evaluations and 0.99 ± 0.01 over the",
+    "three seeds, against the plain default's 12 of 45 (2, 6, 4) and 0.98 / 0.95 / 0.94. Window-open: 0.00",
+    "at 5k (the mean noise at the base's zero-noise mode, as before), 0.97-1.00 from 10k to 100k, 0 of 15;",
+    "the guard kept the base (0.95), as with the plain default: on 30 validation episodes no policy can show",
+    "it beats the base's 0.90 there with 95% confidence (30 of 30 has a lower bound of 0.89). Plate-slide:",
+    "1.00 at every evaluation, final 1.00. Sampled",
+    "noise, evaluated beside: 0, 2, 0, 0 of 15. Over the five Meta-World runs 1 of 75 evaluations after 25k",
+    "were below the base (the target is at most 1 in 10: met), none of the deployed ones below the base's",
+    "lower bound, every final >= 0.95. So LayerNorm critics with two gradient steps per transition became",
+    "DSRL's defaults where the task reports success (the `success` preset; the `dsrl` rows are the earlier",
+    "defaults). Locomotion keeps plain critics and one step: its default row never dipped (0 of 15 on",
+    "Hopper-medium). From a git worktree of fa5bcdf (the DSRL code of a66feba): sweep-into seeds 0 and 2",
+    "side by side (43 min each), then window-open and plate-slide side by side (52 min each, a CI run beside",
+    "them for 40 min).",
 ]
 
 
