@@ -55,6 +55,21 @@ def test_dsrl_critics_come_from_the_preset():
     assert "utd" not in preset_for("residual", "metaworld:push-v3").settings, "the residual's are its own"
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], (None, None)),
+        (["--layer-norm", "--utd", "2"], (True, 2.0)),
+        (["--no-layer-norm", "--utd", "1"], (False, 1.0)),
+    ],
+)
+def test_dsrl_critic_flags_stay_flags(flags, expected):
+    """A setting the preset fills is unset (None) until a flag sets it; --layer-norm and
+    --no-layer-norm stay flags (a plain ``bool | None`` would have asked for a value)."""
+    cfg = cli.parse("finetune dsrl", ["--base", "shipped:metaworld-push-v3-mh", *flags])
+    assert (cfg.layer_norm, cfg.utd) == expected
+
+
 def test_preference_rounds_come_from_the_preset_and_nothing_else_does():
     """Five rounds against the base on locomotion, one where the task reports success (the defaults
     benchmark's dpo and dpo-rounds5 rows); DPO's reward, evaluation and final choice are its own."""

@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
+import tyro
 from stable_baselines3.common.callbacks import BaseCallback
 
 from dpft.base_policies.infra.errors import ConfigError
@@ -97,7 +98,7 @@ class DSRLConfig(FinetuneConfig):
     """Width of actor and critic layers."""
     layers: int = 2
     """Number of hidden layers of actor and critic."""
-    layer_norm: bool | None = None
+    layer_norm: Annotated[bool | None, tyro.conf.DisallowNone] = None  # --layer-norm / --no-layer-norm
     """LayerNorm after every hidden layer of the critics (default: from the task's preset, on where
     the task reports success; see dpft.finetune.common.presets)."""
     critics: int = 2
