@@ -128,7 +128,7 @@ DSRL = Bench(
         "`na-ln-utd2`: DSRL-NA with LayerNorm critics and two gradient steps per transition (`--layer-norm --utd",
         "2`), DSRL's defaults where the task reports success since the defaults benchmark (defaults.md); the",
         "`na` rows ran with plain critics and one step. Started with peg-insert-side-mh seed 0 from a git",
-        "worktree of 521a63f; the other rows follow.",
+        "worktree of 29a6643; the other rows follow.",
     ],
 )
 
