@@ -20,7 +20,7 @@ install: $(BIN)/dpft
 
 # Main job: fine-tune the shipped mixed-data peg-insert-side base (0.55 success) with DSRL-NA for 20k
 # env steps, evaluating the base (N(0, I) noise and zero noise) before and the fine-tuned policy after,
-# on the same 100 episodes (about 6 minutes on 2 CPU cores; TensorBoard: tensorboard --logdir runs/demo).
+# on the same 100 episodes (about 8 minutes on 2 CPU cores; TensorBoard: tensorboard --logdir runs/demo).
 demo: install
 	rm -rf runs/demo
 	$(BIN)/dpft eval --policy shipped:metaworld-peg-insert-side-v3-mh --task metaworld:peg-insert-side-v3 --episodes 100 --envs 10
