@@ -42,16 +42,16 @@ class Preset:
 
 SUCCESS = {"reward": "sparse_success(terminate=True)", "eval_episodes": 30, "final": "guarded"}
 RETURN = {"reward": "dense", "eval_episodes": 10, "final": "guarded"}
+GENERIC = {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)}
+"""The residual's presets, and those of methods without their own (SAC from scratch, DPPO, FIND)."""
 DSRL_SUCCESS = {**SUCCESS, "layer_norm": True, "utd": 2.0}
 DSRL_RETURN = {**RETURN, "layer_norm": False, "utd": 1.0}
 PRESETS: dict[str, dict[str, Preset]] = {
     "dsrl": {"success": Preset("success", DSRL_SUCCESS), "return": Preset("return", DSRL_RETURN)},
     # the residual's scale is not a preset: it is measured on the base (finetune/common/action_spread.py)
-    "residual": {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)},
+    "residual": GENERIC,
     "dpo": {"success": Preset("success", {"rounds": 1}), "return": Preset("return", {"rounds": 5})},
 }
-GENERIC = {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)}
-"""Methods without presets of their own (SAC from scratch, DPPO, FIND)."""
 NO_BASE = {"final": "last"}
 """Training from scratch has no base to guard against."""
 
