@@ -278,6 +278,26 @@ def test_labels_from_a_person_are_read_back_and_override(prefs_file, tmp_path):
     assert by_id[second].label == "chosen" and by_id[second].source == "person"
 
 
+def test_best_pairing_keeps_only_pairs_won_by_a_states_best_rollout():
+    """--pairing best: of the pairs --pairing all makes, exactly those whose preferred member
+    scores its start state's best, so filtered BC sees each state's best rollout alone."""
+    policy = tiny_policy("diffusion", obs_dim=2, action_dim=2, obs_horizon=1, pred_horizon=4, action_horizon=2)
+    env = EnvConfig(task="toy_envs:Reach-v0", envs=4)
+    every = collect_prefs(policy, "t", env, PairsConfig(states=4, streams=4, rank="return"), seed=0)
+    best = collect_prefs(policy, "t", env, PairsConfig(states=4, streams=4, rank="return", pairing="best"), seed=0)
+    top: dict[int, float] = {}
+    for r in every.rollouts.values():
+        top[r.group] = max(top.get(r.group, -np.inf), r.episode_return)
+    won_by_best = [
+        p for p in every.pairs if every.rollouts[p.chosen].episode_return == top[every.rollouts[p.chosen].group]
+    ]
+    assert [(p.chosen, p.rejected) for p in best.pairs] == [(p.chosen, p.rejected) for p in won_by_best]
+    assert len(best.pairs) == 4 * 3 < len(every.pairs)  # the best against each of the other three
+    assert "pairing best" in best.meta["collection"]
+    with pytest.raises(ConfigError, match="--pairing 'worst'"):
+        PairsConfig(pairing="worst").check()
+
+
 def test_flipped_labels_swap_a_fixed_share_of_pairs(prefs_file):
     _, prefs = prefs_file
     clean = PairData(prefs, torch.device("cpu"), needs_chains=False)

@@ -39,6 +39,7 @@ SHOWN = (
     "reward",
     "branch_noise",
     "noise_scales",
+    "pairing",
     "final",
 )
 

@@ -17,7 +17,15 @@ from dpft.envs.chunking import check_policy_fits
 from dpft.envs.config import EnvConfig
 from dpft.finetune.common.distributed import Shard, current_shard, local_device_spec
 from dpft.finetune.dpo.prefs import Prefs, labels_path, write_prefs
-from dpft.finetune.dpo.sampling import BRANCH_NOISE, RANKS, SAMPLERS, branch_groups, make_pairs, rollout_groups
+from dpft.finetune.dpo.sampling import (
+    BRANCH_NOISE,
+    PAIRINGS,
+    RANKS,
+    SAMPLERS,
+    branch_groups,
+    make_pairs,
+    rollout_groups,
+)
 
 
 @dataclass
@@ -65,6 +73,10 @@ class PairsConfig:
     """Keep a pair only when the returns differ by more than this (a success difference always counts)."""
     max_pairs_per_state: int = 0
     """At most this many pairs per start state (random ones; 0 = every pair that passes)."""
+    pairing: str = "all"
+    """all: every two members of a start state (or chunk state) whose scores differ; best: only
+    pairs whose preferred member is the best of its state (best against the rest), so filtered BC
+    trains on each state's best sample alone (best-of-N) and DPO contrasts it with every other."""
     unlabelled: bool = False
     """Write disjoint pairs without a label, for a person to label with `dpft prefs label`."""
 
@@ -75,7 +87,7 @@ class PairsConfig:
             f"states {self.states} x streams {self.streams}, chunk states {self.chunk_states} x branches "
             f"{self.chunk_streams}, horizon {self.horizon}, branch noise {self.branch_noise}, "
             f"noise scales {scales}, rank {self.rank}, min margin {self.min_margin:g}, "
-            f"max pairs per state {self.max_pairs_per_state}"
+            f"max pairs per state {self.max_pairs_per_state}, pairing {self.pairing}"
         )
 
     def check(self) -> None:
@@ -95,6 +107,8 @@ class PairsConfig:
             raise ConfigError("--noise-scales needs --sampler ddim (the stochastic sampler draws its own noise)")
         if self.rank not in RANKS:
             raise ConfigError(f"--rank {self.rank!r}: choose one of {RANKS}")
+        if self.pairing not in PAIRINGS:
+            raise ConfigError(f"--pairing {self.pairing!r}: choose one of {PAIRINGS}")
         if (
             self.min_margin < 0
             or self.max_pairs_per_state < 0
@@ -147,7 +161,9 @@ def collect_prefs(
     traj = rollout_groups(policy, env_cfg, seeds, cfg.streams, seed=seed, **common)
     rollouts = {f"{prefix}r{i:06d}": r for i, r in enumerate(traj)}
     labelled = not cfg.unlabelled
-    pair_args = dict(rank=cfg.rank, min_margin=cfg.min_margin, max_pairs_per_group=cfg.max_pairs_per_state)
+    pair_args = dict(
+        rank=cfg.rank, min_margin=cfg.min_margin, max_pairs_per_group=cfg.max_pairs_per_state, pairing=cfg.pairing
+    )
     pairs = make_pairs(
         rollouts, "trajectory", **pair_args, labelled=labelled, policy=source, seed=seed, first_id=first_id
     )

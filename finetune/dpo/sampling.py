@@ -32,6 +32,7 @@ from dpft.finetune.dpo.prefs import Pair, Rollout
 SAMPLERS = ("ddim", "stochastic")
 BRANCH_NOISE = ("own", "shared")
 RANKS = ("success-return", "success", "return")
+PAIRINGS = ("all", "best")
 
 
 @dataclass
@@ -286,6 +287,7 @@ def make_pairs(
     rank: str = "success-return",
     min_margin: float = 0.0,
     max_pairs_per_group: int = 0,
+    pairing: str = "all",
     labelled: bool = True,
     policy: str = "",
     seed: int = 0,
@@ -293,10 +295,13 @@ def make_pairs(
 ) -> list[Pair]:
     """Pairs within each (round, group). Ranked: every pair whose scores differ by more than
     ``min_margin`` (a success difference always counts, margin 1), ties dropped, at most
-    ``max_pairs_per_group`` per group (random ones; 0 = all). Unlabelled (for a person):
-    disjoint pairs of members in stored order."""
+    ``max_pairs_per_group`` per group (random ones; 0 = all). ``pairing="best"`` keeps only the
+    pairs whose preferred member scores the group's best. Unlabelled (for a person): disjoint
+    pairs of members in stored order."""
     if rank not in RANKS:
         raise ConfigError(f"--rank {rank!r}: choose one of {RANKS}")
+    if pairing not in PAIRINGS:
+        raise ConfigError(f"--pairing {pairing!r}: choose one of {PAIRINGS}")
     rng = np.random.default_rng(seed)
     groups: dict[tuple[int, int], list[str]] = {}
     for rid, r in rollouts.items():
@@ -316,6 +321,9 @@ def make_pairs(
                 d = ra.episode_return - rb.episode_return
                 if abs(d) > min_margin:
                     found.append((a, b, abs(d), "reward") if d > 0 else (b, a, abs(d), "reward"))
+            if pairing == "best":
+                top = max(score_key(rollouts[i], rank) for i in ids)
+                found = [f for f in found if score_key(rollouts[f[0]], rank) == top]
             if max_pairs_per_group and len(found) > max_pairs_per_group:
                 found = [found[i] for i in sorted(rng.choice(len(found), max_pairs_per_group, replace=False))]
             for w, lo, margin, source in found:
