@@ -134,7 +134,11 @@ RESIDUAL = Bench(
         "td3-bc2.5": ("pick-place-mh",),  # the same without demonstrations: what the BC term does alone
         "td3-demos-bc2.5-guarded": ("pick-place-mh", "peg-insert-side-mh"),  # the guarded rows beside the plain
     },
-    task_seeds={"push-mh/td3-demos-bc2.5": (0,)},
+    task_seeds={
+        "push-mh/td3-demos-bc2.5": (0,),
+        # UTD 2 on the locomotion rows, where one seed rose well above UTD 1's curve: three seeds
+        **{f"{t}/td3-utd2": (0, 1, 2) for t in ("hopper-medium", "walker2d-medium", "halfcheetah-medium")},
+    },
     footer=[
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
         "(the code of seeds 0-1), with up to four other processes on the cores, a 9-minute SIGSTOP pause for",
