@@ -111,7 +111,7 @@ RESIDUAL = Bench(
         "td3-demos": (0, 1, 2),
         "td3-scale0.1": (0,),
         "td3-demos-scale0.1": (0,),
-        "td3-utd2": (0,),
+        "td3-utd2": (0, 1, 2),
         "td3-demos-bc2.5": (0, 1, 2),
         "td3-bc2.5": (0,),
         "td3-demos-bc2.5-guarded": (0, 1, 2),
@@ -137,7 +137,7 @@ RESIDUAL = Bench(
     task_seeds={
         "push-mh/td3-demos-bc2.5": (0,),
         # UTD 2 on the locomotion rows, where one seed rose well above UTD 1's curve: three seeds
-        **{f"{t}/td3-utd2": (0, 1, 2) for t in ("hopper-medium", "walker2d-medium", "halfcheetah-medium")},
+        **{f"{t}/td3-utd2": (0,) for t in ("push-mh", "pick-place-mh")},
     },
     footer=[
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
