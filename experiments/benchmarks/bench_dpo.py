@@ -61,6 +61,8 @@ FLAGS["diffusion-dpo-chunk-guarded"] = [*FLAGS["diffusion-dpo-chunk"], "--final"
 FLAGS["filtered-bc-mode"] = ["--loss", "filtered-bc", "--rounds", "2", "--chunk-states", "30", "--chunk-streams", "4"]
 FLAGS["filtered-bc-mode"] += ["--noise-scales", "0", "1", "1", "1"]
 FLAGS["filtered-bc-mode-flip20"] = [*FLAGS["filtered-bc-mode"], "--flip-labels", "0.2"]
+# the same pairs cut to those won by each state's best rollout or branch: BC on the best of four
+FLAGS["filtered-bc-mode-best"] = [*FLAGS["filtered-bc-mode"], "--pairing", "best"]
 NOISY = {
     "diffusion-dpo": "diffusion-dpo-flip20",
     "diffusion-dpo-chunk": "diffusion-dpo-chunk-flip20",
@@ -118,6 +120,7 @@ DPO = Bench(
         "diffusion-dpo-chunk-b1000": (0, 1, 2),
         "filtered-bc-mode": (0, 1, 2),
         "filtered-bc-mode-flip20": (0, 1, 2),
+        "filtered-bc-mode-best": (0, 1, 2),
     },
     command=command,
     header=HEADER,
@@ -137,11 +140,12 @@ DPO = Bench(
         "filtered-bc-mode": MIXED,
         # label noise where filtered BC on mode pairs gains most (pick-place-mh, +0.34 over three seeds)
         "filtered-bc-mode-flip20": ("pick-place-mh",),
+        "filtered-bc-mode-best": MIXED,
     },
     task_seeds={
         **{t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
         **{f"{t}/diffusion-dpo-chunk-b1000": (0, 1, 2) for t in MIXED},  # the beta 1000 recipe on every base
-        **{f"{t}/filtered-bc-mode": (0, 1, 2) for t in MIXED},
+        **{f"{t}/{m}": (0, 1, 2) for t in MIXED for m in ("filtered-bc-mode", "filtered-bc-mode-best")},
         "pick-place-mh/filtered-bc-mode-flip20": (0, 1, 2),
     },
     keep_policies=False,  # each is a full copy of the base's weights (2 MB); the run's command remakes it
