@@ -196,6 +196,12 @@ FOOTER = [
     "code), two runs at a time: 0.91, 0.90, 0.89 over seeds 0-2, mean 0.90, +0.34 over the base, all of the clean",
     "rows' +0.34 (target >= 70% of the clean gain: met on this row; the chunk-pair Diffusion-DPO row on",
     "drawer-open-mh kept 27%).",
+    "`filtered-bc-mode-best` (the same pairs cut to those won by each start state's or chunk state's best",
+    "member, `--pairing best`: BC on the best of four alone; chosen from the pilots in dpo_pilots/mh.md), from",
+    "a git worktree of 6b402e4, two runs at a time: pick-place-mh 0.99, 0.98, 0.99 (mean 0.99, +0.43), push-mh",
+    "0.78, 0.76, 0.78 (mean 0.77, +0.24), drawer-open-mh 0.64, 0.97, 0.76 (+0.17), button-press-mh 0.92, 0.97,",
+    "0.83 (+0.06), peg-insert-side-mh 0.51, 0.73, 0.61 (-0.03; its zero-noise mode scores 0.00): the mode rows",
+    "each gained more than with every pair (pick-place-mh +0.09, push-mh +0.11); +0.30 on one base of five.",
 ]
 
 
@@ -268,10 +274,10 @@ def report() -> None:
         if success and base100[0]:
             b = score(base100[0])
             shown = ("diffusion-dpo", "d3po", "diffusion-dpo-chunk", "diffusion-dpo-chunk-b1000", "seppo-chunk")
-            for method in (*shown, "filtered-bc-mode"):
+            for method in (*shown, "filtered-bc-mode", "filtered-bc-mode-best"):
                 if finals_by_method.get(method):
                     gain = float(np.mean(finals_by_method[method])) - b
-                    rollout_pairs = "-chunk" not in method and method != "filtered-bc-mode"
+                    rollout_pairs = "-chunk" not in method and not method.startswith("filtered-bc-mode")
                     fbc = finals_by_method.get("filtered-bc") if rollout_pairs else None
                     vs = f", filtered BC {np.mean(fbc) - b:+.2f}" if fbc else ""
                     if task in MIXED and base100[1]:  # the base's own mode, what a gain should also beat

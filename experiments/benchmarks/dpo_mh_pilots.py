@@ -136,6 +136,16 @@ Ranking by success alone (`fbc_mode_rs`: the benchmark's filtered-bc-mode flags 
 only pairs whose members differ in success count and BC sees successful chunks only) kept a third of the
 pairs (219 against 630) and scored push-mh 0.60 (seed 0; 0.73 with success then return): not a remedy.
 From a worktree of 68c756d (the same preference code), beside one other run.
+
+Reading (2026-12-05, fourth): best-of-N pairs. `--pairing best` (new) keeps only the pairs won by each start
+state's or chunk state's best member, so filtered BC trains on the best of four alone. With the benchmark's
+filtered-bc-mode flags (`fbc_mode_best`) pick-place-mh reached 0.99 and push-mh 0.78 (seed 0); as the
+benchmark's `filtered-bc-mode-best` row over three seeds: pick-place-mh 0.99, push-mh 0.77 ± 0.01 (dpo_bench.md).
+On push-mh, lr 3e-5 (`best_lr3e-5`) 0.77; two mode streams of four (`mode2_best`, `--noise-scales 0 0 1 1`)
+0.89, 0.66 and 0.86 over three seeds (mean 0.80, +0.27 over the base's 0.53: the >= 0.90 target missed, and
+seed 1 fell back to where the one-stream row is); three of four (`mode3_best`, `0 0 0 1`) 0.84 (seed 0);
+pick-place-mh with two mode streams 0.99. From worktrees of f691f23 and 6b402e4 (the same preference code), two
+or three runs at a time.
 """
 
 
