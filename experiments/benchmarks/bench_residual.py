@@ -210,6 +210,14 @@ RESIDUAL = Bench(
         "as the last ones and scored less, so 'residual >= DSRL-NA' stays missed on peg-insert-side-mh, by 0.03",
         "guarded and 0.02 for the last policy. Its learning curve is the plain row's to the digit. No deployed",
         "evaluation below the base's lower 95% bound on any of the three seeds.",
+        "`td3-utd2` on the medium locomotion rows (`--utd 2`: two gradient steps per transition; seeds 0-2 from git",
+        "worktrees of ff0d918 and efb05db, the residual code of d966d5b, two or three runs at a time): Hopper-medium",
+        "1485, 1257, 1196, mean 1313 (+60% over the base's 821) against 1153 with one step and DSRL-NA's 1205: the",
+        "target (residual >= DSRL-NA's return) met on Hopper-medium; Walker2d-medium 1366, 1118, 991, mean 1158",
+        "against 1143 with one step and DSRL-NA's 1631: missed. Both rose sooner (Hopper-medium 1198 at 50k against",
+        "993). Two steps became the residual's default on tasks without a success flag (the `return` preset); the",
+        "rows above without `-utd2` state `utd: 1` in their configs. A HalfCheetah-medium row (td3 and td3-utd2)",
+        "was started; its table row is partial until it finishes.",
     ],
 )
 
