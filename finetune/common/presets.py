@@ -17,7 +17,7 @@ preset picked by whether the task reports success:
   The residual takes two gradient steps per transition there: on the three medium locomotion
   bases it rose faster and ended higher than with one (the ``residual-td3-utd2`` rows of
   experiments/results/residual_bench.md), while on Meta-World (success preset: one step) two
-  steps ended lower on pick-place-mh.
+  steps ended lower on pick-place-mh and push-mh.
 
 Preference updates (``dpft finetune dpo``) take one setting from the preset, the number of
 rounds: one on a task that reports success, five otherwise (five rounds against the base gained
