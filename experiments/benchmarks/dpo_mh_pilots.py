@@ -145,7 +145,10 @@ On push-mh, lr 3e-5 (`best_lr3e-5`) 0.77; two mode streams of four (`mode2_best`
 0.89, 0.66 and 0.86 over three seeds (mean 0.80, +0.27 over the base's 0.53: the >= 0.90 target missed, and
 seed 1 fell back to where the one-stream row is); three of four (`mode3_best`, `0 0 0 1`) 0.84 (seed 0);
 pick-place-mh with two mode streams 0.99. From worktrees of f691f23 and 6b402e4 (the same preference code), two
-or three runs at a time.
+or three runs at a time. On locomotion best-of-N pairs did not help: Diffusion-DPO on rollout pairs in five rounds
+with the reference fixed to the base and `--pairing best` (`rollout_r5_fixedref_best`, 16 start states x 4
+streams: 48 pairs a round instead of about 96) ended at Hopper-medium 783 (-5% against the base's 821; every
+pair: 882) and Walker2d-medium 651 (+12% over 583; every pair: 669), seed 0 each, from the same worktree.
 """
 
 
