@@ -14,10 +14,10 @@ preset picked by whether the task reports success:
   ``dsrl-ln-utd2`` rows of defaults.md);
 * ``return`` (locomotion, no success flag): the task's own reward, 10 evaluation episodes of up
   to 1000 steps each; DSRL's critics plain, one step per transition (no dips to remove there).
-  The residual takes two gradient steps per transition there: on Hopper-medium and
-  Walker2d-medium it rose sooner and ended at or above one step (1313 against 1153, 1158 against
-  1143, three seeds; the ``residual-td3-utd2`` rows of experiments/results/residual_bench.md),
-  while on Meta-World (success preset: one step) two steps ended lower on pick-place-mh and push-mh.
+  The residual takes two gradient steps per transition there: on the three medium locomotion
+  bases it rose faster and ended higher than with one (the ``residual-td3-utd2`` rows of
+  experiments/results/residual_bench.md), while on Meta-World (success preset: one step) two
+  steps ended lower on pick-place-mh and push-mh.
 
 Preference updates (``dpft finetune dpo``) take one setting from the preset, the number of
 rounds: one on a task that reports success, five otherwise (five rounds against the base gained
