@@ -9,7 +9,7 @@ from dpft.finetune.commands import cli
 from dpft.finetune.common.presets import apply_preset, preset_for
 from dpft.finetune.dpo.train import DPOConfig
 from dpft.finetune.dsrl.train import DSRL, DSRLConfig
-from dpft.finetune.residual.train import Residual, ResidualConfig
+from dpft.finetune.residual.train import ResidualConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "bench"
 
@@ -52,23 +52,7 @@ def test_dsrl_critics_come_from_the_preset():
     cfg, _ = apply_preset(DSRLConfig(task="metaworld:push-v3", layer_norm=False, utd=0.5), "dsrl")
     assert (cfg.layer_norm, cfg.utd) == (False, 0.5)
     assert DSRL.before_key_existed["layer_norm"] is False and DSRL.before_key_existed["utd"] == 1.0
-    assert "layer_norm" not in preset_for("residual", "metaworld:push-v3").settings, "the residual's are its own"
-
-
-def test_residual_utd_comes_from_the_preset():
-    """Two gradient steps per transition on a task without a success flag (the residual benchmark's
-    td3-utd2 rows on the medium locomotion bases), one where the task reports success (two ended
-    lower on pick-place-mh); a user's choice and an old run's config.yaml keep theirs; PPO, which
-    takes no such steps, is not said to."""
-    cfg, line = apply_preset(ResidualConfig(task="gym:Hopper-v5"), "residual")
-    assert cfg.utd == 2.0 and "utd 2 (preset 'return'" in line
-    cfg, _ = apply_preset(ResidualConfig(task="metaworld:push-v3"), "residual")
-    assert cfg.utd == 1.0
-    cfg, _ = apply_preset(ResidualConfig(task="gym:Hopper-v5", utd=1.0), "residual")
-    assert cfg.utd == 1.0
-    cfg, line = apply_preset(ResidualConfig(task="gym:Hopper-v5", algo="ppo"), "residual")
-    assert cfg.utd == 1.0 and "utd" not in line
-    assert Residual.before_key_existed["utd"] == 1.0
+    assert "utd" not in preset_for("residual", "metaworld:push-v3").settings, "the residual's are its own"
 
 
 @pytest.mark.parametrize(

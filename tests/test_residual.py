@@ -53,7 +53,7 @@ def quick(tmp_path, base, **kw) -> ResidualConfig:
         base=str(base), out=tmp_path / "res", steps=1500, warmup_steps=200, critic_warmup_steps=200,
         explore_ramp_steps=400, residual_scale=0.5, hidden=64, batch_size=128, eval_every=10**9,
         eval_episodes=50, checkpoint_every=10**9, progress=False, ppo=PPOOptions(rollout_steps=64),
-        reward="dense", final="last", n_step=1, utd=1.0,  # what these tests were built on (presets: test_presets.py)
+        reward="dense", final="last", n_step=1,  # what these tests were built on (presets: test_presets.py)
     )  # fmt: skip
     return ResidualConfig(**{**defaults, **kw})
 
@@ -490,9 +490,7 @@ def test_td3_bc_keeps_the_actor_near_the_replayed_corrections():
 
 
 def test_td3_bc_alpha_reaches_the_algorithm(base_dir, tmp_path):
-    cfg = cli.parse(
-        "finetune residual", ["--base", str(base_dir), "--task", TASK, "--td3.bc-alpha", "2.5", "--utd", "1"]
-    )
+    cfg = cli.parse("finetune residual", ["--base", str(base_dir), "--task", TASK, "--td3.bc-alpha", "2.5"])
     assert cfg.td3.bc_alpha == 2.5
     base = load_policy(base_dir)
     assert Residual().schedules(cfg, base)["bc_alpha"] == 2.5

@@ -111,8 +111,6 @@ CANDIDATES = {
     # the bare runs made before DSRL's critics came from the preset (LayerNorm and UTD 2 where the task
     # reports success): a rerun states their settings; on Hopper they are also today's defaults
     "dsrl": ("dsrl", ["--no-layer-norm", "--utd", "1"]),
-    # and the residual rows before its UTD came from the preset (two steps on Hopper since)
-    "residual": ("residual", ["--utd", "1"]),
     "dpo-rounds5": ("dpo", ["--rounds", "5"]),
     "dsrl-alr1e-4": ("dsrl", ["--actor-lr", "1e-4"]),
     "dsrl-alr1e-4-ema": ("dsrl", ["--actor-lr", "1e-4", "--actor-ema", "0.999"]),

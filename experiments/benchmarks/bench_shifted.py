@@ -48,16 +48,11 @@ ROWS = (
     Row("hopper-medium-gain0.7", "shipped:gym-Hopper-v5-medium", "gym:Hopper-v5", "action_gain=0.7"),
 )  # fmt: skip
 METHODS = ("dsrl", "residual", "residual-dense")
-FLAGS = {
-    "residual": ["--utd", "1"],
-    "residual-dense": ["--reward", "dense", "--utd", "1"],
-    "dsrl": ["--no-layer-norm", "--utd", "1"],
-}
+FLAGS = {"residual-dense": ["--reward", "dense"], "dsrl": ["--no-layer-norm", "--utd", "1"]}
 """A variant's flags beyond the defaults: ``residual-dense`` trains on the task's own shaped reward
 (on a shift where the base never succeeds, the sparse success reward gives nothing to learn from);
 ``dsrl``: the DSRL rows ran with the defaults before LayerNorm critics and two gradient steps per
-transition became the success preset's, so a rerun states them; the residual rows likewise ran
-before the return preset (Hopper) took two gradient steps per transition."""
+transition became the success preset's, so a rerun states them."""
 
 
 def dpft(*args: str) -> list[str]:

@@ -14,10 +14,6 @@ preset picked by whether the task reports success:
   ``dsrl-ln-utd2`` rows of defaults.md);
 * ``return`` (locomotion, no success flag): the task's own reward, 10 evaluation episodes of up
   to 1000 steps each; DSRL's critics plain, one step per transition (no dips to remove there).
-  The residual takes two gradient steps per transition there: on the three medium locomotion
-  bases it rose faster and ended higher than with one (the ``residual-td3-utd2`` rows of
-  experiments/results/residual_bench.md), while on Meta-World (success preset: one step) two
-  steps ended lower on pick-place-mh and push-mh.
 
 Preference updates (``dpft finetune dpo``) take one setting from the preset, the number of
 rounds: one on a task that reports success, five otherwise (five rounds against the base gained
@@ -47,15 +43,13 @@ class Preset:
 SUCCESS = {"reward": "sparse_success(terminate=True)", "eval_episodes": 30, "final": "guarded"}
 RETURN = {"reward": "dense", "eval_episodes": 10, "final": "guarded"}
 GENERIC = {"success": Preset("success", SUCCESS), "return": Preset("return", RETURN)}
-"""The presets of methods without their own (SAC from scratch, DPPO, FIND)."""
+"""The residual's presets, and those of methods without their own (SAC from scratch, DPPO, FIND)."""
 DSRL_SUCCESS = {**SUCCESS, "layer_norm": True, "utd": 2.0}
 DSRL_RETURN = {**RETURN, "layer_norm": False, "utd": 1.0}
-RESIDUAL_SUCCESS = {**SUCCESS, "utd": 1.0}
-RESIDUAL_RETURN = {**RETURN, "utd": 2.0}
 PRESETS: dict[str, dict[str, Preset]] = {
     "dsrl": {"success": Preset("success", DSRL_SUCCESS), "return": Preset("return", DSRL_RETURN)},
     # the residual's scale is not a preset: it is measured on the base (finetune/common/action_spread.py)
-    "residual": {"success": Preset("success", RESIDUAL_SUCCESS), "return": Preset("return", RESIDUAL_RETURN)},
+    "residual": GENERIC,
     "dpo": {"success": Preset("success", {"rounds": 1}), "return": Preset("return", {"rounds": 5})},
 }
 NO_BASE = {"final": "last"}

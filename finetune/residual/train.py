@@ -166,10 +166,9 @@ class ResidualConfig(FinetuneConfig):
     explore_ramp_steps: int = 10_000
     """sac/td3: env steps over which the share of actions that use the residual ramps from 0 to 1
     (after the critic warm-up); 0 uses the residual from the start."""
-    utd: float | None = None
+    utd: float = 1.0
     """sac/td3: gradient steps per collected transition (update-to-data ratio): 1, 2, ... or 0.5
-    (one update every 2 transitions). Default: from the task's preset (2 on a task without a
-    success flag, such as locomotion; 1 where the task reports success)."""
+    (one update every 2 transitions)."""
     n_step: int = 3
     """sac/td3: n-step returns for the critic's target (3 in every residual benchmark row)."""
     critics: int = 2
@@ -195,10 +194,7 @@ class ResidualConfig(FinetuneConfig):
             raise ConfigError(f"unknown --algo {self.algo!r}; choose one of {list(ALGOS)}")
         if self.form not in FORMS:
             raise ConfigError(f"unknown --form {self.form!r}; choose one of {list(FORMS)}")
-        if self.utd is None and self.algo == "ppo":
-            self.utd = 1.0  # not used by PPO: a preset's UTD would only be printed, not applied
-        if self.utd is not None:
-            check_utd(self.utd)
+        check_utd(self.utd)
         if self.demos is not None and (self.algo == "ppo" or self.form != "step"):
             raise ConfigError("--demos needs an off-policy per-step residual (--algo td3 or sac, --form step)")
         if self.td3.bc_alpha is None:
@@ -211,8 +207,6 @@ class Residual(SB3Method):
     command = "finetune residual"
     config_cls = ResidualConfig
     preset_family = "residual"
-    # settings added after runs were made, with the behaviour such a run had before them
-    before_key_existed = {"utd": 1.0}
 
     def measure(self, cfg: ResidualConfig, base: Policy) -> tuple[ResidualConfig, str | None]:
         if cfg.residual_scale is not None:
