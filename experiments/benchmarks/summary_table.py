@@ -41,12 +41,13 @@ METHODS = (  # (column, benchmark, method folder)
     ("FIND", "dsrl", "find"),
     ("DPPO", "dsrl", "dppo"),
     ("residual-TD3", "residual", "td3"),
+    ("residual-TD3, UTD 2", "residual", "td3-utd2"),
     ("residual-TD3 + demos", "residual", "td3-demos"),
     ("Diffusion-DPO", "dpo", "diffusion-dpo"),
     ("DPO, chunk pairs", "dpo", "diffusion-dpo-chunk"),
     ("DPO, chunk pairs, beta 1000", "dpo", "diffusion-dpo-chunk-b1000"),
     ("SePPO, chunk pairs", "dpo", "seppo-chunk"),
-    ("filtered BC, mode pairs", "dpo", "filtered-bc-mode"),
+    ("filtered BC, best of mode pairs", "dpo", "filtered-bc-mode-best"),
 )
 
 
