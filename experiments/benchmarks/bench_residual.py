@@ -216,7 +216,7 @@ RESIDUAL = Bench(
         "target (residual >= DSRL-NA's return) met on Hopper-medium; Walker2d-medium 1366, 1118, 991, mean 1158",
         "against 1143 with one step and DSRL-NA's 1631: missed. Both rose sooner (Hopper-medium 1198 at 50k against",
         "993). On HalfCheetah-medium (a row added here, td3 and td3-utd2, seed 0 from a git worktree of 6b402e4, two",
-        "runs at a time beside a CI run) one step ended at 1675 against DSRL-NA's 2248, and two steps were lower",
+        "runs at a time beside a CI run) one step ended at 1675 against DSRL-NA's 2248, and two steps at 1417, lower",
         "all along (1380 at 85k against one step's 1649), so one step stays the default everywhere; `--utd 2` is",
         "for a base where it was measured to help (Hopper-medium). Seeds 1-2 of the HalfCheetah-medium rows are",
         "queued.",
