@@ -127,7 +127,7 @@ RESIDUAL = Bench(
         "ppo": ("push", "drawer-open", "button-press", "pick-place", "hopper", *MIXED),
         "td3-scale0.1": MIXED,
         "td3-demos-scale0.1": ("push-mh", "pick-place-mh"),
-        # the two rows below 0.90 at the default UTD 1, and the two locomotion rows below DSRL-NA
+        # the two rows below 0.90 at the default UTD 1, and the medium locomotion rows (below DSRL-NA)
         "td3-utd2": ("pick-place-mh", "push-mh", "hopper-medium", "walker2d-medium", "halfcheetah-medium"),
         # the row td3-demos left below 0.90 (0.87), one it met, and the one below DSRL-NA (0.90 against 0.95)
         "td3-demos-bc2.5": ("pick-place-mh", "push-mh", "peg-insert-side-mh"),
@@ -136,7 +136,7 @@ RESIDUAL = Bench(
     },
     task_seeds={
         "push-mh/td3-demos-bc2.5": (0,),
-        # UTD 2 on the locomotion rows, where one seed rose well above UTD 1's curve: three seeds
+        # td3-utd2 has three seeds on the locomotion rows; the Meta-World ones keep their one seed
         **{f"{t}/td3-utd2": (0,) for t in ("push-mh", "pick-place-mh")},
     },
     footer=[
