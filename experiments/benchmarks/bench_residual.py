@@ -115,6 +115,7 @@ RESIDUAL = Bench(
         "td3-demos-bc2.5": (0, 1, 2),
         "td3-bc2.5": (0,),
         "td3-demos-bc2.5-guarded": (0, 1, 2),
+        "td3-scale1": (0,),
     },
     command=command,
     header=HEADER,
@@ -133,6 +134,9 @@ RESIDUAL = Bench(
         "td3-demos-bc2.5": ("pick-place-mh", "push-mh", "peg-insert-side-mh"),
         "td3-bc2.5": ("pick-place-mh",),  # the same without demonstrations: what the BC term does alone
         "td3-demos-bc2.5-guarded": ("pick-place-mh", "peg-insert-side-mh"),  # the guarded rows beside the plain
+        # the full action range: is the measured scale (0.3-0.4 of the half range) what holds the residual
+        # below DSRL-NA on the locomotion rows it has not matched?
+        "td3-scale1": ("walker2d-medium", "halfcheetah-medium"),
     },
     task_seeds={
         "push-mh/td3-demos-bc2.5": (0,),
