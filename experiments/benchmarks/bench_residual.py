@@ -115,7 +115,7 @@ RESIDUAL = Bench(
         "td3-demos-bc2.5": (0, 1, 2),
         "td3-bc2.5": (0,),
         "td3-demos-bc2.5-guarded": (0, 1, 2),
-        "td3-scale1": (0,),
+        "td3-scale1": (0, 1, 2),
     },
     command=command,
     header=HEADER,
@@ -135,8 +135,8 @@ RESIDUAL = Bench(
         "td3-bc2.5": ("pick-place-mh",),  # the same without demonstrations: what the BC term does alone
         "td3-demos-bc2.5-guarded": ("pick-place-mh", "peg-insert-side-mh"),  # the guarded rows beside the plain
         # the full action range: is the measured scale (0.3-0.4 of the half range) what holds the residual
-        # below DSRL-NA on the locomotion rows it has not matched?
-        "td3-scale1": ("walker2d-medium", "halfcheetah-medium"),
+        # below DSRL-NA on the medium locomotion rows?
+        "td3-scale1": ("hopper-medium", "walker2d-medium", "halfcheetah-medium"),
     },
     task_seeds={
         "push-mh/td3-demos-bc2.5": (0,),
