@@ -213,6 +213,16 @@ FOOTER = [
     "0.78, 0.76, 0.78 (mean 0.77, +0.24), drawer-open-mh 0.64, 0.97, 0.76 (+0.17), button-press-mh 0.92, 0.97,",
     "0.83 (+0.06), peg-insert-side-mh 0.51, 0.73, 0.61 (-0.03; its zero-noise mode scores 0.00): the mode rows",
     "each gained more than with every pair (pick-place-mh +0.09, push-mh +0.11); +0.30 on one base of five.",
+    "`filtered-bc-mode-best-1round` (best of two, the base's zero-noise mode and one N(0, I) sample, from four",
+    "times as many states, all in one round from the base: `--loss filtered-bc --pairing best --rounds 1 --states",
+    "128 --streams 2 --chunk-states 120 --chunk-streams 2 --noise-scales 0 1`, 99,200 env steps; chosen from the",
+    "push-mh pilots on its worst seed, dpo_pilots/mh.md), from git worktrees of 77518b6-3ca1a07 (the preference",
+    "code of f691f23), one run at a time beside one residual run: push-mh 0.89, 0.95, 0.91 (mean 0.92, +0.39; the",
+    ">= 0.90 target met), pick-place-mh 0.98, 0.98, 0.98 (+0.42, >= 0.90 met), button-press-mh 0.92, 0.95, 0.97",
+    "(0.95, +0.10), drawer-open-mh 0.81, 0.81, 0.69 (0.77, +0.15), peg-insert-side-mh 0.55, 0.54, 0.57 (0.55,",
+    "-0.10: its zero-noise mode scores 0.00, so the mode streams teach a failing behaviour there). +0.30 on two",
+    "bases of five (button-press-mh's base, 0.85, cannot gain +0.30). Seed 1 of push-mh repeats its pilot to the",
+    "last digit. Wall-clock 1-2 min a run.",
 ]
 
 

@@ -149,6 +149,24 @@ or three runs at a time. On locomotion best-of-N pairs did not help: Diffusion-D
 with the reference fixed to the base and `--pairing best` (`rollout_r5_fixedref_best`, 16 start states x 4
 streams: 48 pairs a round instead of about 96) ended at Hopper-medium 783 (-5% against the base's 821; every
 pair: 882) and Walker2d-medium 651 (+12% over 583; every pair: 669), seed 0 each, from the same worktree.
+
+Reading (2026-12-05, fifth): what pulls push-mh back, on its worst seed (seed 1, where the two-mode-stream
+recipe `mode2_best` ended at 0.66). Every run below kept the 99,200 env steps. More updates on the same pairs
+made it worse: 1500 gradient steps a round (`mode2_best_s1500`) 0.51, lr 3e-5 0.51, 64 pairs a step 0.57,
+four rounds of a quarter of the states each (`mode2_best_r4`) 0.54; in every two-round run the second round
+scored lower than the first on the evaluation episodes. BC on the best of each state learns from one
+trajectory per state (62 a round here), so 500 steps of 32 pairs x 8 chunks already revisit each chunk
+dozens of times: the data, not the step count, was short. More states did it. One round from the base with
+all the budget (`mode2_best_r1`, 64 x 4 rollouts and 60 x 4 branches) 0.78; the same states as best-of-two
+of the mode and one N(0, I) sample (`mode_best_64x2`: twice as many states for the same env steps, and the
+mode wins more of them) 0.94 on the evaluation episodes after round 0 and 0.80 after round 1, 0.86 when it
+stopped after round 0 (`mode_best_64x2_r1`, half the budget); with the whole budget in that one round
+(`mode_best_128x2_r1`: 128 x 2 rollouts and 120 x 2 branches, `--noise-scales 0 1 --pairing best
+--rounds 1`) 0.95. That is the benchmark's `filtered-bc-mode-best-1round` row (dpo_bench.md, three seeds on
+every mixed-data base). On locomotion the same recipe (`rollout_fbc_mode_best_1round`, 160 x 2 rollouts, no
+chunk states) did not gain: Hopper-medium 826 (+1%), Walker2d-medium 603 (+3%); nor did filtered BC on the best
+of four in five rounds (`rollout_r5_fbc_best`, Hopper-medium 772, -6%). From git worktrees of 222d9ee-3ca1a07
+(the preference code of f691f23), beside one residual run on the 2 cores.
 """
 
 

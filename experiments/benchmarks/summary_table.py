@@ -47,7 +47,7 @@ METHODS = (  # (column, benchmark, method folder)
     ("DPO, chunk pairs", "dpo", "diffusion-dpo-chunk"),
     ("DPO, chunk pairs, beta 1000", "dpo", "diffusion-dpo-chunk-b1000"),
     ("SePPO, chunk pairs", "dpo", "seppo-chunk"),
-    ("filtered BC, best of mode pairs", "dpo", "filtered-bc-mode-best"),
+    ("filtered BC, best of mode and a sample", "dpo", "filtered-bc-mode-best-1round"),
 )
 
 
