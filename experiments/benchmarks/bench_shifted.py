@@ -47,12 +47,19 @@ ROWS = (
     Row("push-mh-offset0.3", "shipped:metaworld-push-v3-mh", "metaworld:push-v3", "action_offset=0.3"),
     Row("hopper-medium-gain0.7", "shipped:gym-Hopper-v5-medium", "gym:Hopper-v5", "action_gain=0.7"),
 )  # fmt: skip
-METHODS = ("dsrl", "residual", "residual-dense")
-FLAGS = {"residual-dense": ["--reward", "dense"], "dsrl": ["--no-layer-norm", "--utd", "1"]}
+METHODS = ("dsrl", "residual", "residual-dense", "residual-dense-scale1", "residual-ppo-dense")
+FLAGS = {
+    "residual-dense": ["--reward", "dense"],
+    "residual-dense-scale1": ["--reward", "dense", "--residual-scale", "1"],
+    "residual-ppo-dense": ["--algo", "ppo", "--envs", "8", "--reward", "dense"],
+    "dsrl": ["--no-layer-norm", "--utd", "1"],
+}
 """A variant's flags beyond the defaults: ``residual-dense`` trains on the task's own shaped reward
 (on a shift where the base never succeeds, the sparse success reward gives nothing to learn from);
 ``dsrl``: the DSRL rows ran with the defaults before LayerNorm critics and two gradient steps per
-transition became the success preset's, so a rerun states them."""
+transition became the success preset's, so a rerun states them. ``residual-dense-scale1``: the same with the
+full action range as the largest correction (on the medium locomotion bases the measured scale held the
+residual back); ``residual-ppo-dense``: on-policy PPO with 8 envs, as ResiP runs a residual."""
 
 
 def dpft(*args: str) -> list[str]:
@@ -116,8 +123,8 @@ def report() -> None:
         "Success rate on Meta-World, return on Hopper.",
         "",
         "| row | base, plain task: N(0, I) / zero / best-of-8 | shifted: the same | DSRL-NA | residual-TD3 "
-        "| residual-TD3, dense reward |",
-        "|---|---|---|---|---|---|",
+        "| residual-TD3, dense reward | the same, full range | residual-PPO, dense reward |",
+        "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in ROWS:
         cells = []
