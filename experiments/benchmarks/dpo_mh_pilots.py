@@ -165,8 +165,11 @@ stopped after round 0 (`mode_best_64x2_r1`, half the budget); with the whole bud
 --rounds 1`) 0.95. That is the benchmark's `filtered-bc-mode-best-1round` row (dpo_bench.md, three seeds on
 every mixed-data base). On locomotion the same recipe (`rollout_fbc_mode_best_1round`, 160 x 2 rollouts, no
 chunk states) did not gain: Hopper-medium 826 (+1%), Walker2d-medium 603 (+3%); nor did filtered BC on the best
-of four in five rounds (`rollout_r5_fbc_best`, Hopper-medium 772, -6%). From git worktrees of 222d9ee-3ca1a07
-(the preference code of f691f23), beside one residual run on the 2 cores.
+of four in five rounds (`rollout_r5_fbc_best`, Hopper-medium 772, -6%). Two more variants of the locomotion
+rows' best recipe (Diffusion-DPO on rollout pairs, reference fixed to the base) fell short of +15% too: lr 3e-5
+(`rollout_r5_fixedref_lr3e-5`) Hopper-medium 779, Walker2d-medium 597; 32 start states a round in three rounds
+(`rollout_r3_fixedref_s32`, 113k env steps, over the budget) 876 (+7%) and 656 (+13%). From git worktrees of
+222d9ee-197a0f5 (the preference code of f691f23), beside one residual run on the 2 cores.
 """
 
 
