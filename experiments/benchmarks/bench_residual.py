@@ -116,6 +116,7 @@ RESIDUAL = Bench(
         "td3-bc2.5": (0,),
         "td3-demos-bc2.5-guarded": (0, 1, 2),
         "td3-scale1": (0, 1, 2),
+        "td3-demos-bc2.5-scale1": (0,),
     },
     command=command,
     header=HEADER,
@@ -137,11 +138,17 @@ RESIDUAL = Bench(
         # the full action range: is the measured scale (0.3-0.4 of the half range) what holds the residual
         # below DSRL-NA on the medium locomotion rows?
         "td3-scale1": ("hopper-medium", "walker2d-medium", "halfcheetah-medium"),
+        # the same on the one mixed-data row still below DSRL-NA (0.93 against 0.95), with its best recipe
+        "td3-demos-bc2.5-scale1": ("peg-insert-side-mh",),
     },
     task_seeds={
         "push-mh/td3-demos-bc2.5": (0,),
         # td3-utd2 has three seeds on the locomotion rows; the Meta-World ones keep their one seed
         **{f"{t}/td3-utd2": (0,) for t in ("push-mh", "pick-place-mh")},
+        # HalfCheetah-medium's measured-scale rows stop where the full range became the locomotion default
+        # (a later seed of td3 or td3-utd2 there would run at the new default, another method)
+        "halfcheetah-medium/td3": (0,),
+        "halfcheetah-medium/td3-utd2": (0, 1),
     },
     footer=[
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
