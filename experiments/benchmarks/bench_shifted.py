@@ -164,6 +164,14 @@ NOTES = [
     "Peg-insert-side-mh at half the actuator gain is not a case where the noise has no room: best of 8 streams",
     "0.24 against 0.04 with N(0, I) noise, and DSRL-NA found it, 0.93 on the 100 episodes, so the shifted",
     "target (residual >= 0.90 where DSRL-NA stays below 0.50) does not apply there; residual-TD3 reached 0.32.",
+    "Reading (2026-12-05, third; git worktree of 197a0f5, the residual code of f691f23, beside one other run",
+    "each): two more tries at the push-mh offset, both with the task's shaped reward. The full action range",
+    "(`residual-dense-scale1`, which took the residual past DSRL-NA on the three medium locomotion bases) 0.02;",
+    "on-policy PPO with 8 envs as ResiP runs it (`residual-ppo-dense`) 0.00, its evaluations at 0.00 all through",
+    "the 100k env steps (TD3's between 0.00 and 0.13). The base never succeeds on this shift, so a residual has",
+    "to find the whole corrected behaviour from the shaped reward within 100k env steps, as SAC from scratch",
+    "would (0.00 on push-mh in the DSRL benchmark). Target missed; a milder shift, where the base still succeeds",
+    "sometimes and the noise still has no room, is the row to add next.",
 ]
 
 
