@@ -74,6 +74,19 @@ def test_a_bare_residual_run_prints_and_records_the_measured_scale(tmp_path, cap
     assert 0.1 < recorded["residual_scale"] < 0.5
 
 
+def test_a_bare_residual_run_on_locomotion_takes_the_full_range(tmp_path, capsys):
+    """No success flag: the 'return' preset gives the full range and nothing is measured (on the
+    medium locomotion bases the measured 0.3-0.4 held the residual below DSRL-NA)."""
+    out = tmp_path / "run"
+    args = ["finetune", "residual", "--base", "shipped:gym-Hopper-v5-medium", "--steps", "300", "--warmup-steps", "0"]
+    args += ["--critic-warmup-steps", "0", "--explore-ramp-steps", "0", "--eval-every", "100000", "--final", "last"]
+    assert cli.main([*args, "--eval-episodes", "1", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert yaml.safe_load((out / "config.yaml").read_text())["residual_scale"] == 1.0
+    assert "residual-scale 1 (preset 'return' for gym:Hopper-v5)" in printed
+    assert "the base's action spread" not in printed
+
+
 def test_a_residual_on_a_steered_base_is_sized_by_the_policy_it_steers():
     base = load_policy("shipped:metaworld-push-v3-mh")
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ BENCH = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "bench
 def test_the_preset_follows_whether_the_task_reports_success():
     assert preset_for("dsrl", "metaworld:push-v3").settings["reward"] == "sparse_success(terminate=True)"
     assert preset_for("dsrl", "gym:Hopper-v5").settings["reward"] == "dense"
-    assert "residual_scale" not in preset_for("residual", "gym:Hopper-v5").settings, "measured on the base"
+    assert "residual_scale" not in preset_for("residual", "metaworld:push-v3").settings, "measured on the base"
+    assert preset_for("residual", "gym:Hopper-v5").settings["residual_scale"] == 1.0, "locomotion: the full range"
     for task in ("metaworld:push-v3", "gym:Hopper-v5"):
         assert preset_for("dsrl", task).settings["final"] == "guarded"
 
@@ -36,7 +37,12 @@ def test_a_preset_fills_only_what_was_left_unset_and_says_so():
     assert "override with --reward, --final, --layer-norm, --utd" in line
     assert (cfg.layer_norm, cfg.utd) == (True, 2.0)
     cfg, line = apply_preset(ResidualConfig(task="gym:Walker2d-v5", reward="dense", final="last"), "residual")
-    assert (cfg.residual_scale, cfg.eval_episodes, cfg.final) == (None, 10, "last")
+    assert (cfg.residual_scale, cfg.eval_episodes, cfg.final) == (1.0, 10, "last")
+    assert line == "settings: eval-episodes 10, residual-scale 1 (preset 'return' for gym:Walker2d-v5); " + (
+        "override with --eval-episodes, --residual-scale"
+    )
+    cfg, _ = apply_preset(ResidualConfig(task="gym:Walker2d-v5", residual_scale=0.3), "residual")
+    assert cfg.residual_scale == 0.3, "a scale the user gives wins"
     cfg, _ = apply_preset(DSRLConfig(task="metaworld:push-v3"), "dsrl", uses_base=False)
     assert cfg.final == "last", "training from scratch has no base to guard against"
 

@@ -42,6 +42,7 @@ METHODS = (  # (column, benchmark, method folder)
     ("DPPO", "dsrl", "dppo"),
     ("residual-TD3", "residual", "td3"),
     ("residual-TD3, UTD 2", "residual", "td3-utd2"),
+    ("residual-TD3, full range", "residual", "td3-scale1"),
     ("residual-TD3 + demos", "residual", "td3-demos"),
     ("Diffusion-DPO", "dpo", "diffusion-dpo"),
     ("DPO, chunk pairs", "dpo", "diffusion-dpo-chunk"),

@@ -15,6 +15,13 @@ preset picked by whether the task reports success:
 * ``return`` (locomotion, no success flag): the task's own reward, 10 evaluation episodes of up
   to 1000 steps each; DSRL's critics plain, one step per transition (no dips to remove there).
 
+The residual (``dpft finetune residual``) takes its largest correction from the preset on
+locomotion: the full action range (``residual_scale`` 1). Where the task reports success the scale
+is measured on the base (its action spread across initial noises, finetune/common/action_spread.py),
+which took the five mixed-data Meta-World bases to >= 0.90; on the three medium locomotion bases that
+measured scale (0.3-0.4) held the residual below DSRL-NA, and the full range took it above on each
+(the ``td3-scale1`` rows of experiments/results/residual_bench.md).
+
 Preference updates (``dpft finetune dpo``) take one setting from the preset, the number of
 rounds: one on a task that reports success, five otherwise (five rounds against the base gained
 on both locomotion bases over three seeds, and let Meta-World policies fall where only the guard
@@ -48,8 +55,8 @@ DSRL_SUCCESS = {**SUCCESS, "layer_norm": True, "utd": 2.0}
 DSRL_RETURN = {**RETURN, "layer_norm": False, "utd": 1.0}
 PRESETS: dict[str, dict[str, Preset]] = {
     "dsrl": {"success": Preset("success", DSRL_SUCCESS), "return": Preset("return", DSRL_RETURN)},
-    # the residual's scale is not a preset: it is measured on the base (finetune/common/action_spread.py)
-    "residual": GENERIC,
+    # on a task that reports success the residual's scale is measured on the base (action_spread.py)
+    "residual": {"success": GENERIC["success"], "return": Preset("return", {**RETURN, "residual_scale": 1.0})},
     "dpo": {"success": Preset("success", {"rounds": 1}), "return": Preset("return", {"rounds": 5})},
 }
 NO_BASE = {"final": "last"}

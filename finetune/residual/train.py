@@ -142,9 +142,10 @@ class ResidualConfig(FinetuneConfig):
     form: str = "step"
     """step: correct every executed action (ResiP); chunk: correct a whole chunk at its start (Policy Decorator)."""
     residual_scale: float | None = None
-    """Largest correction, as a share of half the action range, in (0, 1] (default: measured, the
-    base's spread across initial noises at one observation as such a share, clamped to [0.05, 1];
-    finetune/common/action_spread.py)."""
+    """Largest correction, as a share of half the action range, in (0, 1] (default: on a task that
+    reports success measured, the base's spread across initial noises at one observation as such a
+    share, clamped to [0.05, 1], finetune/common/action_spread.py; on one that does not, 1, the
+    full range: preset 'return', finetune/common/presets.py)."""
     steps: int = 100_000
     """Environment-step budget."""
     hidden: int = 256
