@@ -173,6 +173,11 @@ NOTES = [
     "to find the whole corrected behaviour from the shaped reward within 100k env steps, as SAC from scratch",
     "would (0.00 on push-mh in the DSRL benchmark). Target missed; a milder shift, where the base still succeeds",
     "sometimes and the noise still has no room, is the row to add next.",
+    "Reading (2026-12-06; git worktree of ce3f4ef, the residual code of f691f23, beside one other run or CI): that",
+    "milder row, push-mh with an offset of 0.1: still no room (N(0, I) 0.01, zero noise 0.10, best of 8 0.06 on the",
+    "probe). Residual-TD3 with its defaults (scale 0.38 measured there) 0.59 on the 100 episodes, still rising at",
+    "the end (0.03-0.10 until 45k, 0.50-0.67 from 75k on the evaluation episodes); DSRL-NA not run yet. Target",
+    "(>= 0.90) missed on one seed.",
 ]
 
 
