@@ -145,10 +145,6 @@ RESIDUAL = Bench(
         "push-mh/td3-demos-bc2.5": (0,),
         # td3-utd2 has three seeds on the locomotion rows; the Meta-World ones keep their one seed
         **{f"{t}/td3-utd2": (0,) for t in ("push-mh", "pick-place-mh")},
-        # HalfCheetah-medium's measured-scale rows stop where the full range became the locomotion default
-        # (a later seed of td3 or td3-utd2 there would run at the new default, another method)
-        "halfcheetah-medium/td3": (0,),
-        "halfcheetah-medium/td3-utd2": (0, 1),
     },
     footer=[
         "Seed 2 of drawer-open and button-press ran on 2026-12-01 from a worktree of the landed commit c3aa36c",
@@ -239,7 +235,8 @@ RESIDUAL = Bench(
         "every seed above DSRL-NA's mean. The curves dip early (Hopper-medium 440 at 25k, HalfCheetah-medium seed 1",
         "379 at 15k: a random full-range correction is a large one) and rise past the base by 40-50k. The full",
         "range is the residual's default on locomotion since (the `return` preset); the td3 and td3-utd2 rows",
-        "above ran at the measured scale, the default before, so HalfCheetah-medium keeps the seeds they have.",
+        "above ran at the measured scale, the default before, which their configs now pin (Hopper-medium 0.16,",
+        "Walker2d-medium 0.25, HalfCheetah-medium 0.39: what each run recorded), so their commands still remake them.",
         "`td3-demos-bc2.5-scale1` on peg-insert-side-mh (the row's best recipe with the full range; seed 0 from a",
         "worktree of 629ec5a, the residual code of f691f23 for a task that reports success, beside one other run):",
         "0.96 on the 100 episodes against DSRL-NA's 0.95 and the measured scale's 0.93 (its seed 0: 0.94); seeds",
