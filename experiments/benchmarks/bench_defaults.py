@@ -486,6 +486,9 @@ NOTES = [
     "no dip either (0 of 15), but it rose slower (944 / 1016 / 1153 at 25k / 50k / 100k against the plain",
     "default's 989 / 1070 / 1279) and the deployed policy ended at 1247 on the 100 episodes against the plain",
     "default's 1277: one seed, no reason to change the `return` preset.",
+    "Note (2026-12-06): the gym:Hopper-v5 residual row ran when the residual's scale was measured on the base on",
+    "locomotion too (0.16, in its config.yaml); the `return` preset now gives the full range (residual_bench.md,",
+    "the td3-scale1 rows: Hopper-medium 2321 over three seeds), so a rerun of that row runs the new default.",
 ]
 
 
