@@ -18,6 +18,7 @@ from dpft.base_policies.infra.interrupt import RunInterrupted
 from dpft.base_policies.policy import policy_type
 from dpft.base_policies.sb3_actor import SquashedMeanActor
 from dpft.base_policies.train_bc import TrainBCConfig, train_bc
+from dpft.base_policies.zero_noise import ZeroNoisePolicy
 from dpft.envs.chunking import ChunkedEnv
 from dpft.envs.config import EnvConfig
 from dpft.envs.episode_replay import ReplayableEpisodes
@@ -300,6 +301,41 @@ def test_residual_on_top_of_a_steered_policy(tmp_path, base_dir):
     assert obs.shape == (2, 2 + 2)
 
 
+def test_residual_on_the_base_s_mode(tmp_path, base_dir, capsys):
+    """--base-noise zero: the residual corrects the base's zero-noise chunks, in training and in
+    the saved artifact (whatever noise a caller passes), and the artifact loads and evaluates."""
+    base = load_policy(base_dir)
+    out = train_residual(
+        quick(tmp_path, base_dir, steps=300, warmup_steps=100, critic_warmup_steps=100, base_noise="zero")
+    )
+    assert yaml.safe_load((tmp_path / "res" / "config.yaml").read_text())["base_noise"] == "zero"
+    policy = load_policy(out)
+    assert isinstance(policy.base, ZeroNoisePolicy) and policy.chooses_noise
+    assert json.loads((out / "base" / "config.json").read_text())["type"] == "zero-noise"
+    torch.nn.init.zeros_(policy.learned.head.weight)
+    torch.nn.init.zeros_(policy.learned.head.bias)
+    x = torch.randn(6, 2)
+    mode = base.predict_chunk(x, torch.zeros(6, *base.noise_shape))[:, 0]
+    policy.reset()
+    assert torch.equal(policy.predict_chunk(x)[:, 0], mode)
+    policy.reset()
+    assert torch.equal(policy.predict_chunk(x, torch.randn(6, *base.noise_shape))[:, 0], mode)
+    # the training env executes the mode too
+    inner = DummyVecEnv([lambda: ReplayableEpisodes(ChunkedEnv(make(TASK), 1, 1, 1))] * 2)
+    inner.seed(3)
+    lo, hi = torch.full((2,), -1.0), torch.full((2,), 1.0)
+    zero = ZeroNoisePolicy(base)
+    venv = ResidualVecEnv(inner, zero, "step", 0.3, Features.for_base(zero, lo, hi), seed=0)
+    venv.reset()
+    start = np.stack([e.unwrapped.pos for e in inner.envs])
+    venv.step(np.zeros((2, 2), np.float32))
+    z = torch.zeros(2, *base.noise_shape)
+    expected = base.predict_chunk(torch.as_tensor(start)[:, None], z)[:, 0].numpy()
+    assert np.allclose(np.stack([e._actions[0][0] for e in inner.envs]), expected, atol=1e-6)
+    assert cli.main(["eval", "--policy", str(out), "--episodes", "4", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 4
+
+
 # ----- bad input --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "flags, message",
@@ -308,6 +344,7 @@ def test_residual_on_top_of_a_steered_policy(tmp_path, base_dir):
         (["--residual-scale", "1.5"], "must be in (0, 1]"),
         (["--algo", "ddpg"], "unknown --algo 'ddpg'"),
         (["--form", "episode"], "unknown --form 'episode'"),
+        (["--base-noise", "uniform"], "unknown --base-noise 'uniform'"),
         (["--task", "toy_envs:Obstacle-v0", "--base", "shipped:metaworld-push-v3"], "observations of size 39"),
     ],
 )

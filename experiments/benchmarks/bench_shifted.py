@@ -48,11 +48,12 @@ ROWS = (
     Row("push-mh-offset0.1", "shipped:metaworld-push-v3-mh", "metaworld:push-v3", "action_offset=0.1"),
     Row("hopper-medium-gain0.7", "shipped:gym-Hopper-v5-medium", "gym:Hopper-v5", "action_gain=0.7"),
 )  # fmt: skip
-METHODS = ("dsrl", "residual", "residual-dense", "residual-dense-scale1", "residual-ppo-dense")
+METHODS = ("dsrl", "residual", "residual-dense", "residual-dense-scale1", "residual-ppo-dense", "residual-mode")
 FLAGS = {
     "residual-dense": ["--reward", "dense"],
     "residual-dense-scale1": ["--reward", "dense", "--residual-scale", "1"],
     "residual-ppo-dense": ["--algo", "ppo", "--envs", "8", "--reward", "dense"],
+    "residual-mode": ["--base-noise", "zero"],
     "dsrl": ["--no-layer-norm", "--utd", "1"],
 }
 """A variant's flags beyond the defaults: ``residual-dense`` trains on the task's own shaped reward
@@ -60,7 +61,9 @@ FLAGS = {
 ``dsrl``: the DSRL rows ran with the defaults before LayerNorm critics and two gradient steps per
 transition became the success preset's, so a rerun states them. ``residual-dense-scale1``: the same with the
 full action range as the largest correction (on the medium locomotion bases the measured scale held the
-residual back); ``residual-ppo-dense``: on-policy PPO with 8 envs, as ResiP runs a residual."""
+residual back); ``residual-ppo-dense``: on-policy PPO with 8 envs, as ResiP runs a residual;
+``residual-mode``: the residual corrects the base's zero-noise chunks (its mode: push-mh's scores 1.00 on
+the plain task) instead of N(0, I) samples."""
 
 
 def dpft(*args: str) -> list[str]:
@@ -124,8 +127,9 @@ def report() -> None:
         "Success rate on Meta-World, return on Hopper.",
         "",
         "| row | base, plain task: N(0, I) / zero / best-of-8 | shifted: the same | DSRL-NA | residual-TD3 "
-        "| residual-TD3, dense reward | the same, full range | residual-PPO, dense reward |",
-        "|---|---|---|---|---|---|---|---|",
+        "| residual-TD3, dense reward | the same, full range | residual-PPO, dense reward "
+        "| residual-TD3 on the base's mode |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in ROWS:
         cells = []
@@ -139,8 +143,7 @@ def report() -> None:
             else:
                 cells.append("–")
         for method in METHODS:
-            f = RAW / row.name / method / "seed0" / "final_seed2000.json"
-            cells.append(_fmt(_score(json.loads(f.read_text()))) if f.exists() else "–")
+            cells.append(_seeds_cell(sorted((RAW / row.name / method).glob("seed*/final_seed2000.json"))))
         lines.append(f"| {row.base} on {row.shifted} | " + " | ".join(cells) + " |")
     lines += ["", *NOTES]
     (ROOT / "experiments" / "results" / "shifted.md").write_text("\n".join(lines) + "\n")
@@ -181,6 +184,14 @@ NOTES = [
 ]
 
 
+def _seeds_cell(files: list[Path]) -> str:
+    """One seed: its score; several: each seed's score and their mean."""
+    scores = [_score(json.loads(f.read_text())) for f in files]
+    if len(scores) <= 1:
+        return _fmt(scores[0]) if scores else "–"
+    return f"{_fmt(sum(scores) / len(scores))} ({', '.join(_fmt(x) for x in scores)}; n={len(scores)})"
+
+
 def _fmt(x) -> str:
     if x is None:
         return "–"
@@ -195,13 +206,15 @@ def main() -> None:
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--only", nargs="*", choices=[row.name for row in ROWS])
     r.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
+    r.add_argument("--seeds", nargs="*", type=int, default=[0])
     sub.add_parser("report")
     args = ap.parse_args()
     if args.cmd == "probe":
         for row in ROWS:
             probe(row)
     elif args.cmd == "run":
-        jobs = [(row, m) for m in args.methods for row in ROWS if not args.only or row.name in args.only]
+        rows = [row for row in ROWS if not args.only or row.name in args.only]
+        jobs = [(row, m, seed) for seed in args.seeds for m in args.methods for row in rows]
         with ThreadPoolExecutor(args.workers) as pool:
             for msg in pool.map(lambda j: run(*j), jobs):
                 print(msg, flush=True)

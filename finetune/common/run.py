@@ -69,6 +69,11 @@ class SB3Method(abc.ABC):
     preset_family: ClassVar[str] = "dsrl"
     """Whose presets fill the unset settings (:mod:`.presets`)."""
 
+    def frozen_base(self, cfg: Any, base: Policy) -> Policy:
+        """The policy the method runs as its frozen base, made from the loaded ``--base`` (a residual
+        may run it at its mode: :mod:`dpft.base_policies.zero_noise`). Default: the base itself."""
+        return base
+
     def check(self, cfg: Any, base: Policy) -> None:
         """Refuse settings that cannot work with this base (one clear ConfigError)."""
         return None
@@ -252,6 +257,7 @@ def run_sb3(cfg: FinetuneConfig, method: SB3Method) -> Path:
     device = resolve_device(local_device_spec(cfg.device))
     if method.uses_base:
         cfg, base = resolve_base(cfg, device)
+        base = method.frozen_base(cfg, base)
     elif not cfg.task:
         raise ConfigError("--task is required when training from scratch")
     else:

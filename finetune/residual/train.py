@@ -30,6 +30,7 @@ from dpft.base_policies.infra.errors import ConfigError
 from dpft.base_policies.infra.registry import multi_process
 from dpft.base_policies.infra.run_folder import RunFolder
 from dpft.base_policies.policy import Policy
+from dpft.base_policies.zero_noise import ZeroNoisePolicy
 from dpft.envs.chunking import ReportSuccess
 from dpft.envs.tasks import task_defines_success
 from dpft.finetune.common.action_spread import SPREAD_SEED, SPREAD_STATES, chunk_spread, residual_scale
@@ -47,6 +48,7 @@ from dpft.finetune.residual.env import ResidualVecEnv
 from dpft.finetune.residual.policy import FORMS, Features, ResidualNet, ResidualPolicy
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": ResidualSAC, "td3": ResidualTD3, "ppo": PPO}
+BASE_NOISES = ("normal", "zero")
 DEMOS_BC_ALPHA = 2.5
 """TD3's BC weight when --demos is given and --td3.bc-alpha is not (TD3+BC's own value)."""
 
@@ -141,6 +143,11 @@ class ResidualConfig(FinetuneConfig):
     reward it beat SAC clearly (experiments/results/residual_bench.md)."""
     form: str = "step"
     """step: correct every executed action (ResiP); chunk: correct a whole chunk at its start (Policy Decorator)."""
+    base_noise: str = "normal"
+    """The base's initial noise: normal (a fresh N(0, I) draw for every chunk, as the base was trained)
+    or zero (the base at its mode, dpft/base_policies/zero_noise.py: the residual then corrects one
+    deterministic behaviour; worth it where `dpft steerability` shows the zero noise beating N(0, I)
+    noise, wrong where the zero noise fails). Ignored by a base that picks its own noise (DSRL)."""
     residual_scale: float | None = None
     """Largest correction, as a share of half the action range, in (0, 1] (default: on a task that
     reports success measured, the base's spread across initial noises at one observation as such a
@@ -195,6 +202,8 @@ class ResidualConfig(FinetuneConfig):
             raise ConfigError(f"unknown --algo {self.algo!r}; choose one of {list(ALGOS)}")
         if self.form not in FORMS:
             raise ConfigError(f"unknown --form {self.form!r}; choose one of {list(FORMS)}")
+        if self.base_noise not in BASE_NOISES:
+            raise ConfigError(f"unknown --base-noise {self.base_noise!r}; choose one of {list(BASE_NOISES)}")
         check_utd(self.utd)
         if self.demos is not None and (self.algo == "ppo" or self.form != "step"):
             raise ConfigError("--demos needs an off-policy per-step residual (--algo td3 or sac, --form step)")
@@ -208,6 +217,11 @@ class Residual(SB3Method):
     command = "finetune residual"
     config_cls = ResidualConfig
     preset_family = "residual"
+
+    def frozen_base(self, cfg: ResidualConfig, base: Policy) -> Policy:
+        if cfg.base_noise == "zero" and not base.chooses_noise:
+            return ZeroNoisePolicy(base)
+        return base
 
     def measure(self, cfg: ResidualConfig, base: Policy) -> tuple[ResidualConfig, str | None]:
         if cfg.residual_scale is not None:
