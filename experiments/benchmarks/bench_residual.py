@@ -239,8 +239,12 @@ RESIDUAL = Bench(
         "Walker2d-medium 0.25, HalfCheetah-medium 0.39: what each run recorded), so their commands still remake them.",
         "`td3-demos-bc2.5-scale1` on peg-insert-side-mh (the row's best recipe with the full range; seed 0 from a",
         "worktree of 629ec5a, the residual code of f691f23 for a task that reports success, beside one other run):",
-        "0.96 on the 100 episodes against DSRL-NA's 0.95 and the measured scale's 0.93 (its seed 0: 0.94); seeds",
-        "1-2 are planned, so the peg-insert-side-mh target (residual >= DSRL-NA) stays open until they ran.",
+        "0.96 on the 100 episodes against DSRL-NA's 0.95 and the measured scale's 0.93 (its seed 0: 0.94). Seeds",
+        "1-2 (from a worktree of 5315600, the same residual code, two runs at a time): 0.97 and 0.97, mean 0.97",
+        "(sd 0.01) against DSRL-NA's 0.95 (sd 0.05): the peg-insert-side-mh target (residual >= DSRL-NA) is met,",
+        "every seed at or above DSRL-NA's mean, with demonstrations and the full range (`--demos FILE",
+        "--residual-scale 1`; on a task that reports success the default scale is still the measured one). The",
+        "curves rose sooner too: 0.96 at 25k on average, against 0.89 at the measured scale.",
     ],
 )
 

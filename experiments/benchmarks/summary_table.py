@@ -44,6 +44,7 @@ METHODS = (  # (column, benchmark, method folder)
     ("residual-TD3, UTD 2", "residual", "td3-utd2"),
     ("residual-TD3, full range", "residual", "td3-scale1"),
     ("residual-TD3 + demos", "residual", "td3-demos"),
+    ("residual-TD3 + demos, TD3+BC, full range", "residual", "td3-demos-bc2.5-scale1"),
     ("Diffusion-DPO", "dpo", "diffusion-dpo"),
     ("DPO, chunk pairs", "dpo", "diffusion-dpo-chunk"),
     ("DPO, chunk pairs, beta 1000", "dpo", "diffusion-dpo-chunk-b1000"),
