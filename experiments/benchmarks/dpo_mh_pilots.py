@@ -170,6 +170,16 @@ rows' best recipe (Diffusion-DPO on rollout pairs, reference fixed to the base) 
 (`rollout_r5_fixedref_lr3e-5`) Hopper-medium 779, Walker2d-medium 597; 32 start states a round in three rounds
 (`rollout_r3_fixedref_s32`, 113k env steps, over the budget) 876 (+7%) and 656 (+13%). From git worktrees of
 222d9ee-197a0f5 (the preference code of f691f23), beside one residual run on the 2 cores.
+
+Reading (2026-12-06): peg-insert-side-mh, the one mixed-data base where no preference recipe gained, with
+filtered BC on the best of N(0, I) samples only (its zero-noise mode scores 0.00, so the mode streams of the
+benchmark row can only lose there; `--loss filtered-bc --pairing best --rounds 1 --noise-scales 1 1`,
+99,200 env steps): the best of two on 128 states and 120 x 2 branches (`fbc_best_128x2_r1`) 0.59, the best
+of four on 64 states and 60 x 4 branches (`fbc_best_64x4_r1`) 0.63, against the base's 0.65 on the same 100
+episodes: no gain, although the base's best of 8 noise streams solves 98% of start states (steerability.md)
+and DSRL-NA reaches 0.95. Imitating the base's own successes does not make its samples succeed more there,
+so the +0.30 target stays missed on peg-insert-side-mh. From a git worktree of 82d8ad3 (the preference code
+of f691f23), beside one residual run.
 """
 
 
