@@ -183,6 +183,13 @@ NOTES = [
     "probe). Residual-TD3 with its defaults (scale 0.38 measured there) 0.59 on the 100 episodes, still rising at",
     "the end (0.03-0.10 until 45k, 0.50-0.67 from 75k on the evaluation episodes); DSRL-NA not run yet. Target",
     "(>= 0.90) missed on one seed.",
+    "Reading (2026-12-06, later; git worktrees of 5315600 and 82d8ad3, the DSRL and residual code of f691f23 plus",
+    "`--base-noise`, two runs at a time): on that row DSRL-NA found more than the probe's random streams did:",
+    "0.59 deployed guarded (the policy of 50k env steps; its learning policy reached 0.53-0.63 at 45-55k on the",
+    "evaluation episodes, then fell to 0.10-0.20), the same as residual-TD3's 0.59, so the row is not one where",
+    "DSRL-NA stays below 0.50. The residual on the base's mode (`residual-mode`, `--base-noise zero`: the zero",
+    "noise scores 1.00 on the plain task and 0.10 on this one) did no better: 0.49 deployed guarded (the policy of",
+    "90k; 0.50-0.73 on the evaluation episodes from 65k), against 0.59 with N(0, I) noise.",
 ]
 
 
