@@ -124,9 +124,10 @@ def report() -> None:
         "A shipped base on its own task with the actuators changed by a task-id suffix (`+action_gain=G`:",
         "every action scaled; `+action_offset=B`: added). Probe: `dpft steerability --policy B --task T --json`",
         "(50 start states, 8 N(0, I) noise streams and zero noise; seed 2000). Runs: `dpft finetune dsrl|residual",
-        "--base B --task T+SHIFT --out R --seed 0` with the defaults (guarded; DSRL's as they were when these rows",
+        "--base B --task T+SHIFT --out R --seed S` with the defaults (guarded; DSRL's as they were when these rows",
         "ran, now `--no-layer-norm --utd 1`), then `dpft eval` of the deployed policy on 100 episodes (seed 2000).",
-        "Success rate on Meta-World, return on Hopper.",
+        "Success rate on Meta-World, return on Hopper. Seed 0, unless a cell lists its seeds' scores and their mean",
+        "(`bench_shifted.py run --only ROW --methods M --seeds 0 1 2`).",
         "",
         "| row | base, plain task: N(0, I) / zero / best-of-8 | shifted: the same | DSRL-NA | residual-TD3 "
         "| residual-TD3, dense reward | the same, full range | residual-PPO, dense reward "
