@@ -48,6 +48,8 @@ ROWS = (
     Row("push-mh-offset0.1", "shipped:metaworld-push-v3-mh", "metaworld:push-v3", "action_offset=0.1"),
     Row("button-press-mh-offset0.15", "shipped:metaworld-button-press-v3-mh", "metaworld:button-press-v3",
         "action_offset=0.15"),
+    Row("button-press-mh-offset0.2", "shipped:metaworld-button-press-v3-mh", "metaworld:button-press-v3",
+        "action_offset=0.2"),
     Row("hopper-medium-gain0.7", "shipped:gym-Hopper-v5-medium", "gym:Hopper-v5", "action_gain=0.7"),
 )  # fmt: skip
 METHODS = ("dsrl", "residual", "residual-dense", "residual-dense-scale1", "residual-ppo-dense", "residual-mode")
