@@ -196,7 +196,7 @@ NOTES = [
     "Reading (2026-12-06, third; git worktree of 82d8ad3-f1c6c35, the DSRL and residual code of f691f23, two runs",
     "at a time): probes of the two mixed-data bases the residual learned fastest on (steerability of",
     "drawer-open-mh and button-press-mh with offsets 0.1, 0.15 and 0.2, `dpft steerability --policy B --task",
-    "T+action_offset=B --json`, kept in /work only: drawer-open-mh 0.08 / 0.00 / 0.36 at 0.1 and all 0.00 at",
+    "T+action_offset=B --json`, kept in `shifted_bench/steerability/`: drawer-open-mh 0.08 / 0.00 / 0.36 at 0.1 and all 0.00 at",
     "0.15 and 0.2; button-press-mh 0.20 / 0.18 / 0.78 at 0.1, 0.03 / 0.00 / 0.20 at 0.15, all 0.00 at 0.2). On",
     "button-press-mh at 0.15 (the rule calls best of 8 at 0.20 against 0.03 room, little of it): residual-TD3",
     "1.00 on the 100 episodes (0.90 on the validation episodes from 35k, scale 0.47 measured there), and DSRL-NA",
