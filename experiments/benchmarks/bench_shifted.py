@@ -50,6 +50,8 @@ ROWS = (
         "action_offset=0.15"),
     Row("button-press-mh-offset0.2", "shipped:metaworld-button-press-v3-mh", "metaworld:button-press-v3",
         "action_offset=0.2"),
+    Row("button-press-mh-offset0.3", "shipped:metaworld-button-press-v3-mh", "metaworld:button-press-v3",
+        "action_offset=0.3"),
     Row("hopper-medium-gain0.7", "shipped:gym-Hopper-v5-medium", "gym:Hopper-v5", "action_gain=0.7"),
 )  # fmt: skip
 METHODS = ("dsrl", "residual", "residual-dense", "residual-dense-scale1", "residual-ppo-dense", "residual-mode")
