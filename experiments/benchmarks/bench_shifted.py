@@ -204,6 +204,11 @@ NOTES = [
     "1.00 on the 100 episodes (0.90 on the validation episodes from 35k, scale 0.47 measured there), and DSRL-NA",
     "1.00 too, later (0.00 until 45k, 1.00 from 65k): both fix this shift, the residual 30k env steps sooner;",
     "not a row where DSRL-NA stays below 0.50.",
+    "At 0.2 the probe finds nothing (0.00 with N(0, I) noise, zero noise and the best of 8 streams), yet both",
+    "fixed it again: residual-TD3 0.99 (0.83 on the evaluation episodes at 30k, 1.00 from 40k; scale 0.48), and",
+    "DSRL-NA 1.00 (0.00 until 60k, 1.00 from 65k). The probe draws N(0, I) noise; DSRL's actor picks noise",
+    "anywhere in its box, where none of the probe's draws go, so 'no room' on the probe did not mean no room",
+    "for DSRL here. One seed each.",
 ]
 
 
