@@ -198,8 +198,9 @@ NOTES = [
     "Reading (2026-12-06, third; git worktree of 82d8ad3-f1c6c35, the DSRL and residual code of f691f23, two runs",
     "at a time): probes of the two mixed-data bases the residual learned fastest on (steerability of",
     "drawer-open-mh and button-press-mh with offsets 0.1, 0.15 and 0.2, `dpft steerability --policy B --task",
-    "T+action_offset=B --json`, kept in `shifted_bench/steerability/`: drawer-open-mh 0.08 / 0.00 / 0.36 at 0.1 and all 0.00 at",
-    "0.15 and 0.2; button-press-mh 0.20 / 0.18 / 0.78 at 0.1, 0.03 / 0.00 / 0.20 at 0.15, all 0.00 at 0.2). On",
+    "T+action_offset=B --json`, kept in `shifted_bench/steerability/`: drawer-open-mh 0.08 / 0.00 / 0.36 at",
+    "0.1 and all 0.00 at 0.15 and 0.2; button-press-mh 0.20 / 0.18 / 0.78 at 0.1, 0.03 / 0.00 / 0.20 at 0.15, all",
+    "0.00 at 0.2). On",
     "button-press-mh at 0.15 (the rule calls best of 8 at 0.20 against 0.03 room, little of it): residual-TD3",
     "1.00 on the 100 episodes (0.90 on the validation episodes from 35k, scale 0.47 measured there), and DSRL-NA",
     "1.00 too, later (0.00 until 45k, 1.00 from 65k): both fix this shift, the residual 30k env steps sooner;",
@@ -208,7 +209,13 @@ NOTES = [
     "fixed it again: residual-TD3 0.99 (0.83 on the evaluation episodes at 30k, 1.00 from 40k; scale 0.48), and",
     "DSRL-NA 1.00 (0.00 until 60k, 1.00 from 65k). The probe draws N(0, I) noise; DSRL's actor picks noise",
     "anywhere in its box, where none of the probe's draws go, so 'no room' on the probe did not mean no room",
-    "for DSRL here. One seed each.",
+    "for DSRL here. One seed each (residual-TD3 seed 1: 1.00, deployed from 90k).",
+    "At 0.3 (the probe: 0.00 everywhere again) the residual still got there and DSRL-NA did not: residual-TD3",
+    "0.97 and 0.99 (seeds 0-1; 1.00 on the evaluation episodes from 60k and 55k, scale 0.54 measured there),",
+    "DSRL-NA 0.00 (seed 0; 0.00 on every evaluation through 100k env steps). That is the shifted target's case",
+    "(residual >= 0.90 where DSRL-NA stays below 0.50) on the seeds run so far: two of the residual, one of",
+    "DSRL-NA; the target asks for three-seed means, so DSRL-NA seeds 1-2 and residual seed 2 are planned",
+    "(`bench_shifted.py run --only button-press-mh-offset0.3 --methods dsrl residual --seeds 1 2`).",
 ]
 
 
