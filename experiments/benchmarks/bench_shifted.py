@@ -213,9 +213,10 @@ NOTES = [
     "At 0.3 (the probe: 0.00 everywhere again) the residual still got there and DSRL-NA did not: residual-TD3",
     "0.97 and 0.99 (seeds 0-1; 1.00 on the evaluation episodes from 60k and 55k, scale 0.54 measured there),",
     "DSRL-NA 0.00 and 0.00 (seeds 0-1; 0.00 on every evaluation through 100k env steps; seed 1 beside CI). That",
-    "is the shifted target's case (residual >= 0.90 where DSRL-NA stays below 0.50) on the seeds run so far, two",
-    "of each; the target asks for three-seed means, so seed 2 of both is planned (`bench_shifted.py run --only",
-    "button-press-mh-offset0.3 --methods dsrl residual --seeds 2`).",
+    "is the shifted target's case (residual >= 0.90 where DSRL-NA stays below 0.50) on the seeds run so far.",
+    "Residual-TD3 seed 2 (beside DSRL-NA seed 2): 1.00, so three seeds 0.97, 0.99, 1.00; DSRL-NA seed 2 is",
+    "planned (`bench_shifted.py run --only button-press-mh-offset0.3 --methods dsrl --seeds 2`), and the",
+    "target waits for it.",
 ]
 
 
