@@ -365,6 +365,15 @@ def test_a_per_step_residual_cannot_be_a_frozen_base(tmp_path, base_dir, capsys)
         assert "is a stateful policy" in err and len(err.splitlines()) == 1
 
 
+def test_mode_noise_on_a_base_that_picks_its_own_noise_is_refused(tmp_path, base_dir, capsys):
+    """--base-noise zero has nothing to set on a DSRL (or zero-noise) base: one line, not a silent no-op."""
+    ZeroNoisePolicy(load_policy(base_dir)).save(tmp_path / "mode")
+    argv = ["finetune", "residual", "--base", str(tmp_path / "mode"), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert cli.main([*argv, "--base-noise", "zero"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "picks its own initial noise" in err and "drop --base-noise" in err and len(err.splitlines()) == 1
+
+
 def test_a_reward_function_that_raises_loses_nothing(tmp_path, base_dir, capsys, monkeypatch):
     (tmp_path / "flaky_reward.py").write_text(
         "calls = 0\n"

@@ -147,7 +147,7 @@ class ResidualConfig(FinetuneConfig):
     """The base's initial noise: normal (a fresh N(0, I) draw for every chunk, as the base was trained)
     or zero (the base at its mode, dpft/base_policies/zero_noise.py: the residual then corrects one
     deterministic behaviour; worth it where `dpft steerability` shows the zero noise beating N(0, I)
-    noise, wrong where the zero noise fails). Ignored by a base that picks its own noise (DSRL)."""
+    noise, wrong where the zero noise fails). A base that picks its own noise (DSRL) refuses it."""
     residual_scale: float | None = None
     """Largest correction, as a share of half the action range, in (0, 1] (default: on a task that
     reports success measured, the base's spread across initial noises at one observation as such a
@@ -219,9 +219,14 @@ class Residual(SB3Method):
     preset_family = "residual"
 
     def frozen_base(self, cfg: ResidualConfig, base: Policy) -> Policy:
-        if cfg.base_noise == "zero" and not base.chooses_noise:
-            return ZeroNoisePolicy(base)
-        return base
+        if cfg.base_noise != "zero":
+            return base
+        if base.chooses_noise:
+            raise ConfigError(
+                f"--base-noise zero: the base {cfg.base} picks its own initial noise (a DSRL or zero-noise policy), "
+                "so there is no noise to set; drop --base-noise"
+            )
+        return ZeroNoisePolicy(base)
 
     def measure(self, cfg: ResidualConfig, base: Policy) -> tuple[ResidualConfig, str | None]:
         if cfg.residual_scale is not None:
