@@ -214,9 +214,13 @@ NOTES = [
     "0.97 and 0.99 (seeds 0-1; 1.00 on the evaluation episodes from 60k and 55k, scale 0.54 measured there),",
     "DSRL-NA 0.00 and 0.00 (seeds 0-1; 0.00 on every evaluation through 100k env steps; seed 1 beside CI). That",
     "is the shifted target's case (residual >= 0.90 where DSRL-NA stays below 0.50) on the seeds run so far.",
-    "Residual-TD3 seed 2 (beside DSRL-NA seed 2): 1.00, so three seeds 0.97, 0.99, 1.00; DSRL-NA seed 2 is",
-    "planned (`bench_shifted.py run --only button-press-mh-offset0.3 --methods dsrl --seeds 2`), and the",
-    "target waits for it.",
+    "Residual-TD3 seed 2 (beside DSRL-NA seed 2): 1.00, so three seeds 0.97, 0.99, 1.00 (mean 0.99).",
+    "Reading (2026-12-06, fourth; git worktree of 2a810a7-60c8e5d, the DSRL code of f691f23, beside one DPO run):",
+    "DSRL-NA seed 2 (`bench_shifted.py run --only button-press-mh-offset0.3 --methods dsrl --seeds 2`, resumed",
+    "from its checkpoint after the machine stopped it at 85k) 0.00, at 0.00 on every evaluation through 100k env",
+    "steps like seeds 0-1. Over three seeds each: residual-TD3 0.99 (0.97, 0.99, 1.00), DSRL-NA 0.00 (0.00,",
+    "0.00, 0.00): the shifted target (residual >= 0.90 where DSRL-NA stays below 0.50) is met on this row. It",
+    "stays missed on push-mh (offset 0.3: residual 0.07; offset 0.1: both 0.59, one seed each).",
 ]
 
 
