@@ -66,6 +66,8 @@ def quick(tmp_path, base_dir, **kw) -> DPOConfig:
     args = dict(base=str(base_dir), task=TASK, out=tmp_path / "dpo", rounds=2, states=32, streams=4)
     args |= dict(steps_per_round=200, eval_episodes=50, progress=False, beta=2000.0, lr=1e-4)  # a small, clean task
     args |= dict(final="last")  # these tests look at what training did; --final has its own test
+    # rollout pairs of N(0, I) streams, as before the preset chose the recipe (its test: test_presets.py)
+    args |= dict(loss="diffusion-dpo", chunk_states=0, chunk_streams=2, noise_scales=[1.0], pairing="all")
     return DPOConfig(**{**args, **kw})
 
 
@@ -626,6 +628,26 @@ def test_seppo_draws_each_rounds_reference_from_the_base_and_earlier_rounds(tmp_
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), drawn.state_dict().values()))
     assert cli.main(["finetune", "dpo", "--out", str(cfg.out), "--resume", "--rounds", "3", "--no-progress"]) == 0
     assert (cfg.out / "references" / "round_002").exists()
+
+
+def test_a_bare_run_takes_the_preset_recipe_and_resumes_with_a_flag_repeated(tmp_path, base_dir, capsys):
+    """On a task that reports success the unset settings are the preset's mode recipe (printed and
+    recorded; on this task of one-decision episodes its chunk-level pairs are skipped with a note, not
+    an error); a list setting read back from config.yaml equals the same flag given again."""
+    out = tmp_path / "bare"
+    argv = ["finetune", "dpo", "--base", str(base_dir), "--states", "4", "--steps-per-round", "3"]
+    assert cli.main([*argv, "--eval-episodes", "4", "--final", "last", "--no-progress", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    chosen = "rounds 1, loss filtered-bc, streams 2, chunk-states 120, chunk-streams 2, noise-scales 0 1, pairing best"
+    assert f"settings: {chosen} (preset 'success' for {TASK})" in said
+    assert "note: every rollout ended after one decision, so there are no chunk-level pairs" in said
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert (recorded["loss"], recorded["noise_scales"], recorded["pairing"], recorded["states"]) == (
+        "filtered-bc", [0.0, 1.0], "best", 4
+    )  # fmt: skip
+    again = ["finetune", "dpo", "--out", str(out), "--resume", "--rounds", "2", "--noise-scales", "0", "1"]
+    assert cli.main([*again, "--no-progress"]) == 0
+    assert len((out / "evals.jsonl").read_text().splitlines()) == 3  # the base, round 0, round 1
 
 
 @pytest.mark.slow

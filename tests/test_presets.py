@@ -5,13 +5,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dpft.base_policies.infra.errors import ConfigError
 from dpft.finetune.commands import cli
 from dpft.finetune.common.presets import apply_preset, preset_for
-from dpft.finetune.dpo.train import DPOConfig
+from dpft.finetune.dpo.pairs_collect import PairsConfig
+from dpft.finetune.dpo.train import DPOConfig, dpo_preset
 from dpft.finetune.dsrl.train import DSRL, DSRLConfig
 from dpft.finetune.residual.train import ResidualConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "bench"
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 
 def test_the_preset_follows_whether_the_task_reports_success():
@@ -76,15 +79,39 @@ def test_dsrl_critic_flags_stay_flags(flags, expected):
     assert (cfg.layer_norm, cfg.utd) == expected
 
 
-def test_preference_rounds_come_from_the_preset_and_nothing_else_does():
-    """Five rounds against the base on locomotion, one where the task reports success (the defaults
-    benchmark's dpo and dpo-rounds5 rows); DPO's reward, evaluation and final choice are its own."""
-    cfg, line = apply_preset(DPOConfig(task="gym:Hopper-v5"), "dpo")
-    assert (cfg.rounds, cfg.preset, cfg.reward, cfg.eval_episodes, cfg.final) == (5, "return", None, 50, "guarded")
-    assert line == "settings: rounds 5 (preset 'return' for gym:Hopper-v5); override with --rounds"
-    assert apply_preset(DPOConfig(task="metaworld:push-v3"), "dpo")[0].rounds == 1
-    cfg, line = apply_preset(DPOConfig(task="gym:Hopper-v5", rounds=2), "dpo")
-    assert (cfg.rounds, line) == (2, None)
+PREFERENCE_ROWS = {
+    # the mixed-data benchmark's filtered-bc-mode-best-1round row (dpo_bench.md; defaults.md on untuned tasks)
+    "metaworld:push-v3": RESULTS / "dpo_bench/push-mh/filtered-bc-mode-best-1round/seed0/config.yaml",
+    # five rounds of rollout pairs against the base, +9% / +10% on Hopper- / Walker2d-medium (dpo_pilots/mh.md)
+    "gym:Hopper-v5": RESULTS / "dpo_pilots/mh_rollout_r5_fixedref_hopper-medium/config.yaml",
+}
+
+
+@pytest.mark.parametrize("task", sorted(PREFERENCE_ROWS))
+def test_a_bare_preference_run_takes_the_recipe_its_benchmark_row_measured(task):
+    """Where the task reports success, one round of filtered BC on the best of the mode and an N(0, I)
+    sample; on locomotion five rounds of Diffusion-DPO on rollout pairs. The recipe's settings equal
+    the recorded config of the row that measured it (a setting that row's code did not have yet ran
+    at today's PairsConfig default); DPO's reward, evaluation and final choice are its own."""
+    cfg, line = dpo_preset(DPOConfig(task=task))
+    row = yaml.safe_load(PREFERENCE_ROWS[task].read_text())
+    keys = ["rounds", "loss", "states", "streams", "chunk_states", "chunk_streams", "noise_scales", "pairing"]
+    assert {k: getattr(cfg, k) for k in keys} == {k: row[k] if k in row else getattr(PairsConfig(), k) for k in keys}
+    assert (cfg.reward, cfg.eval_episodes, cfg.final) == (None, 50, "guarded")
+    assert cfg.preset == row.get("preset", cfg.preset)
+    assert line.startswith(f"settings: rounds {cfg.rounds}, loss {cfg.loss}, states {cfg.states}")
+    assert line.endswith("override with --rounds, --loss, --states, --streams, --chunk-states, --chunk-streams, "
+                         "--noise-scales, --pairing")  # fmt: skip
+
+
+def test_a_preference_setting_the_user_gives_wins_and_d3po_keeps_its_noise():
+    cfg, line = dpo_preset(DPOConfig(task="gym:Hopper-v5", rounds=2, loss="filtered-bc"))
+    assert (cfg.rounds, cfg.loss, cfg.states) == (2, "filtered-bc", 16)
+    assert line.startswith("settings: states 16,")
+    cfg, _ = dpo_preset(DPOConfig(task="metaworld:push-v3", loss="d3po", sampler="stochastic"))
+    assert (cfg.noise_scales, cfg.states, cfg.pairing) == ([1.0], 128, "best")  # the sampler draws its own noise
+    with pytest.raises(ConfigError, match="--streams"):
+        DPOConfig(task="metaworld:push-v3", streams=1)  # a given setting is checked at once
 
 
 @pytest.mark.parametrize(

@@ -48,8 +48,9 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
             raise ConfigError(f"{cls.__name__} setting {name!r} must be {_describe(hint)}, got {value!r}")
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value)
-        elif isinstance(value, list):
-            value = tuple(value)
+        elif isinstance(value, list):  # a tuple setting (YAML has only lists), unless the setting is a list
+            is_list = list in (typing.get_origin(hint), *(typing.get_origin(a) for a in typing.get_args(hint)))
+            value = value if is_list else tuple(value)
         elif isinstance(value, str) and Path in (hint, *typing.get_args(hint)):
             value = Path(value)
         kwargs[name] = value

@@ -108,11 +108,16 @@ METHODS = (
     "residual", "residual-scale0.1", "dpo", "dpo-rounds5", "dpo-fbc-mode", "dpo-fbc-mode-best-1round",
 )  # fmt: skip
 """Every row kind, in the order of the tables."""
+OLD_DPO = ["--loss", "diffusion-dpo", "--states", "16", "--streams", "4", "--chunk-states", "0", "--noise-scales", "1"]
+OLD_DPO += ["--pairing", "all"]
 CANDIDATES = {
     # the bare runs made before DSRL's critics came from the preset (LayerNorm and UTD 2 where the task
     # reports success): a rerun states their settings; on Hopper they are also today's defaults
     "dsrl": ("dsrl", ["--no-layer-norm", "--utd", "1"]),
-    "dpo-rounds5": ("dpo", ["--rounds", "5"]),
+    # DPO's bare runs before the preset gave the whole recipe: Diffusion-DPO on rollout pairs of N(0, I)
+    # streams, one round (five with dpo-rounds5; on Hopper that is still what a bare run does)
+    "dpo": ("dpo", OLD_DPO + ["--rounds", "1"]),
+    "dpo-rounds5": ("dpo", OLD_DPO + ["--rounds", "5"]),
     "dsrl-alr1e-4": ("dsrl", ["--actor-lr", "1e-4"]),
     "dsrl-alr1e-4-ema": ("dsrl", ["--actor-lr", "1e-4", "--actor-ema", "0.999"]),
     # a KL budget of 8 nats per decision instead of 12: the drift that the training rollouts showed
@@ -259,7 +264,10 @@ def report() -> None:
         "two gradient steps per transition; their recorded configs differ from a bare run's only in",
         "`--compare-noise-modes`, which adds evaluations of the other noise mode), and the `dsrl` rows are the",
         "earlier defaults (`--no-layer-norm --utd 1`); on Hopper the",
-        "`dsrl` row is still what a bare run does. Meta-World",
+        "`dsrl` row is still what a bare run does. DPO's defaults changed after its `dpo` rows too: where the task",
+        "reports success a bare run now does what the `dpo-fbc-mode-best-1round` rows did (the `dpo` rows are the",
+        "earlier defaults, Diffusion-DPO on rollout pairs); on Hopper the `dpo-rounds5` row is what a bare run",
+        "does. Meta-World",
         "bases: `python experiments/benchmarks/bench_defaults.py bases` (150 episodes of `dpft collect",
         "--demonstrators mh --success-only --seed 100`, 10k steps of `dpft train-bc`; their configs in",
         "`defaults_bench/bases/`). Cells: learning policy / deployed policy on the run's evaluation episodes",
@@ -495,6 +503,20 @@ NOTES = [
     "no dip either (0 of 15), but it rose slower (944 / 1016 / 1153 at 25k / 50k / 100k against the plain",
     "default's 989 / 1070 / 1279) and the deployed policy ended at 1247 on the 100 episodes against the plain",
     "default's 1277: one seed, no reason to change the `return` preset.",
+    "Reading (2026-12-06): `dpo-fbc-mode-best-1round`, the preference benchmark's `filtered-bc-mode-best-1round`",
+    "flags (one round: 128 start states and 120 chunk states, each the better of the base's zero-noise mode and",
+    "one N(0, I) sample, filtered BC on it; push-mh 0.92 and pick-place-mh 0.98 over three seeds there) as the",
+    "candidate DPO default on the three tasks nobody tuned for. Plate-slide 1.00 on the 100 episodes (the base",
+    "0.87; its mode 1.00), deployed after its one round; sweep-into kept the base (0.68; the round's policy",
+    "0.86 on the evaluation episodes against the base's 0.84, not enough for the guard) and window-open kept",
+    "it too (0.95; the round's policy fell to 0.82 against 0.94, its mode scores 0.00). Against the bare",
+    "default of the time (`dpo`: 0.67, 0.95, 0.93, its window-open round at 0.04) it is as good or better on",
+    "each task and its one round falls less where the mode fails; on the mixed-data bases it is the best",
+    "recipe measured (gains on four of five; peg-insert-side-mh, whose mode fails, fell to 0.55, below the base",
+    "on its evaluation episodes too, which the guard turns away). So it became DPO's default where the task",
+    "reports success (the `success` preset); locomotion keeps five rounds of Diffusion-DPO on rollout pairs",
+    "(the `dpo-rounds5` row, +9% on Hopper-medium).",
+    "One seed per task. From a git worktree of 60c8e5d (the preference code of f691f23), beside one DSRL run.",
     "Note (2026-12-06): the gym:Hopper-v5 residual row ran when the residual's scale was measured on the base on",
     "locomotion too (0.16, in its config.yaml); the `return` preset now gives the full range (residual_bench.md,",
     "the td3-scale1 rows: Hopper-medium 2321 over three seeds), so a rerun of that row runs the new default.",

@@ -22,10 +22,15 @@ which took the five mixed-data Meta-World bases to >= 0.90; on the three medium 
 measured scale (0.3-0.4) held the residual below DSRL-NA, and the full range took it above on each
 (the ``td3-scale1`` rows of experiments/results/residual_bench.md).
 
-Preference updates (``dpft finetune dpo``) take one setting from the preset, the number of
-rounds: one on a task that reports success, five otherwise (five rounds against the base gained
-on both locomotion bases over three seeds, and let Meta-World policies fall where only the guard
-kept them from the user; experiments/results/defaults.md, dpo_pilots/mh.md).
+Preference updates (``dpft finetune dpo``) take their recipe from the preset. Where the task
+reports success: one round of filtered BC on the best of two rollouts per start state, one of them
+the base's zero-noise mode (128 start states, 120 chunk states branched twice): the mixed-data
+benchmark's ``filtered-bc-mode-best-1round`` row, which took push-mh and pick-place-mh to 0.92 and 0.98
+(three seeds each; a base whose mode fails, peg-insert-side-mh, fell to 0.55, where the guard keeps
+the base), and on the three Meta-World tasks in no benchmark gained on one and held the others
+(experiments/results/dpo_bench.md, defaults.md). Otherwise five rounds of Diffusion-DPO on rollout
+pairs (16 start states x 4 streams) against the base, which gained on both locomotion bases over
+three seeds (dpo_pilots/mh.md); more rounds let Meta-World policies fall.
 
 Both deploy with ``--final guarded``: OUT/policy is the base until a fine-tuned policy beats it
 with 95% confidence on validation episodes of its own, so a dip in learning is never what a user
@@ -35,6 +40,7 @@ was left unset (``None``), and the run prints and records what it chose.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -53,11 +59,31 @@ GENERIC = {"success": Preset("success", SUCCESS), "return": Preset("return", RET
 """The residual's presets, and those of methods without their own (SAC from scratch, DPPO, FIND)."""
 DSRL_SUCCESS = {**SUCCESS, "layer_norm": True, "utd": 2.0}
 DSRL_RETURN = {**RETURN, "layer_norm": False, "utd": 1.0}
+DPO_SUCCESS = {
+    "rounds": 1,
+    "loss": "filtered-bc",
+    "states": 128,
+    "streams": 2,
+    "chunk_states": 120,
+    "chunk_streams": 2,
+    "noise_scales": [0.0, 1.0],
+    "pairing": "best",
+}
+DPO_RETURN = {
+    "rounds": 5,
+    "loss": "diffusion-dpo",
+    "states": 16,
+    "streams": 4,
+    "chunk_states": 0,
+    "chunk_streams": 2,
+    "noise_scales": [1.0],
+    "pairing": "all",
+}
 PRESETS: dict[str, dict[str, Preset]] = {
     "dsrl": {"success": Preset("success", DSRL_SUCCESS), "return": Preset("return", DSRL_RETURN)},
     # on a task that reports success the residual's scale is measured on the base (action_spread.py)
     "residual": {"success": GENERIC["success"], "return": Preset("return", {**RETURN, "residual_scale": 1.0})},
-    "dpo": {"success": Preset("success", {"rounds": 1}), "return": Preset("return", {"rounds": 5})},
+    "dpo": {"success": Preset("success", DPO_SUCCESS), "return": Preset("return", DPO_RETURN)},
 }
 NO_BASE = {"final": "last"}
 """Training from scratch has no base to guard against."""
@@ -75,7 +101,7 @@ def apply_preset(cfg: Any, method: str, uses_base: bool = True) -> tuple[Any, st
     preset = preset_for(method, cfg.task)
     settings = {**preset.settings, **({} if uses_base else NO_BASE)}
     known = {f.name for f in fields(cfg)}
-    filled = {k: v for k, v in settings.items() if k in known and getattr(cfg, k) is None}
+    filled = {k: copy.copy(v) for k, v in settings.items() if k in known and getattr(cfg, k) is None}
     cfg = with_settings(cfg, preset=preset.name, **filled)
     if not filled:
         return cfg, None
@@ -90,6 +116,8 @@ def _setting(name: str, value: Any) -> str:
     flag = name.replace("_", "-")
     if isinstance(value, bool):
         return flag if value else f"no-{flag}"
+    if isinstance(value, list):
+        return f"{flag} {' '.join(f'{x:g}' for x in value)}"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return f"{flag} {value}"

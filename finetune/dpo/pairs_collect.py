@@ -167,7 +167,12 @@ def collect_prefs(
     pairs = make_pairs(
         rollouts, "trajectory", **pair_args, labelled=labelled, policy=source, seed=seed, first_id=first_id
     )
-    if cfg.chunk_states:
+    if cfg.chunk_states and not any(len(r.chunks) >= 2 for r in traj):
+        # a task whose episodes are one decision has no mid-episode state to branch from (the preset asks
+        # for chunk-level pairs on every task that reports success): the rollout pairs are all there is
+        if (shard or Shard()).is_main:
+            print("note: every rollout ended after one decision, so there are no chunk-level pairs", flush=True)
+    elif cfg.chunk_states:
         horizon = cfg.horizon or None
         branches = branch_groups(
             policy,

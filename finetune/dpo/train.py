@@ -25,7 +25,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -91,9 +91,27 @@ class DPOConfig(EnvConfig, PairsConfig):
     """Preference files for round 0 (with a person's labels beside them applied); none: collect them."""
     out: Path = Path("runs/dpo")
     """Run folder."""
-    loss: str = "diffusion-dpo"
+    loss: str | None = None
     """diffusion-dpo, d3po, filtered-bc, seppo (the preferred members only, against samples of an
-    earlier round's policy drawn as the reference), or a loss added with register_loss."""
+    earlier round's policy drawn as the reference), or a loss added with register_loss (default: from
+    the task's preset, filtered-bc where the task reports success, diffusion-dpo otherwise)."""
+    states: int | None = None
+    """Start states (reset seeds seed, seed+1, ...) per round's collection (default: from the preset,
+    128 where the task reports success, 16 otherwise)."""
+    streams: int | None = None
+    """Rollouts per start state, each with its own noise (default: from the preset, 2 / 4)."""
+    chunk_states: int | None = None
+    """Also this many chunk-level pair states per round: a saved mid-episode state, branched
+    --chunk-streams times (default: from the preset, 120 / 0)."""
+    chunk_streams: int | None = None
+    """Branches per chunk-level state (default: from the preset, 2)."""
+    noise_scales: list[float] | None = None
+    """Scale of each stream's initial noise, cycled over a start state's streams and a chunk state's
+    branches (ddim sampler): `0 1` runs the policy's zero-noise mode in every other rollout (default:
+    from the preset, `0 1` where the task reports success, `1` otherwise or with --sampler stochastic)."""
+    pairing: str | None = None
+    """all: every two members of a state whose scores differ; best: only the pairs won by the state's
+    best member, so filtered BC trains on the best of N alone (default: from the preset, best / all)."""
     beta: float = 100.0
     """Inverse temperature of the preference loss (denoising errors are means over the chunk; on
     push 100 did better than 20 or 500, experiments/results/dpo_pilots)."""
@@ -148,7 +166,8 @@ class DPOConfig(EnvConfig, PairsConfig):
         EnvConfig.__post_init__(self)
         self.check()
         check_device_spec(self.device)
-        get_loss(self.loss)
+        if self.loss is not None:
+            get_loss(self.loss)
         positive = {"beta": self.beta, "lr": self.lr, "batch_pairs": self.batch_pairs}
         positive |= {
             "chunks_per_pair": self.chunks_per_pair,
@@ -172,6 +191,19 @@ class DPOConfig(EnvConfig, PairsConfig):
             raise ConfigError(
                 "--loss seppo draws each round's reference from the earlier rounds itself; drop --resync-reference"
             )
+
+    def check(self) -> None:
+        """The pair settings' checks on those given; the preset's are checked when it fills them in."""
+        given = {f.name: getattr(self, f.name) for f in fields(PairsConfig) if getattr(self, f.name) is not None}
+        PairsConfig(**given).check()
+
+
+def dpo_preset(cfg: DPOConfig) -> tuple[DPOConfig, str | None]:
+    """The task's preset recipe (dpft.finetune.common.presets) for every setting left unset. The
+    stochastic sampler (D3PO) draws its own noise, so its streams stay N(0, I) whatever the preset."""
+    if cfg.sampler != "ddim" and cfg.noise_scales is None:
+        cfg = with_settings(cfg, noise_scales=[1.0])
+    return apply_preset(cfg, "dpo")
 
 
 def _base_policy(cfg: DPOConfig, device: torch.device) -> DenoisingPolicy:
@@ -217,7 +249,7 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
         raise ConfigError(f"{cfg.base} does not record its task; pass --task")
     cfg = with_settings(cfg, task=task)
     if not cfg.resume or cfg.rounds is None:  # a resumed run keeps the settings it recorded
-        cfg, chosen = apply_preset(cfg, "dpo")
+        cfg, chosen = dpo_preset(cfg)
         if chosen and shard.is_main:
             print(chosen, flush=True)
     probe = cfg.make_env()
