@@ -54,13 +54,20 @@ ROWS = (
         "action_offset=0.3"),
     Row("hopper-medium-gain0.7", "shipped:gym-Hopper-v5-medium", "gym:Hopper-v5", "action_gain=0.7"),
 )  # fmt: skip
-METHODS = ("dsrl", "residual", "residual-dense", "residual-dense-scale1", "residual-ppo-dense", "residual-mode")
+METHODS = (
+    "dsrl", "residual", "residual-dense", "residual-dense-scale1", "residual-ppo-dense", "residual-mode",
+    "dsrl50k", "stacked",
+)  # fmt: skip
+COMMAND = {"dsrl50k": "dsrl", "stacked": "residual"}
+"""The command of a method whose name does not start with it."""
 FLAGS = {
     "residual-dense": ["--reward", "dense"],
     "residual-dense-scale1": ["--reward", "dense", "--residual-scale", "1"],
     "residual-ppo-dense": ["--algo", "ppo", "--envs", "8", "--reward", "dense"],
     "residual-mode": ["--base-noise", "zero"],
     "dsrl": ["--no-layer-norm", "--utd", "1"],
+    "dsrl50k": ["--no-layer-norm", "--utd", "1", "--steps", "50000", "--final", "last"],
+    "stacked": ["--steps", "50000"],
 }
 """A variant's flags beyond the defaults: ``residual-dense`` trains on the task's own shaped reward
 (on a shift where the base never succeeds, the sparse success reward gives nothing to learn from);
@@ -69,7 +76,10 @@ transition became the success preset's, so a rerun states them. ``residual-dense
 full action range as the largest correction (on the medium locomotion bases the measured scale held the
 residual back); ``residual-ppo-dense``: on-policy PPO with 8 envs, as ResiP runs a residual;
 ``residual-mode``: the residual corrects the base's zero-noise chunks (its mode: push-mh's scores 1.00 on
-the plain task) instead of N(0, I) samples."""
+the plain task) instead of N(0, I) samples. ``dsrl50k`` then ``stacked``: a residual on top of DSRL at the
+same total env steps, as experiments/results/stacked.md runs it: DSRL-NA (the ``dsrl`` row's settings)
+for 50k env steps, its last policy (not the guarded one, which on a shift the base never solves would be
+the base itself) the ``--base`` of residual-TD3 for 50k more."""
 
 
 def dpft(*args: str) -> list[str]:
@@ -98,9 +108,15 @@ def run(row: Row, method: str, seed: int = 0) -> str:
     done = RAW / row.name / method / f"seed{seed}" / "final_seed2000.json"
     if done.exists():
         return f"{row.name}/{method}: done already"
+    base = row.base
+    if method == "stacked":
+        first = run(row, "dsrl50k", seed)
+        if not first.endswith(("exit 0", "done already")):
+            return first
+        base = str(RUNS / row.name / "dsrl50k" / f"seed{seed}" / "policy")
     resume = (out / "checkpoint").exists() or (out / ".checkpoint.old").exists()
-    cmd = dpft("finetune", method.split("-")[0], "--out", str(out), "--no-progress")
-    cmd += ["--resume"] if resume else ["--base", row.base, "--task", row.shifted, "--seed", str(seed)]
+    cmd = dpft("finetune", COMMAND.get(method, method.split("-")[0]), "--out", str(out), "--no-progress")
+    cmd += ["--resume"] if resume else ["--base", base, "--task", row.shifted, "--seed", str(seed)]
     cmd += [] if resume else FLAGS.get(method, [])
     out.parent.mkdir(parents=True, exist_ok=True)
     with (out.parent / f"seed{seed}.log").open("a") as log:
@@ -135,8 +151,8 @@ def report() -> None:
         "",
         "| row | base, plain task: N(0, I) / zero / best-of-8 | shifted: the same | DSRL-NA | residual-TD3 "
         "| residual-TD3, dense reward | the same, full range | residual-PPO, dense reward "
-        "| residual-TD3 on the base's mode |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| residual-TD3 on the base's mode | DSRL-NA, 50k, last policy | DSRL-NA 50k + residual-TD3 50k |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in ROWS:
         cells = []
