@@ -34,6 +34,7 @@ SHOWN = (
     "streams",
     "chunk_states",
     "chunk_streams",
+    "horizon",
     "resync_reference",
     "rank",
     "reward",
@@ -71,7 +72,8 @@ def row(folder: Path) -> str:
     fmt = (lambda v: f"{v:.2f}") if key == "success_rate" else (lambda v: f"{v:.0f}")  # noqa: E731
     base = next(e for e in evals if e["round"] == -1)[key]
     rounds = " ".join(fmt(e[key]) for e in evals if e["round"] >= 0)
-    settings = ", ".join(f"{k} {cfg[k]}" for k in SHOWN if k in cfg)  # a setting newer than the run: not shown
+    shown = [k for k in SHOWN if k in cfg and (k != "horizon" or cfg[k])]  # a setting newer than the run: not shown
+    settings = ", ".join(f"{k} {cfg[k]}" for k in shown)  # the branch horizon only where one was set
     if key == "success_rate":
         lo, hi = final["success_ci95"]
         last = f"{fmt(final[key])} [{lo:.2f}, {hi:.2f}]"
@@ -180,6 +182,23 @@ episodes: no gain, although the base's best of 8 noise streams solves 98% of sta
 and DSRL-NA reaches 0.95. Imitating the base's own successes does not make its samples succeed more there,
 so the +0.30 target stays missed on peg-insert-side-mh. From a git worktree of 82d8ad3 (the preference code
 of f691f23), beside one residual run.
+
+Reading (2026-12-06, later): the locomotion target (+15%: Hopper-medium 944, Walker2d-medium 670 on the 100
+episodes) once more, seed 0 unless named. Chunk-level pairs ranked by return, which moved push-mh but had
+not been tried on locomotion (branches that end the episode would cost too much there) did not help, and cost
+more env steps than they buy (the env steps count the replay of each branch to its branch point): scored 15
+decisions (60 steps) after the branch chunk (`chunkh15_r5`, 5 rounds of 8 x 2 rollouts and 48 chunk states
+x 4 branches) Hopper-medium 650 (-21%) and Walker2d-medium 531 (-9%), about 170k env steps; branches to the
+episode's end (`chunkend_r5`, 24 chunk states) Hopper-medium 893 (+9%, as rollout pairs) with 158k env steps.
+A return over a few dozen steps rewards a lunge that falls later. Variants of the best recipe (five rounds of
+Diffusion-DPO on 16 x 4 rollout pairs, reference fixed to the base: 882 / 901 / 908 and 669 / 660 / 597 over
+three seeds): beta 300 817, beta 10 775 (its fifth round fell), BC weight 0.1 747, 24 x 3 states 815, 250
+gradient steps a round 810, ten rounds of 8 x 4 states 907 (Walker2d-medium 533), the same at beta 30 887.
+Beta 30 (`rollout_r5_fixedref_b30`) on three seeds: Hopper-medium 911, 945, 887 (mean 914, +11%; beta 100:
+897, +9%) and Walker2d-medium 666, 665, 597 (mean 643, +10%; beta 100: 642), two of its Walker2d-medium
+seeds falling to 52-160 on the evaluation episodes mid-run before recovering. No variant reaches +15% on
+both bases; the `return` preset keeps beta 100, and the target stays missed. From a git worktree of 60c8e5d
+(the preference code of f691f23), two runs at a time.
 """
 
 
