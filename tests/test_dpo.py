@@ -650,6 +650,22 @@ def test_a_bare_run_takes_the_preset_recipe_and_resumes_with_a_flag_repeated(tmp
     assert len((out / "evals.jsonl").read_text().splitlines()) == 3  # the base, round 0, round 1
 
 
+def test_a_run_recorded_before_the_preset_chose_its_pairs_resumes_as_it_ran(tmp_path, base_dir):
+    """A config.yaml written before --pairing and --noise-scales existed resumes with what they were then
+    (every pair, N(0, I) streams), not with the preset's recipe."""
+    cfg = quick(tmp_path, base_dir, rounds=1, states=4, streams=2, steps_per_round=3, eval_episodes=4)
+    train_dpo(cfg)
+    recorded = yaml.safe_load((cfg.out / "config.yaml").read_text())
+    for key in ("pairing", "noise_scales", "chunk_streams"):
+        del recorded[key]
+    (cfg.out / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert cli.main(["finetune", "dpo", "--out", str(cfg.out), "--resume", "--rounds", "2", "--no-progress"]) == 0
+    again = yaml.safe_load((cfg.out / "config.yaml").read_text())
+    assert (again["pairing"], again["noise_scales"], again["chunk_streams"], again["loss"]) == (
+        "all", [1.0], 2, "diffusion-dpo"
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_seppo_moves_the_mode(tmp_path, base_dir):
     policy = train_dpo(quick(tmp_path, base_dir, loss="seppo", rounds=3))

@@ -25,7 +25,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -198,6 +198,11 @@ class DPOConfig(EnvConfig, PairsConfig):
         PairsConfig(**given).check()
 
 
+RECORDED_BEFORE = {"loss": "diffusion-dpo", **asdict(PairsConfig())}
+"""The pair settings' defaults before the preset chose them: what a resumed run whose config.yaml
+lacks one of them (recorded before that setting existed) ran with."""
+
+
 def dpo_preset(cfg: DPOConfig) -> tuple[DPOConfig, str | None]:
     """The task's preset recipe (dpft.finetune.common.presets) for every setting left unset. The
     stochastic sampler (D3PO) draws its own noise, so its streams stay N(0, I) whatever the preset."""
@@ -248,6 +253,8 @@ def train_dpo(cfg: DPOConfig) -> DenoisingPolicy:
     if not task:
         raise ConfigError(f"{cfg.base} does not record its task; pass --task")
     cfg = with_settings(cfg, task=task)
+    if cfg.resume:  # a run recorded before a setting existed ran at what was then its default
+        cfg = with_settings(cfg, **{k: v for k, v in RECORDED_BEFORE.items() if getattr(cfg, k) is None})
     if not cfg.resume or cfg.rounds is None:  # a resumed run keeps the settings it recorded
         cfg, chosen = dpo_preset(cfg)
         if chosen and shard.is_main:
