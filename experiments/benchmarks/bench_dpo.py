@@ -156,6 +156,7 @@ DPO = Bench(
     task_seeds={
         **{t: (0,) for t in ("pick-place-mh", "button-press-mh", "peg-insert-side-mh", *LOCO)},  # one seed so far
         **{f"{t}/diffusion-dpo-chunk-b1000": (0, 1, 2) for t in MIXED},  # the beta 1000 recipe on every base
+        **{f"{t}/seppo-chunk": (0, 1, 2) for t in MIXED},
         **{f"{t}/{m}": (0, 1, 2) for t in MIXED for m in MODE_ROWS},
         "pick-place-mh/filtered-bc-mode-flip20": (0, 1, 2),
     },
