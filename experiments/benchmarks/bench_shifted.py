@@ -237,6 +237,16 @@ NOTES = [
     "steps like seeds 0-1. Over three seeds each: residual-TD3 0.99 (0.97, 0.99, 1.00), DSRL-NA 0.00 (0.00,",
     "0.00, 0.00): the shifted target (residual >= 0.90 where DSRL-NA stays below 0.50) is met on this row. It",
     "stays missed on push-mh (offset 0.3: residual 0.07; offset 0.1: both 0.59, one seed each).",
+    "Reading (2026-12-06, fifth; git worktree of 60c8e5d with this script's `dsrl50k` / `stacked` methods, the",
+    "DSRL and residual code of f691f23, two runs at a time): a residual on top of DSRL at the same 100k env steps",
+    "(`bench_shifted.py run --only button-press-mh-offset0.3 --methods stacked --seeds 0 1 2`: DSRL-NA for 50k,",
+    "its last policy the base of residual-TD3 for 50k, as stacked.md runs it). DSRL-NA's 50k policies 0.00 on",
+    "every seed; the residuals on top 0.59, 0.00 and 0.00 (mean 0.20; seed 0 0.20 and 0.57 on the evaluation",
+    "episodes at 45k and 50k of its half, seeds 1-2 0.00 at every evaluation). The residual alone had reached",
+    "0.43, 0.90 and 1.00 on the evaluation episodes by 50k env steps of its own and 0.99 at 100k: on the DSRL",
+    "policy it learned slower than on the base, not only with half the budget. The stacking target (residual",
+    "on DSRL >= the better of the two alone) is missed on this row (0.20 against 0.99); where DSRL cannot move",
+    "the base, spend the budget on the residual alone.",
 ]
 
 
