@@ -88,7 +88,7 @@ PLAN = [
     *(Row(f"metaworld:{NEW_TASKS[0]}", base_of(NEW_TASKS[0]), "dsrl-ln-utd2", s) for s in (0, 2)),
     *(Row(f"metaworld:{t}", base_of(t), "dsrl-ln-utd2", 0) for t in NEW_TASKS[1:]),
     Row("gym:Hopper-v5", "shipped:gym-Hopper-v5-medium", "dsrl-ln-utd2", 0),
-    *(Row(f"metaworld:{t}", base_of(t), "dpo-fbc-mode-best-1round", 0) for t in NEW_TASKS),
+    *(Row(f"metaworld:{t}", base_of(t), "dpo-fbc-mode-best-1round", s) for s in (0, 1, 2) for t in NEW_TASKS),
 ]
 """``residual-scale0.1``: the residual rows made when the default ``--residual-scale`` was 0.1 (kept, not rerun).
 ``dpo-rounds5``: the defaults plus ``--rounds 5`` (``CANDIDATES``), tried as a candidate; on Hopper it is
@@ -517,6 +517,11 @@ NOTES = [
     "reports success (the `success` preset); locomotion keeps five rounds of Diffusion-DPO on rollout pairs",
     "(the `dpo-rounds5` row, +9% on Hopper-medium).",
     "One seed per task. From a git worktree of 60c8e5d (the preference code of f691f23), beside one DSRL run.",
+    "Seeds 1-2 of the same rows (`bench_defaults.py run --methods dpo-fbc-mode-best-1round --seeds 1 2`, the",
+    "same worktree, beside CI), after the switch: plate-slide 0.87 (the base kept) and 1.00, sweep-into 0.77",
+    "(deployed; its base 0.67) and 0.68 (the base kept), window-open the base twice (0.95). Over three seeds",
+    "plate-slide 0.96, sweep-into 0.71, window-open 0.95 against the bases' 0.87, 0.67, 0.95; no deployed",
+    "policy below the base's lower bound.",
     "Note (2026-12-06): the gym:Hopper-v5 residual row ran when the residual's scale was measured on the base on",
     "locomotion too (0.16, in its config.yaml); the `return` preset now gives the full range (residual_bench.md,",
     "the td3-scale1 rows: Hopper-medium 2321 over three seeds), so a rerun of that row runs the new default.",

@@ -27,8 +27,8 @@ reports success: one round of filtered BC on the best of two rollouts per start 
 the base's zero-noise mode (128 start states, 120 chunk states branched twice): the mixed-data
 benchmark's ``filtered-bc-mode-best-1round`` row, which took push-mh and pick-place-mh to 0.92 and 0.98
 (three seeds each; a base whose mode fails, peg-insert-side-mh, fell to 0.55, where the guard keeps
-the base), and on the three Meta-World tasks in no benchmark gained on one and held the others
-(experiments/results/dpo_bench.md, defaults.md). Otherwise five rounds of Diffusion-DPO on rollout
+the base), and on the three Meta-World tasks in no benchmark gained on two and held the third over
+three seeds (experiments/results/dpo_bench.md, defaults.md). Otherwise five rounds of Diffusion-DPO on rollout
 pairs (16 start states x 4 streams) against the base, which gained on both locomotion bases over
 three seeds (dpo_pilots/mh.md); more rounds let Meta-World policies fall.
 
